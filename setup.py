@@ -1,0 +1,32 @@
+"""Builds the C extension ``shmbench._ring``; everything else lives in pyproject.toml.
+
+``SHMBENCH_SANITIZE=1`` builds it with AddressSanitizer and UndefinedBehaviorSanitizer
+(run Python with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load the runtime);
+``SHMBENCH_DEBUG=1`` builds without optimisation and with assertions.
+"""
+import os
+
+from setuptools import Extension, setup
+
+cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+ldflags = []
+if os.environ.get("SHMBENCH_SANITIZE"):
+    cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+               "-fno-sanitize-recover=undefined"]
+    ldflags += ["-fsanitize=address,undefined"]
+elif os.environ.get("SHMBENCH_DEBUG"):
+    cflags += ["-O0", "-g", "-UNDEBUG"]
+else:
+    cflags += ["-O2"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "shmbench._ring",
+            sources=["shmbench/_ring/_ring.c"],
+            depends=["shmbench/_ring/ring.h"],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    ]
+)

@@ -1,0 +1,1365 @@
+/*
+ * shmbench/_ring/_ring.c -- shared-memory rings with futex wake-ups in one mapped file.
+ *
+ * The narrow API (see shmbench/_ring.pyi): a Channel maps a channel file (ring.h describes
+ * its layout), sends and receives variable-length records on two SPSC rings, and waits
+ * adaptively: spin for a bounded, learned budget, then FUTEX_WAIT in short slices, checking
+ * between slices that the peer is still alive and that no signal is pending.
+ *
+ * The futexes are NOT process-private (no FUTEX_PRIVATE_FLAG): the kernel keys them by
+ * inode + offset of the shared file, so they work across mount, PID, IPC, user and network
+ * namespaces -- a process inside `apptainer exec --containall` or bwrap can wake the host.
+ *
+ * The peer is untrusted. Every word it can write is read once into a local, checked, and
+ * only then used; geometry comes from this side's private copy, never from the header
+ * after attach. A violation raises shmbench.errors.ProtocolError and nothing else.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ring.h"
+
+/* ======================================================================================
+ * Module state
+ * ====================================================================================== */
+
+typedef struct {
+    PyObject *ProtocolError;
+    PyObject *ChannelMismatch;
+    PyObject *ChannelTimeout;
+    PyObject *ChannelClosed;
+    PyObject *PeerDied;
+} sb_module_state;
+
+static sb_module_state sb_state;
+
+#define SB_MAX_DEATH_FDS 4
+#define SB_DEFAULT_SLICE_NS   (50 * 1000 * 1000LL)     /* liveness checked this often */
+#define SB_DEFAULT_SPIN_NS    (100 * 1000LL)
+#define SB_SPIN_FLOOR_NS      (10 * 1000LL)
+#define SB_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
+
+/* ======================================================================================
+ * Small helpers: time, cpu_relax, futex
+ * ====================================================================================== */
+
+static inline int64_t
+sb_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void
+sb_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static inline int
+sb_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+{
+    struct timespec ts;
+    ts.tv_sec = timeout_ns / 1000000000LL;
+    ts.tv_nsec = timeout_ns % 1000000000LL;
+    /* shared (non-private) futex: keyed by the file's inode + offset */
+    return (int)syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static inline void
+sb_futex_wake(uint32_t *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+#define LOAD_ACQ(p)      atomic_load_explicit((_Atomic __typeof__(*(p)) *)(p), memory_order_acquire)
+#define LOAD_RLX(p)      atomic_load_explicit((_Atomic __typeof__(*(p)) *)(p), memory_order_relaxed)
+#define STORE_REL(p, v)  atomic_store_explicit((_Atomic __typeof__(*(p)) *)(p), (v), memory_order_release)
+#define FETCH_ADD(p, v)  atomic_fetch_add_explicit((_Atomic __typeof__(*(p)) *)(p), (v), memory_order_seq_cst)
+#define FETCH_SUB(p, v)  atomic_fetch_sub_explicit((_Atomic __typeof__(*(p)) *)(p), (v), memory_order_seq_cst)
+#define LOAD_SC(p)       atomic_load_explicit((_Atomic __typeof__(*(p)) *)(p), memory_order_seq_cst)
+
+static inline uint64_t
+sb_round_up(uint64_t n, uint64_t a)
+{
+    return (n + a - 1) & ~(a - 1);
+}
+
+/* ======================================================================================
+ * Mapping: owns the mmap; every memoryview handed out references it
+ * ====================================================================================== */
+
+/* A Mapping exports buffers over sub-ranges of the mapped file. The memoryviews that
+ * recv() and reserve() return hold a reference to it through the buffer protocol, so the
+ * memory stays mapped while any view lives, even after Channel.close() (pyzmq's
+ * Frame.buffer does the same). munmap happens when the last reference goes. */
+typedef struct {
+    PyObject_HEAD
+    char *base;
+    size_t size;
+    /* the range the next buffer export covers; set just before PyMemoryView_FromObject
+     * under the GIL, so no other export can interleave */
+    size_t export_off;
+    size_t export_len;
+    int export_readonly;
+} sb_mapping;
+
+static int
+sb_mapping_getbuffer(sb_mapping *self, Py_buffer *view, int flags)
+{
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_BufferError, "mapping is closed");
+        return -1;
+    }
+    size_t off = self->export_off, len = self->export_len;
+    int ro = self->export_readonly;
+    /* a plain memoryview(mapping) sees the whole mapping read-only */
+    self->export_off = 0;
+    self->export_len = self->size;
+    self->export_readonly = 1;
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->base + off, (Py_ssize_t)len, ro, flags);
+}
+
+static void
+sb_mapping_dealloc(sb_mapping *self)
+{
+    if (self->base != NULL)
+        munmap(self->base, self->size);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs sb_mapping_as_buffer = {
+    .bf_getbuffer = (getbufferproc)sb_mapping_getbuffer,
+};
+
+static PyTypeObject sb_MappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmbench._ring.Mapping",
+    .tp_basicsize = sizeof(sb_mapping),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A shared mapping of a channel file; kept alive by the views into it.",
+    .tp_dealloc = (destructor)sb_mapping_dealloc,
+    .tp_as_buffer = &sb_mapping_as_buffer,
+};
+
+static PyObject *
+sb_mapping_view(sb_mapping *m, size_t off, size_t len, int readonly)
+{
+    m->export_off = off;
+    m->export_len = len;
+    m->export_readonly = readonly;
+    return PyMemoryView_FromObject((PyObject *)m);
+}
+
+/* ======================================================================================
+ * Channel
+ * ====================================================================================== */
+
+typedef struct {
+    /* private geometry (never re-read from shared memory) */
+    char *data;
+    uint64_t cap;
+    uint64_t mask;
+    sb_ring_ctrl *ctrl;
+    /* private copy of the counter this side owns */
+    uint64_t own;    /* head when we produce, tail when we consume */
+    /* producer only: the consumer's tail as last read. Free space computed from it is a
+     * lower bound (tail only grows), so the shared tail -- a cache line the consumer
+     * writes on every release -- is re-read only when that bound is too small. */
+    uint64_t seen_tail;
+} sb_ring;
+
+typedef struct {
+    /* adaptive spin: the budget follows the typical wait, capped by spin_max */
+    int64_t spin_max_ns;
+    int adaptive;
+    int64_t est_ns;          /* EWMA of waits that ended while spinning */
+    int fail_streak;         /* waits without spinning since the last probe */
+    int64_t slice_ns;
+} sb_wait_policy;
+
+typedef struct {
+    PyObject_HEAD
+    sb_mapping *mapping;
+    sb_header *hdr;
+    int role;                /* SB_HOST or SB_SERVER */
+    sb_ring tx;              /* the ring we produce into */
+    sb_ring rx;              /* the ring we consume from */
+    uint64_t max_record;     /* largest payload of one record */
+    uint64_t max_message;    /* largest reassembled message we accept */
+    uint64_t pending_release;/* bytes of rx records handed out but not yet released */
+    uint64_t reserved;       /* bytes reserved in tx, 0 when no reservation */
+    uint64_t reserved_pos;
+    sb_wait_policy wait;
+    int death_fds[SB_MAX_DEATH_FDS];
+    int n_death_fds;
+    int peer_lock_fd;
+    int broken;              /* a protocol error was seen: refuse further use */
+    int closed;
+    /* statistics */
+    uint64_t n_spin_ok, n_spin_fail, n_sleeps, n_wakes, n_wakes_skipped;
+} sb_channel;
+
+/* wait outcomes computed without the GIL, turned into exceptions with it */
+enum {
+    SB_W_OK = 0,
+    SB_W_TIMEOUT,
+    SB_W_PEER_CLOSED,
+    SB_W_PEER_DIED,
+    SB_W_PROTOCOL,
+    SB_W_SIGNAL,     /* a Python exception is already set */
+};
+
+static int
+sb_check_usable(sb_channel *c)
+{
+    if (c->closed) {
+        PyErr_SetString(sb_state.ChannelClosed, "channel is closed");
+        return -1;
+    }
+    if (c->broken) {
+        PyErr_SetString(sb_state.ProtocolError,
+                        "channel is broken after a protocol error; close it");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+sb_raise_outcome(sb_channel *c, int outcome, const char *what, const char *detail)
+{
+    switch (outcome) {
+    case SB_W_TIMEOUT:
+        PyErr_Format(sb_state.ChannelTimeout, "timed out waiting for %s", what);
+        break;
+    case SB_W_PEER_CLOSED:
+        PyErr_Format(sb_state.ChannelClosed, "the peer closed the channel while waiting for %s", what);
+        break;
+    case SB_W_PEER_DIED:
+        PyErr_Format(sb_state.PeerDied, "the peer died while this side waited for %s", what);
+        break;
+    case SB_W_PROTOCOL:
+        c->broken = 1;
+        PyErr_Format(sb_state.ProtocolError, "protocol violation by the peer: %s",
+                     detail ? detail : "bad ring state");
+        break;
+    case SB_W_SIGNAL:
+        break;
+    }
+    return -1;
+}
+
+/* --------------------------------------------------------------------------------------
+ * Ring conditions. Each returns 1 when ready, 0 when not, -1 on a protocol violation
+ * (with *why set). They never take the GIL.
+ * -------------------------------------------------------------------------------------- */
+
+/* Consumer: bytes available in rx. */
+static inline int
+sb_rx_ready(sb_channel *c, uint64_t *avail, const char **why)
+{
+    uint64_t head = LOAD_ACQ(&c->rx.ctrl->head);
+    uint64_t tail = c->rx.own;
+    /* the peer owns head: it must not be behind our tail nor claim more than the ring */
+    if (head < tail || head - tail > c->rx.cap || (head & (SB_RECORD_ALIGN - 1))) {
+        *why = "producer head out of range";
+        return -1;
+    }
+    *avail = head - tail;
+    return *avail != 0;
+}
+
+/* Producer: room for `need` contiguous-or-not bytes in tx. */
+static inline int
+sb_tx_room(sb_channel *c, uint64_t need, const char **why)
+{
+    uint64_t head = c->tx.own;
+    if (c->tx.cap - (head - c->tx.seen_tail) >= need)
+        return 1;
+    uint64_t tail = LOAD_ACQ(&c->tx.ctrl->tail);
+    /* the peer owns tail: it never passes our head, never goes back, never lags a ring */
+    if (tail > head || tail < c->tx.seen_tail || head - tail > c->tx.cap) {
+        *why = "consumer tail out of range";
+        return -1;
+    }
+    c->tx.seen_tail = tail;
+    return c->tx.cap - (head - tail) >= need;
+}
+
+static inline int
+sb_peer_closed(sb_channel *c)
+{
+    return LOAD_RLX(&c->hdr->state[1 - c->role]) == SB_STATE_CLOSED;
+}
+
+/* Is the peer alive? Death fds (a pidfd of the child, or the server's stdin pipe) report
+ * any event when the peer is gone; the peer's lock file is flocked exclusively by a live
+ * peer, so if we can take a shared lock the peer no longer holds it. */
+static int
+sb_peer_alive(sb_channel *c)
+{
+    if (c->n_death_fds > 0) {
+        struct pollfd p[SB_MAX_DEATH_FDS];
+        for (int i = 0; i < c->n_death_fds; i++) {
+            p[i].fd = c->death_fds[i];
+            p[i].events = POLLIN;
+            p[i].revents = 0;
+        }
+        int r = poll(p, (nfds_t)c->n_death_fds, 0);
+        if (r > 0)
+            for (int i = 0; i < c->n_death_fds; i++)
+                if (p[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))
+                    return 0;
+    }
+    if (c->peer_lock_fd >= 0) {
+        if (flock(c->peer_lock_fd, LOCK_SH | LOCK_NB) == 0) {
+            flock(c->peer_lock_fd, LOCK_UN);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* --------------------------------------------------------------------------------------
+ * The wait: spin for the adaptive budget, then futex-wait in slices.
+ * `space` selects the producer wait (room for `need` bytes in tx) over the consumer wait
+ * (any bytes in rx). Called with the GIL held; releases it while waiting.
+ * -------------------------------------------------------------------------------------- */
+
+static inline int
+sb_cond(sb_channel *c, int space, uint64_t need, const char **why)
+{
+    uint64_t avail;
+    return space ? sb_tx_room(c, need, why) : sb_rx_ready(c, &avail, why);
+}
+
+static int64_t
+sb_spin_budget(sb_wait_policy *w)
+{
+    if (w->spin_max_ns <= 0)
+        return 0;
+    if (!w->adaptive)
+        return w->spin_max_ns;
+    if (w->est_ns > w->spin_max_ns) {
+        /* replies take longer than we may spin: block, but probe now and then in case the
+         * peer got faster (or only looked slow because it was asleep itself) */
+        if (++w->fail_streak < 32)
+            return 0;
+        w->fail_streak = 0;
+        return w->spin_max_ns;
+    }
+    int64_t b = 2 * w->est_ns;
+    if (b < SB_SPIN_FLOOR_NS)
+        b = SB_SPIN_FLOOR_NS;
+    return b < w->spin_max_ns ? b : w->spin_max_ns;
+}
+
+/* Learn how long waits take. Samples are clamped so that one long pause (an episode
+ * reset, a checkpoint) moves the estimate by at most a bounded step. */
+static void
+sb_spin_learn(sb_wait_policy *w, int64_t elapsed)
+{
+    if (!w->adaptive)
+        return;
+    int64_t cap = 2 * w->spin_max_ns;
+    if (elapsed > cap)
+        elapsed = cap;
+    w->est_ns += (elapsed - w->est_ns) / 8;
+}
+
+static int
+sb_wait(sb_channel *c, int space, uint64_t need, double timeout, const char *what)
+{
+    const char *why = NULL;
+    int r = sb_cond(c, space, need, &why);
+    if (r > 0)
+        return 0;
+    if (r < 0)
+        return sb_raise_outcome(c, SB_W_PROTOCOL, what, why);
+    if (sb_peer_closed(c))
+        return sb_raise_outcome(c, SB_W_PEER_CLOSED, what, NULL);
+    if (timeout == 0.0)
+        return sb_raise_outcome(c, SB_W_TIMEOUT, what, NULL);
+
+    sb_ring_ctrl *ctl = space ? c->tx.ctrl : c->rx.ctrl;
+    uint32_t *seq = space ? &ctl->space_seq : &ctl->data_seq;
+    uint32_t *sleepers = space ? &ctl->space_sleepers : &ctl->data_sleepers;
+    int outcome = SB_W_OK;
+
+    PyThreadState *ts = PyEval_SaveThread();
+    int64_t t0 = sb_now_ns();
+    int64_t deadline = timeout < 0 ? INT64_MAX : t0 + (int64_t)(timeout * 1e9);
+    int64_t budget = sb_spin_budget(&c->wait);
+
+    /* spin: a cache-line poll, checking the clock every few iterations */
+    if (budget > 0) {
+        int64_t spin_end = t0 + budget;
+        int64_t now = t0;
+        for (;;) {
+            for (int i = 0; i < 16; i++) {
+                r = sb_cond(c, space, need, &why);
+                if (r != 0)
+                    goto spun;
+                sb_cpu_relax();
+            }
+            now = sb_now_ns();
+            if (now >= spin_end || now >= deadline || sb_peer_closed(c))
+                break;
+        }
+    spun:
+        if (r != 0) {
+            c->n_spin_ok++;
+            sb_spin_learn(&c->wait, sb_now_ns() - t0);
+            goto done;
+        }
+        c->n_spin_fail++;
+    }
+
+    /* block: FUTEX_WAIT in slices; between slices, liveness and signals */
+    for (;;) {
+        FETCH_ADD(sleepers, 1);
+        uint32_t s = LOAD_SC(seq);
+        r = sb_cond(c, space, need, &why);
+        if (r != 0) {
+            FETCH_SUB(sleepers, 1);
+            break;
+        }
+        if (sb_peer_closed(c)) {
+            FETCH_SUB(sleepers, 1);
+            outcome = SB_W_PEER_CLOSED;
+            break;
+        }
+        int64_t now = sb_now_ns();
+        if (now >= deadline) {
+            FETCH_SUB(sleepers, 1);
+            outcome = SB_W_TIMEOUT;
+            break;
+        }
+        int64_t slice = deadline - now < c->wait.slice_ns ? deadline - now : c->wait.slice_ns;
+        c->n_sleeps++;
+        int rc = sb_futex_wait(seq, s, slice);
+        int err = errno;
+        FETCH_SUB(sleepers, 1);
+        if (rc == 0 || err == EAGAIN)
+            continue;   /* woken, or the word changed before we slept: re-check */
+        /* slice over or interrupted: is the peer alive, is a signal pending? */
+        r = sb_cond(c, space, need, &why);
+        if (r != 0)
+            break;
+        if (!sb_peer_alive(c)) {
+            outcome = SB_W_PEER_DIED;
+            break;
+        }
+        PyEval_RestoreThread(ts);
+        int sig = PyErr_CheckSignals();
+        ts = PyEval_SaveThread();
+        if (sig < 0) {
+            outcome = SB_W_SIGNAL;
+            break;
+        }
+    }
+    if (outcome == SB_W_OK)
+        sb_spin_learn(&c->wait, sb_now_ns() - t0);
+done:
+    PyEval_RestoreThread(ts);
+    if (r < 0)
+        outcome = SB_W_PROTOCOL;
+    if (outcome != SB_W_OK)
+        return sb_raise_outcome(c, outcome, what, why);
+    return 0;
+}
+
+/* --------------------------------------------------------------------------------------
+ * Producing
+ * -------------------------------------------------------------------------------------- */
+
+/* After publishing: bump the data futex word and wake the consumer only if it sleeps. */
+static inline void
+sb_notify(sb_channel *c, uint32_t *seq, uint32_t *sleepers)
+{
+    FETCH_ADD(seq, 1);
+    if (LOAD_SC(sleepers) != 0) {
+        c->n_wakes++;
+        sb_futex_wake(seq);
+    } else {
+        c->n_wakes_skipped++;
+    }
+}
+
+/* Make room for one record of `payload` bytes at a contiguous position; writes a PAD
+ * record to the end of the ring when the record would straddle it. Returns the ring
+ * position of the record header, or -1 with an exception set. */
+static int64_t
+sb_tx_place(sb_channel *c, uint64_t payload, double timeout)
+{
+    uint64_t need = SB_RECORD_HEADER + sb_round_up(payload, SB_RECORD_ALIGN);
+    uint64_t pos = c->tx.own & c->tx.mask;
+    uint64_t contiguous = c->tx.cap - pos;
+    if (need > contiguous) {
+        /* pad to the end first (publishing it), then wait for room at position 0 */
+        if (sb_wait(c, 1, contiguous, timeout, "room in the ring") < 0)
+            return -1;
+        uint32_t *h = (uint32_t *)(c->tx.data + pos);
+        h[0] = (uint32_t)(contiguous - SB_RECORD_HEADER);
+        h[1] = SB_REC_PAD;
+        c->tx.own += contiguous;
+        STORE_REL(&c->tx.ctrl->head, c->tx.own);
+        pos = 0;
+    }
+    if (sb_wait(c, 1, need, timeout, "room in the ring") < 0)
+        return -1;
+    return (int64_t)pos;
+}
+
+static void
+sb_tx_publish(sb_channel *c, uint64_t pos, uint64_t payload, uint32_t kind)
+{
+    uint32_t *h = (uint32_t *)(c->tx.data + pos);
+    h[0] = (uint32_t)payload;
+    h[1] = kind;
+    c->tx.own += SB_RECORD_HEADER + sb_round_up(payload, SB_RECORD_ALIGN);
+    /* release: the record bytes above become visible no later than the new head */
+    STORE_REL(&c->tx.ctrl->head, c->tx.own);
+    sb_notify(c, &c->tx.ctrl->data_seq, &c->tx.ctrl->data_sleepers);
+}
+
+static int
+sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, double timeout)
+{
+    if (len <= c->max_record) {
+        int64_t pos = sb_tx_place(c, len, timeout);
+        if (pos < 0)
+            return -1;
+        memcpy(c->tx.data + pos + SB_RECORD_HEADER, buf, len);
+        sb_tx_publish(c, (uint64_t)pos, len, SB_REC_MESSAGE);
+        return 0;
+    }
+    /* fragments of a quarter ring: the consumer drains while we fill */
+    uint64_t chunk = c->tx.cap / 4 - 2 * SB_RECORD_HEADER;
+    uint64_t sent = 0;
+    while (sent < len) {
+        uint64_t extra = sent == 0 ? 8 : 0;
+        uint64_t n = len - sent < chunk ? len - sent : chunk;
+        int64_t pos = sb_tx_place(c, n + extra, timeout);
+        if (pos < 0)
+            return -1;   /* a half-sent message: the Python layer marks the peer broken */
+        char *dst = c->tx.data + pos + SB_RECORD_HEADER;
+        if (extra)
+            memcpy(dst, &len, 8);
+        memcpy(dst + extra, buf + sent, n);
+        uint32_t kind = sent == 0 ? SB_REC_FIRST : (sent + n == len ? SB_REC_LAST : SB_REC_MIDDLE);
+        sent += n;
+        sb_tx_publish(c, (uint64_t)pos, n + extra, kind);
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------------------------
+ * Consuming
+ * -------------------------------------------------------------------------------------- */
+
+static void
+sb_rx_release(sb_channel *c)
+{
+    if (c->pending_release == 0)
+        return;
+    c->rx.own += c->pending_release;
+    c->pending_release = 0;
+    /* release: we are done reading the old record before the producer may reuse it */
+    STORE_REL(&c->rx.ctrl->tail, c->rx.own);
+    sb_notify(c, &c->rx.ctrl->space_seq, &c->rx.ctrl->space_sleepers);
+}
+
+/* Reads the next record header, skipping PADs. On success fills *pos (of the payload),
+ * *len, *kind and leaves the record's size in pending_release. */
+static int
+sb_rx_next(sb_channel *c, double timeout, uint64_t *pos, uint64_t *len, uint32_t *kind)
+{
+    for (;;) {
+        if (sb_wait(c, 0, 0, timeout, "a message") < 0)
+            return -1;
+        uint64_t avail;
+        const char *why = NULL;
+        if (sb_rx_ready(c, &avail, &why) < 0)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", why);
+        uint64_t p = c->rx.own & c->rx.mask;
+        uint64_t contiguous = c->rx.cap - p;
+        /* read the header ONCE into locals; the peer may rewrite it at any time */
+        uint32_t h[2];
+        memcpy(h, c->rx.data + p, sizeof h);
+        uint64_t size = SB_RECORD_HEADER + sb_round_up(h[0], SB_RECORD_ALIGN);
+        if (size > avail || size > contiguous)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "record overruns the ring");
+        if (h[1] == SB_REC_PAD) {
+            if (size != contiguous)
+                return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "misplaced pad record");
+            c->pending_release = size;
+            sb_rx_release(c);
+            continue;
+        }
+        if (h[1] < SB_REC_MESSAGE || h[1] > SB_REC_LAST)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "unknown record kind");
+        *pos = p + SB_RECORD_HEADER;
+        *len = h[0];
+        *kind = h[1];
+        c->pending_release = size;
+        return 0;
+    }
+}
+
+/* Receives one message: a zero-copy read-only view for a single record (valid until the
+ * next recv or release), a reassembled bytes object for a fragmented one. */
+static PyObject *
+sb_recv_message(sb_channel *c, double timeout)
+{
+    uint64_t pos, len;
+    uint32_t kind;
+    sb_rx_release(c);
+    if (sb_rx_next(c, timeout, &pos, &len, &kind) < 0)
+        return NULL;
+    if (kind == SB_REC_MESSAGE)
+        return sb_mapping_view(c->mapping, (size_t)(c->rx.data - c->mapping->base) + pos, len, 1);
+    if (kind != SB_REC_FIRST || len < 8)
+        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment out of order"), NULL;
+    uint64_t total;
+    memcpy(&total, c->rx.data + pos, 8);
+    if (total > c->max_message || total <= c->max_record)
+        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message",
+                                "fragmented message larger than max_message (or needlessly fragmented)"),
+               NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL)
+        return NULL;
+    char *dst = PyBytes_AS_STRING(out);
+    uint64_t got = len - 8;
+    if (got > total) {
+        Py_DECREF(out);
+        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment overruns its message"), NULL;
+    }
+    memcpy(dst, c->rx.data + pos + 8, got);
+    while (got < total) {
+        sb_rx_release(c);
+        if (sb_rx_next(c, timeout, &pos, &len, &kind) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if ((kind != SB_REC_MIDDLE && kind != SB_REC_LAST) || len > total - got ||
+            (kind == SB_REC_LAST) != (got + len == total)) {
+            Py_DECREF(out);
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "bad fragment sequence"), NULL;
+        }
+        memcpy(dst + got, c->rx.data + pos, len);
+        got += len;
+    }
+    sb_rx_release(c);
+    PyObject *mv = PyMemoryView_FromObject(out);
+    Py_DECREF(out);
+    return mv;
+}
+
+/* ======================================================================================
+ * Channel: Python methods
+ * ====================================================================================== */
+
+static int
+sb_parse_timeout(PyObject *obj, double *out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = -1.0;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(t >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a number >= 0");
+        return -1;
+    }
+    if (t > 1e9)
+        t = -1.0;
+    *out = t;
+    return 0;
+}
+
+static int
+sb_check_capacity(uint64_t cap, const char *name)
+{
+    if (cap < SB_MIN_CAPACITY || cap > SB_MAX_CAPACITY || (cap & (cap - 1))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a power of two between %u and 2**31, got %llu",
+                     name, SB_MIN_CAPACITY, (unsigned long long)cap);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+sb_channel_setup_rings(sb_channel *c, const uint64_t off[2], const uint64_t cap[2])
+{
+    int tx = c->role == SB_HOST ? SB_REQUEST : SB_REPLY;
+    int rx = 1 - tx;
+    char *base = c->mapping->base;
+    c->tx.data = base + off[tx];
+    c->tx.cap = cap[tx];
+    c->tx.mask = cap[tx] - 1;
+    c->tx.ctrl = &c->hdr->ring[tx];
+    c->rx.data = base + off[rx];
+    c->rx.cap = cap[rx];
+    c->rx.mask = cap[rx] - 1;
+    c->rx.ctrl = &c->hdr->ring[rx];
+    uint64_t smaller = cap[0] < cap[1] ? cap[0] : cap[1];
+    (void)smaller;
+    c->max_record = c->tx.cap / 2 - SB_RECORD_HEADER;
+}
+
+static int
+sb_channel_init(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", "role", "create", "request_capacity", "reply_capacity",
+                             "max_message", NULL};
+    int fd, role, create = 0;
+    unsigned long long req_cap = 1 << 20, rep_cap = 1 << 22, max_message = SB_DEFAULT_MAX_MESSAGE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|$pKKK", kwlist, &fd, &role, &create,
+                                     &req_cap, &rep_cap, &max_message))
+        return -1;
+    if (self->mapping != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Channel.__init__ called twice");
+        return -1;
+    }
+    if (role != SB_HOST && role != SB_SERVER) {
+        PyErr_SetString(PyExc_ValueError, "role must be HOST (0) or SERVER (1)");
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    uint64_t off[2], cap[2], size;
+    if (create) {
+        if (role != SB_HOST) {
+            PyErr_SetString(PyExc_ValueError, "only the host creates a channel");
+            return -1;
+        }
+        if (sb_check_capacity(req_cap, "request_capacity") < 0 ||
+            sb_check_capacity(rep_cap, "reply_capacity") < 0)
+            return -1;
+        cap[0] = req_cap;
+        cap[1] = rep_cap;
+        off[0] = SB_HEADER_SIZE;
+        off[1] = SB_HEADER_SIZE + req_cap;
+        size = off[1] + rep_cap;
+        if ((uint64_t)st.st_size < size) {
+            PyErr_Format(sb_state.ChannelMismatch,
+                         "channel file is %lld bytes, the layout needs %llu (reserve it first)",
+                         (long long)st.st_size, (unsigned long long)size);
+            return -1;
+        }
+    } else {
+        /* attach: validate the header as written by the creator */
+        sb_header h;
+        if ((uint64_t)st.st_size < SB_HEADER_SIZE ||
+            pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+            PyErr_SetString(sb_state.ChannelMismatch, "channel file is too short for a header");
+            return -1;
+        }
+        if (h.magic != SB_MAGIC) {
+            PyErr_SetString(sb_state.ChannelMismatch, "not a shmbench channel file (bad magic)");
+            return -1;
+        }
+        if (h.layout_version != SB_LAYOUT_VERSION || h.header_size != SB_HEADER_SIZE) {
+            PyErr_Format(sb_state.ChannelMismatch,
+                         "channel layout version %u (header %u bytes) but this shmbench speaks "
+                         "version %u (header %u bytes): use the same shmbench release on both sides",
+                         h.layout_version, h.header_size, SB_LAYOUT_VERSION, SB_HEADER_SIZE);
+            return -1;
+        }
+        for (int i = 0; i < 2; i++) {
+            cap[i] = h.ring_capacity[i];
+            off[i] = h.ring_offset[i];
+            if (cap[i] < SB_MIN_CAPACITY || cap[i] > SB_MAX_CAPACITY || (cap[i] & (cap[i] - 1)) ||
+                off[i] < SB_HEADER_SIZE || off[i] % SB_CACHELINE || off[i] > h.file_size ||
+                cap[i] > h.file_size - off[i]) {
+                PyErr_SetString(sb_state.ChannelMismatch, "channel header has an impossible ring geometry");
+                return -1;
+            }
+        }
+        if ((off[0] < off[1] && off[0] + cap[0] > off[1]) || (off[1] < off[0] && off[1] + cap[1] > off[0]) ||
+            off[0] == off[1]) {
+            PyErr_SetString(sb_state.ChannelMismatch, "channel header has overlapping rings");
+            return -1;
+        }
+        size = h.file_size;
+        if ((uint64_t)st.st_size < size) {
+            PyErr_Format(sb_state.ChannelMismatch,
+                         "channel file is %lld bytes but its header claims %llu",
+                         (long long)st.st_size, (unsigned long long)size);
+            return -1;
+        }
+    }
+    void *base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    sb_mapping *m = PyObject_New(sb_mapping, &sb_MappingType);
+    if (m == NULL) {
+        munmap(base, (size_t)size);
+        return -1;
+    }
+    m->base = base;
+    m->size = (size_t)size;
+    m->export_off = 0;
+    m->export_len = (size_t)size;
+    m->export_readonly = 1;
+    self->mapping = m;
+    self->hdr = (sb_header *)base;
+    self->role = role;
+    if (create) {
+        sb_header *h = self->hdr;
+        memset(h, 0, sizeof *h);
+        h->layout_version = SB_LAYOUT_VERSION;
+        h->header_size = SB_HEADER_SIZE;
+        h->file_size = size;
+        for (int i = 0; i < 2; i++) {
+            h->ring_offset[i] = off[i];
+            h->ring_capacity[i] = cap[i];
+        }
+        /* magic last (release): an attacher that sees it sees a complete header */
+        STORE_REL(&h->magic, SB_MAGIC);
+    }
+    sb_channel_setup_rings(self, off, cap);
+    /* start from the counters as they are (zero for a new channel) */
+    self->tx.own = LOAD_ACQ(&self->tx.ctrl->head);
+    self->tx.seen_tail = LOAD_ACQ(&self->tx.ctrl->tail);
+    self->rx.own = LOAD_ACQ(&self->rx.ctrl->tail);
+    if (!create && (self->tx.own != 0 || self->rx.own != 0 || self->tx.seen_tail != 0)) {
+        PyErr_SetString(sb_state.ChannelMismatch, "channel was already used (counters not zero)");
+        return -1;
+    }
+    self->max_message = max_message;
+    self->wait.spin_max_ns = SB_DEFAULT_SPIN_NS;
+    self->wait.adaptive = 1;
+    self->wait.est_ns = SB_DEFAULT_SPIN_NS / 4;
+    self->wait.slice_ns = SB_DEFAULT_SLICE_NS;
+    self->peer_lock_fd = -1;
+    self->hdr->pid[role] = (uint32_t)getpid();
+    STORE_REL(&self->hdr->state[role], (uint32_t)SB_STATE_OPEN);
+    return 0;
+}
+
+static void
+sb_channel_do_close(sb_channel *self)
+{
+    if (self->closed || self->mapping == NULL)
+        return;
+    self->closed = 1;
+    /* tell the peer, then wake it wherever it sleeps so it notices now, not after a slice */
+    STORE_REL(&self->hdr->state[self->role], (uint32_t)SB_STATE_CLOSED);
+    for (int i = 0; i < 2; i++) {
+        FETCH_ADD(&self->hdr->ring[i].data_seq, 1);
+        FETCH_ADD(&self->hdr->ring[i].space_seq, 1);
+        sb_futex_wake(&self->hdr->ring[i].data_seq);
+        sb_futex_wake(&self->hdr->ring[i].space_seq);
+    }
+    if (self->peer_lock_fd >= 0)
+        close(self->peer_lock_fd);
+    self->peer_lock_fd = -1;
+    for (int i = 0; i < self->n_death_fds; i++)
+        close(self->death_fds[i]);
+    self->n_death_fds = 0;
+}
+
+static void
+sb_channel_dealloc(sb_channel *self)
+{
+    sb_channel_do_close(self);
+    Py_XDECREF(self->mapping);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(sb_send_doc,
+"send($self, data, /, timeout=None)\n--\n\n"
+"Send one message (any bytes-like object). Waits for room when the ring is full.\n"
+"Messages larger than half the ring travel as fragments.");
+
+static PyObject *
+sb_channel_send(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"data", "timeout", NULL};
+    Py_buffer buf;
+    PyObject *tobj = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
+        return NULL;
+    int rc = -1;
+    if (sb_parse_timeout(tobj, &timeout) == 0 && sb_check_usable(self) == 0) {
+        if (self->reserved)
+            PyErr_SetString(PyExc_RuntimeError, "send() while a reservation is open; commit() it first");
+        else
+            rc = sb_send_bytes(self, buf.buf, (uint64_t)buf.len, timeout);
+    }
+    PyBuffer_Release(&buf);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sb_recv_doc,
+"recv($self, /, timeout=None)\n--\n\n"
+"Receive the next message as a read-only memoryview. A single-record message is a\n"
+"zero-copy view into the ring, valid until the next recv() or release(); it keeps the\n"
+"mapping alive. Raises ChannelTimeout, ChannelClosed, PeerDied or ProtocolError.");
+
+static PyObject *
+sb_channel_recv(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *tobj = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", kwlist, &tobj))
+        return NULL;
+    if (sb_parse_timeout(tobj, &timeout) < 0 || sb_check_usable(self) < 0)
+        return NULL;
+    return sb_recv_message(self, timeout);
+}
+
+PyDoc_STRVAR(sb_call_doc,
+"call($self, data, /, timeout=None)\n--\n\n"
+"send(data) then recv(): one round trip in one Python call.");
+
+static PyObject *
+sb_channel_call(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"data", "timeout", NULL};
+    Py_buffer buf;
+    PyObject *tobj = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
+        return NULL;
+    PyObject *out = NULL;
+    if (sb_parse_timeout(tobj, &timeout) == 0 && sb_check_usable(self) == 0) {
+        if (self->reserved)
+            PyErr_SetString(PyExc_RuntimeError, "call() while a reservation is open; commit() it first");
+        else if (sb_send_bytes(self, buf.buf, (uint64_t)buf.len, timeout) == 0)
+            out = sb_recv_message(self, timeout);
+    }
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+PyDoc_STRVAR(sb_release_doc,
+"release($self, /)\n--\n\n"
+"Hand the space of the last received message back to the producer now (recv() does\n"
+"this implicitly). Views of that message must not be read afterwards.");
+
+static PyObject *
+sb_channel_release(sb_channel *self, PyObject *unused)
+{
+    if (!self->closed && !self->broken)
+        sb_rx_release(self);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sb_reserve_doc,
+"reserve($self, size, /, timeout=None)\n--\n\n"
+"Reserve `size` bytes in the outgoing ring and return a writable memoryview over them;\n"
+"fill it, then commit(n) publishes the first n bytes as one message. size is at most\n"
+"max_record.");
+
+static PyObject *
+sb_channel_reserve(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "timeout", NULL};
+    Py_ssize_t size;
+    PyObject *tobj = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|O", kwlist, &size, &tobj))
+        return NULL;
+    if (sb_parse_timeout(tobj, &timeout) < 0 || sb_check_usable(self) < 0)
+        return NULL;
+    if (self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "a reservation is already open; commit() it first");
+        return NULL;
+    }
+    if (size < 0 || (uint64_t)size > self->max_record) {
+        PyErr_Format(PyExc_ValueError, "reserve size must be between 0 and max_record=%llu",
+                     (unsigned long long)self->max_record);
+        return NULL;
+    }
+    int64_t pos = sb_tx_place(self, (uint64_t)size, timeout);
+    if (pos < 0)
+        return NULL;
+    self->reserved = (uint64_t)size + 1;   /* +1: a zero-byte reservation is still open */
+    self->reserved_pos = (uint64_t)pos;
+    size_t abs = (size_t)(self->tx.data - self->mapping->base) + (size_t)pos + SB_RECORD_HEADER;
+    return sb_mapping_view(self->mapping, abs, (size_t)size, 0);
+}
+
+PyDoc_STRVAR(sb_commit_doc,
+"commit($self, size, /)\n--\n\n"
+"Publish the first `size` bytes of the open reservation as one message.");
+
+static PyObject *
+sb_channel_commit(sb_channel *self, PyObject *arg)
+{
+    Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (sb_check_usable(self) < 0)
+        return NULL;
+    if (!self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "commit() without reserve()");
+        return NULL;
+    }
+    if (size < 0 || (uint64_t)size > self->reserved - 1) {
+        PyErr_SetString(PyExc_ValueError, "commit size exceeds the reservation");
+        return NULL;
+    }
+    self->reserved = 0;
+    sb_tx_publish(self, self->reserved_pos, (uint64_t)size, SB_REC_MESSAGE);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sb_poll_doc,
+"poll($self, /)\n--\n\nTrue when a message is waiting (never blocks).");
+
+static PyObject *
+sb_channel_poll(sb_channel *self, PyObject *unused)
+{
+    if (sb_check_usable(self) < 0)
+        return NULL;
+    uint64_t avail;
+    const char *why = NULL;
+    /* a record already handed out does not count */
+    int r = sb_rx_ready(self, &avail, &why);
+    if (r < 0)
+        return sb_raise_outcome(self, SB_W_PROTOCOL, "a message", why), NULL;
+    return PyBool_FromLong(r > 0 && avail > self->pending_release);
+}
+
+PyDoc_STRVAR(sb_set_peer_doc,
+"set_peer($self, /, death_fds=(), lock_fd=-1)\n--\n\n"
+"Tell the channel how to notice a dead peer between wait slices. `death_fds` (up to 4)\n"
+"are polled: any event means the peer is gone (a pidfd of the child process; the server's\n"
+"stdin pipe). `lock_fd` is an fd of the peer's lock file, which a live peer holds with\n"
+"flock(LOCK_EX). The channel takes ownership of the fds and closes them.");
+
+static PyObject *
+sb_channel_set_peer(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"death_fds", "lock_fd", NULL};
+    PyObject *fds = NULL;
+    int lock_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Oi", kwlist, &fds, &lock_fd))
+        return NULL;
+    if (self->closed) {
+        PyErr_SetString(sb_state.ChannelClosed, "channel is closed");
+        return NULL;
+    }
+    int tmp[SB_MAX_DEATH_FDS], n = 0;
+    if (fds != NULL && fds != Py_None) {
+        PyObject *seq = PySequence_Fast(fds, "death_fds must be a sequence of ints");
+        if (seq == NULL)
+            return NULL;
+        Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+        if (len > SB_MAX_DEATH_FDS) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "at most 4 death fds");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < len; i++) {
+            long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+            if (v == -1 && PyErr_Occurred()) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            tmp[n++] = (int)v;
+        }
+        Py_DECREF(seq);
+        for (int i = 0; i < self->n_death_fds; i++)
+            close(self->death_fds[i]);
+        memcpy(self->death_fds, tmp, sizeof(int) * (size_t)n);
+        self->n_death_fds = n;
+    }
+    if (lock_fd >= 0) {
+        if (self->peer_lock_fd >= 0)
+            close(self->peer_lock_fd);
+        self->peer_lock_fd = lock_fd;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sb_peer_alive_doc,
+"peer_alive($self, /)\n--\n\nThe liveness check the waits run between slices.");
+
+static PyObject *
+sb_channel_peer_alive(sb_channel *self, PyObject *unused)
+{
+    if (self->closed)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(sb_peer_alive(self));
+}
+
+PyDoc_STRVAR(sb_configure_wait_doc,
+"configure_wait($self, /, spin_ns=50000, adaptive=True, slice_ns=50000000)\n--\n\n"
+"Spin at most spin_ns before sleeping (0: never spin). adaptive=True learns the typical\n"
+"wait and spins about four times that (capped at spin_ns), and stops spinning for a while\n"
+"when spins keep failing. slice_ns is how often a sleeping wait checks the peer is alive.");
+
+static PyObject *
+sb_channel_configure_wait(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"spin_ns", "adaptive", "slice_ns", NULL};
+    long long spin = self->wait.spin_max_ns, slice = self->wait.slice_ns;
+    int adaptive = self->wait.adaptive;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|LpL", kwlist, &spin, &adaptive, &slice))
+        return NULL;
+    if (spin < 0 || slice < 1000 || slice > 10LL * 1000 * 1000 * 1000) {
+        PyErr_SetString(PyExc_ValueError, "spin_ns must be >= 0 and slice_ns in [1 us, 10 s]");
+        return NULL;
+    }
+    self->wait.spin_max_ns = spin;
+    self->wait.adaptive = adaptive;
+    self->wait.est_ns = spin / 4;
+    self->wait.fail_streak = 0;
+    self->wait.slice_ns = slice;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sb_stats_doc,
+"stats($self, /)\n--\n\nCounters of the waits and wake-ups, and the learned spin budget.");
+
+static PyObject *
+sb_channel_stats(sb_channel *self, PyObject *unused)
+{
+    return Py_BuildValue("{sKsKsKsKsKsLsL}",
+                         "spin_ok", (unsigned long long)self->n_spin_ok,
+                         "spin_fail", (unsigned long long)self->n_spin_fail,
+                         "sleeps", (unsigned long long)self->n_sleeps,
+                         "wakes", (unsigned long long)self->n_wakes,
+                         "wakes_skipped", (unsigned long long)self->n_wakes_skipped,
+                         "spin_estimate_ns", (long long)self->wait.est_ns,
+                         "spin_budget_ns", (long long)(self->wait.adaptive ? (2 * self->wait.est_ns < self->wait.spin_max_ns ? 2 * self->wait.est_ns : self->wait.spin_max_ns) : self->wait.spin_max_ns));
+}
+
+PyDoc_STRVAR(sb_close_doc,
+"close($self, /)\n--\n\n"
+"Mark this side closed and wake the peer. Idempotent. Views handed out stay readable.");
+
+static PyObject *
+sb_channel_close(sb_channel *self, PyObject *unused)
+{
+    sb_channel_do_close(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sb_channel_enter(sb_channel *self, PyObject *unused)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+sb_channel_exit(sb_channel *self, PyObject *args)
+{
+    sb_channel_do_close(self);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+sb_channel_get_closed(sb_channel *self, void *unused)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+sb_channel_get_peer_closed(sb_channel *self, void *unused)
+{
+    if (self->mapping == NULL)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(sb_peer_closed(self));
+}
+
+static PyObject *
+sb_channel_get_max_record(sb_channel *self, void *unused)
+{
+    return PyLong_FromUnsignedLongLong(self->max_record);
+}
+
+static PyObject *
+sb_channel_get_size(sb_channel *self, void *unused)
+{
+    return PyLong_FromSize_t(self->mapping ? self->mapping->size : 0);
+}
+
+static PyObject *
+sb_channel_get_role(sb_channel *self, void *unused)
+{
+    return PyLong_FromLong(self->role);
+}
+
+static PyMethodDef sb_channel_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))sb_channel_send, METH_VARARGS | METH_KEYWORDS, sb_send_doc},
+    {"recv", (PyCFunction)(void (*)(void))sb_channel_recv, METH_VARARGS | METH_KEYWORDS, sb_recv_doc},
+    {"call", (PyCFunction)(void (*)(void))sb_channel_call, METH_VARARGS | METH_KEYWORDS, sb_call_doc},
+    {"release", (PyCFunction)sb_channel_release, METH_NOARGS, sb_release_doc},
+    {"reserve", (PyCFunction)(void (*)(void))sb_channel_reserve, METH_VARARGS | METH_KEYWORDS, sb_reserve_doc},
+    {"commit", (PyCFunction)sb_channel_commit, METH_O, sb_commit_doc},
+    {"poll", (PyCFunction)sb_channel_poll, METH_NOARGS, sb_poll_doc},
+    {"set_peer", (PyCFunction)(void (*)(void))sb_channel_set_peer, METH_VARARGS | METH_KEYWORDS, sb_set_peer_doc},
+    {"peer_alive", (PyCFunction)sb_channel_peer_alive, METH_NOARGS, sb_peer_alive_doc},
+    {"configure_wait", (PyCFunction)(void (*)(void))sb_channel_configure_wait, METH_VARARGS | METH_KEYWORDS,
+     sb_configure_wait_doc},
+    {"stats", (PyCFunction)sb_channel_stats, METH_NOARGS, sb_stats_doc},
+    {"close", (PyCFunction)sb_channel_close, METH_NOARGS, sb_close_doc},
+    {"__enter__", (PyCFunction)sb_channel_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)sb_channel_exit, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyGetSetDef sb_channel_getset[] = {
+    {"closed", (getter)sb_channel_get_closed, NULL, "True after close().", NULL},
+    {"peer_closed", (getter)sb_channel_get_peer_closed, NULL, "True once the peer closed its side.", NULL},
+    {"max_record", (getter)sb_channel_get_max_record, NULL, "Largest message sent as one record.", NULL},
+    {"size", (getter)sb_channel_get_size, NULL, "Bytes mapped (header and rings).", NULL},
+    {"role", (getter)sb_channel_get_role, NULL, "HOST (0) or SERVER (1).", NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(sb_channel_doc,
+"Channel(fd, role, /, *, create=False, request_capacity=1048576, reply_capacity=4194304,\n"
+"        max_message=268435456)\n--\n\n"
+"One side of a shmbench channel: maps the channel file behind `fd` (which may be closed\n"
+"afterwards). The host creates (create=True; the file must already be reserved to\n"
+"layout_size(request_capacity, reply_capacity) bytes); the server attaches, which checks\n"
+"the magic, layout version and geometry.");
+
+static PyTypeObject sb_ChannelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmbench._ring.Channel",
+    .tp_basicsize = sizeof(sb_channel),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = sb_channel_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)sb_channel_init,
+    .tp_dealloc = (destructor)sb_channel_dealloc,
+    .tp_methods = sb_channel_methods,
+    .tp_getset = sb_channel_getset,
+};
+
+/* ======================================================================================
+ * Module
+ * ====================================================================================== */
+
+PyDoc_STRVAR(sb_layout_size_doc,
+"layout_size(request_capacity, reply_capacity, /)\n--\n\n"
+"Bytes a channel file needs for the header and both rings.");
+
+static PyObject *
+sb_layout_size(PyObject *mod, PyObject *args)
+{
+    unsigned long long a, b;
+    if (!PyArg_ParseTuple(args, "KK", &a, &b))
+        return NULL;
+    if (sb_check_capacity(a, "request_capacity") < 0 || sb_check_capacity(b, "reply_capacity") < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(SB_HEADER_SIZE + a + b);
+}
+
+static PyMethodDef sb_module_methods[] = {
+    {"layout_size", sb_layout_size, METH_VARARGS, sb_layout_size_doc},
+    {NULL},
+};
+
+static struct PyModuleDef sb_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmbench._ring",
+    .m_doc = "Shared-memory rings with futex wake-ups in one mapped file (see ring.h).",
+    .m_size = -1,
+    .m_methods = sb_module_methods,
+};
+
+static int
+sb_add_int(PyObject *dict, const char *name, long value)
+{
+    PyObject *v = PyLong_FromLong(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItemString(dict, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+PyMODINIT_FUNC
+PyInit__ring(void)
+{
+    PyObject *errors = PyImport_ImportModule("shmbench.errors");
+    if (errors == NULL)
+        return NULL;
+    sb_state.ProtocolError = PyObject_GetAttrString(errors, "ProtocolError");
+    sb_state.ChannelMismatch = PyObject_GetAttrString(errors, "ChannelMismatch");
+    sb_state.ChannelTimeout = PyObject_GetAttrString(errors, "ChannelTimeout");
+    sb_state.ChannelClosed = PyObject_GetAttrString(errors, "ChannelClosed");
+    sb_state.PeerDied = PyObject_GetAttrString(errors, "PeerDied");
+    Py_DECREF(errors);
+    if (!sb_state.ProtocolError || !sb_state.ChannelMismatch || !sb_state.ChannelTimeout ||
+        !sb_state.ChannelClosed || !sb_state.PeerDied)
+        return NULL;
+    if (PyType_Ready(&sb_MappingType) < 0 || PyType_Ready(&sb_ChannelType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&sb_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Channel", (PyObject *)&sb_ChannelType) < 0 ||
+        PyModule_AddObjectRef(m, "Mapping", (PyObject *)&sb_MappingType) < 0 ||
+        PyModule_AddIntConstant(m, "HOST", SB_HOST) < 0 ||
+        PyModule_AddIntConstant(m, "SERVER", SB_SERVER) < 0 ||
+        PyModule_AddIntConstant(m, "HEADER_SIZE", SB_HEADER_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "LAYOUT_VERSION", SB_LAYOUT_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "RECORD_HEADER", SB_RECORD_HEADER) < 0)
+        goto fail;
+    PyObject *ops = PyDict_New();
+    if (ops == NULL)
+        goto fail;
+    if (sb_add_int(ops, "MAKE", SB_OP_MAKE) < 0 || sb_add_int(ops, "CONFIGURE", SB_OP_CONFIGURE) < 0 ||
+        sb_add_int(ops, "RESET", SB_OP_RESET) < 0 || sb_add_int(ops, "STEP", SB_OP_STEP) < 0 ||
+        sb_add_int(ops, "RENDER", SB_OP_RENDER) < 0 || sb_add_int(ops, "CALL", SB_OP_CALL) < 0 ||
+        sb_add_int(ops, "GET_ATTR", SB_OP_GET_ATTR) < 0 || sb_add_int(ops, "SET_ATTR", SB_OP_SET_ATTR) < 0 ||
+        sb_add_int(ops, "CLOSE", SB_OP_CLOSE) < 0 || sb_add_int(ops, "PING", SB_OP_PING) < 0 ||
+        sb_add_int(ops, "ECHO", SB_OP_ECHO) < 0 || PyModule_AddObject(m, "OPCODES", ops) < 0) {
+        Py_DECREF(ops);
+        goto fail;
+    }
+    PyObject *st = PyDict_New();
+    if (st == NULL)
+        goto fail;
+    if (sb_add_int(st, "OK", SB_STATUS_OK) < 0 || sb_add_int(st, "ERROR", SB_STATUS_ERROR) < 0 ||
+        PyModule_AddObject(m, "STATUSES", st) < 0) {
+        Py_DECREF(st);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

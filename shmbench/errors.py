@@ -1,0 +1,128 @@
+"""shmbench's exceptions, defined once.
+
+One root, :class:`ShmbenchError`; every leaf also inherits the standard exception a caller
+would naturally catch, so ``except TimeoutError`` keeps working around shmbench calls.
+The C extension raises these same classes (it imports this module at load time).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ShmbenchError",
+    "ProtocolError",
+    "ChannelMismatch",
+    "ChannelTimeout",
+    "ChannelClosed",
+    "ChannelFull",
+    "PeerDied",
+    "RemoteEnvError",
+    "SpaceNotSupported",
+    "EncodeError",
+    "DecodeError",
+    "RuntimeUnavailable",
+    "ImageError",
+    "DigestMismatch",
+    "ExperimentError",
+]
+
+
+class ShmbenchError(Exception):
+    """Root of every error shmbench raises on purpose."""
+
+
+class ProtocolError(ShmbenchError, ValueError):
+    """The peer wrote something into shared memory that breaks the protocol.
+
+    The peer is untrusted: garbage in the rings or the header ends here, never in a crash.
+    The channel is unusable afterwards.
+    """
+
+
+class ChannelMismatch(ProtocolError):
+    """A channel file has the wrong magic, layout version or geometry."""
+
+
+class ChannelTimeout(ShmbenchError, TimeoutError):
+    """A wait ran past its timeout while the peer was still alive."""
+
+
+class ChannelClosed(ShmbenchError, BrokenPipeError):
+    """The channel was closed, by this side or (cleanly) by the peer."""
+
+
+class ChannelFull(ShmbenchError, OSError):
+    """Space for a channel could not be reserved (for example a full tmpfs)."""
+
+
+class PeerDied(ShmbenchError, ConnectionError):
+    """The process on the other side of a channel is gone.
+
+    Attributes:
+        peer: a name for the peer (the worker and its runtime).
+        exit_status: its exit status when known (negative: killed by that signal).
+        log_tail: the last lines of its log when known.
+    """
+
+    def __init__(self, message: str = "peer died", *, peer: str | None = None,
+                 exit_status: int | None = None, log_tail: str | None = None) -> None:
+        self.peer = peer
+        self.exit_status = exit_status
+        self.log_tail = log_tail
+        parts = [message]
+        if peer:
+            parts.append(f"peer: {peer}")
+        if exit_status is not None:
+            if exit_status < 0:
+                parts.append(f"killed by signal {-exit_status}")
+            else:
+                parts.append(f"exit status {exit_status}")
+        text = "; ".join(parts)
+        if log_tail:
+            text += "\n--- last lines of its log ---\n" + log_tail.rstrip()
+        super().__init__(text)
+
+
+class RemoteEnvError(ShmbenchError, RuntimeError):
+    """An exception raised inside the remote environment.
+
+    The remote exception class is deliberately not rebuilt on the host (its module may not
+    exist here, and rebuilding loses the traceback). Its name, message and formatted
+    traceback are kept as attributes and shown in the message.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback_text
+        text = f"{type_name}: {message}"
+        if traceback_text:
+            text += "\n--- remote traceback ---\n" + traceback_text.rstrip()
+        super().__init__(text)
+
+
+class SpaceNotSupported(ShmbenchError, TypeError):
+    """A gymnasium space that shmbench cannot describe or lay out."""
+
+
+class EncodeError(ShmbenchError, TypeError):
+    """A value that the wire codec cannot encode."""
+
+
+class DecodeError(ProtocolError):
+    """Bytes that are not a valid (or are an oversized) wire-codec message."""
+
+
+class RuntimeUnavailable(ShmbenchError, RuntimeError):
+    """A container runtime that is not installed or does not work on this machine."""
+
+
+class ImageError(ShmbenchError, OSError):
+    """A container image that cannot be found, fetched, unpacked or built."""
+
+
+class DigestMismatch(ImageError):
+    """A downloaded image whose sha256 differs from the pinned digest."""
+
+
+class ExperimentError(ShmbenchError, ValueError):
+    """An unknown or malformed experiment record or benchmark description."""
