@@ -1,0 +1,359 @@
+"""The Luby DAC benchmark, numpy only.
+
+From Biedenkapp et al., "Dynamic Algorithm Configuration: Foundation of a New
+Meta-Algorithmic Framework", ECAI 2020, following DACBench's ``LubyEnv`` step for step: at
+each step the agent predicts ``log2`` of the next element of the Luby sequence
+(1, 1, 2, 1, 1, 2, 4, 1, ...) and gets reward 0 when right, -1 otherwise (clipped to
+``reward_range``). An episode lasts ``min_steps`` steps (truncated, never terminated); the
+sequence is precomputed for ``2 * cutoff + 1`` elements and ``cutoff`` sets the action count,
+``Discrete(floor(log2(cutoff)) + 1)`` (7 for the default 64).
+
+An instance is ``(start, sticky)``: the sequence position is shifted by ``start`` and drifts
+by ``sticky`` per step. With ``error`` starting at ``sticky`` and ``j`` at 1, the target is
+``log2(luby(max(1, round(j + start + error))))``; each step adds 1 to ``j`` and ``sticky``
+to ``error`` (``round`` is round-half-to-even, like ``numpy.round``).
+
+Observation (float32, ``hist_length + 1`` values): the last ``hist_length`` actions, oldest
+first and ``-1`` where there are none yet, then the index of the last step (``t - 1``); all
+``-1`` after reset. As in DACBench, the observation returned with the final step is the one
+from before that step (the history does not show the last action): this keeps trajectories
+identical to DACBench's.
+
+Deliberate differences from DACBench: the first ``reset()`` uses the first instance,
+``reset(seed=...)`` rewinds the instance order, the ``"random"`` order is drawn from the
+env's seeded Generator, observations are float32 as declared, an instance that would run off
+the precomputed sequence is refused at construction (DACBench raises ``IndexError``
+mid-episode), and ``step()`` outside an episode raises ``ResetNeeded``.
+
+>>> [luby(i) for i in range(1, 16)]
+[1, 1, 2, 1, 1, 2, 4, 1, 1, 2, 1, 1, 2, 4, 8]
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+from shmbench.benchmarks._json import (
+    data_path,
+    get_choice,
+    get_int,
+    get_seed,
+    get_str,
+    merge_config,
+)
+from shmbench.errors import ExperimentError
+
+__all__ = [
+    "BENCHMARK",
+    "DEFAULT_CONFIG",
+    "INSTANCE_ORDERS",
+    "LubyEnv",
+    "luby",
+    "luby_log2_sequence",
+    "resolve_config",
+    "read_instance_csv",
+    "load_instances",
+]
+
+BENCHMARK = "shmbench/Luby-v0"
+
+INSTANCE_ORDERS = ("round_robin", "random")
+
+#: Defaults, all strict JSON; names as in DACBench's ``LUBY_DEFAULTS``.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "cutoff": 64,
+    "min_steps": 8,
+    "hist_length": 5,
+    "reward_range": [-1.0, 0.0],
+    "instance_set_path": "luby_default.csv",
+    "instance_set": None,
+    "instance_update_func": "round_robin",
+    "seed": 0,
+}
+
+
+def luby(i: int) -> int:
+    """The ``i``-th element (1-based) of the Luby sequence.
+
+    ``luby(2**k - 1) = 2**(k-1)``; otherwise, for ``2**(k-1) <= i < 2**k - 1``,
+    ``luby(i) = luby(i - 2**(k-1) + 1)``. Written as a loop so any ``i`` is safe.
+    """
+    if i < 1:
+        raise ValueError(f"the Luby sequence starts at i = 1, got {i}")
+    while True:
+        k = i.bit_length()  # 2**(k-1) <= i < 2**k
+        if i == (1 << k) - 1:
+            return 1 << (k - 1)
+        i -= (1 << (k - 1)) - 1
+
+
+def luby_log2_sequence(length: int) -> np.ndarray:
+    """``log2(luby(i))`` for ``i = 1..length`` as float64 (exact: the elements are powers of 2)."""
+    return np.array([luby(i).bit_length() - 1 for i in range(1, length + 1)], dtype=np.float64)
+
+
+def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge ``config`` into :data:`DEFAULT_CONFIG` and check every field.
+
+    Raises:
+        ExperimentError: for unknown keys or out-of-range values.
+    """
+    cfg = merge_config(DEFAULT_CONFIG, config, benchmark=BENCHMARK)
+    cutoff = get_int(cfg, "cutoff", benchmark=BENCHMARK, minimum=1, maximum=1 << 20)
+    get_int(cfg, "min_steps", benchmark=BENCHMARK, minimum=1, maximum=cutoff)
+    get_int(cfg, "hist_length", benchmark=BENCHMARK, minimum=1, maximum=4096)
+    low_high = cfg["reward_range"]
+    if (not isinstance(low_high, list) or len(low_high) != 2
+            or any(type(v) not in (int, float) for v in low_high) or low_high[0] > low_high[1]):
+        raise ExperimentError(f"{BENCHMARK} config['reward_range'] must be [low, high] with low <= high, got {low_high!r}")
+    cfg["reward_range"] = [float(low_high[0]), float(low_high[1])]
+    get_str(cfg, "instance_set_path", benchmark=BENCHMARK, allow_none=True)
+    get_choice(cfg, "instance_update_func", INSTANCE_ORDERS, benchmark=BENCHMARK)
+    get_seed(cfg, "seed", benchmark=BENCHMARK)
+    return cfg
+
+
+def read_instance_csv(path: str | Path) -> dict[int, list[float]]:
+    """Read a DACBench-format Luby instance set: a header ``ID,start,sticky`` then rows.
+
+    Raises:
+        ExperimentError: for unreadable files, missing columns, bad numbers or repeated ids.
+    """
+    instances: dict[int, list[float]] = {}
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"ID", "start", "sticky"} - set(reader.fieldnames or ())
+            if missing:
+                raise ExperimentError(
+                    f"{path}: Luby instance sets need the columns ID, start, sticky; missing {sorted(missing)}"
+                )
+            for line, row in enumerate(reader, start=2):
+                try:
+                    inst_id = int(row["ID"])
+                    values = [float(row["start"]), float(row["sticky"])]
+                except (TypeError, ValueError):
+                    raise ExperimentError(f"{path}:{line}: bad Luby instance row {row!r}") from None
+                if inst_id in instances:
+                    raise ExperimentError(f"{path}:{line}: instance id {inst_id} repeats")
+                instances[inst_id] = values
+    except OSError as exc:
+        raise ExperimentError(f"{BENCHMARK}: cannot read instance set {str(path)!r}: {exc}") from None
+    if not instances:
+        raise ExperimentError(f"{BENCHMARK}: instance set {str(path)!r} has no instances")
+    return instances
+
+
+def _inline_instances(value: Any) -> dict[int, list[float]]:
+    """Inline instances: rows ``[id, start, sticky]`` or ``{id: [start, sticky]}``."""
+    where = f"{BENCHMARK} config['instance_set']"
+    if isinstance(value, list):
+        pairs = []
+        for row in value:
+            if not isinstance(row, list) or not row or type(row[0]) is not int:
+                raise ExperimentError(f"{where}: each row must be [id, start, sticky] with an int id, got {row!r}")
+            pairs.append((row[0], row[1:]))
+    elif isinstance(value, Mapping):
+        pairs = []
+        for key, values in value.items():
+            try:
+                pairs.append((int(key), values))
+            except (TypeError, ValueError):
+                raise ExperimentError(f"{where}: key {key!r} is not an integer id") from None
+    else:
+        raise ExperimentError(f"{where} must be a list of rows or a dict of id -> [start, sticky], got {value!r}")
+    instances: dict[int, list[float]] = {}
+    for inst_id, values in pairs:
+        if inst_id in instances:
+            raise ExperimentError(f"{where}: instance id {inst_id} repeats")
+        if not isinstance(values, list) or any(type(v) not in (int, float) for v in values):
+            raise ExperimentError(f"{where}: instance {inst_id} must be numbers [start, sticky], got {values!r}")
+        instances[inst_id] = [float(v) for v in values]
+    if not instances:
+        raise ExperimentError(f"{where} is empty")
+    return instances
+
+
+def _targets(start: float, sticky: float, steps: int) -> list[int]:
+    """Sequence positions (1-based) targeted before step 1 and after each of ``steps`` steps.
+
+    The float operations are DACBench's, in its order, so positions agree exactly.
+    """
+    error = 0 + sticky
+    positions = [max(1, round(1 + start + error))]
+    for j in range(2, steps + 2):
+        error += sticky
+        positions.append(max(1, round(j + start + error)))
+    return positions
+
+
+def load_instances(cfg: Mapping[str, Any]) -> dict[int, tuple[float, float]]:
+    """Return the instance set of a resolved config, each checked to stay on the sequence.
+
+    Raises:
+        ExperimentError: for malformed instances, or ones whose drift would index past the
+            ``2 * cutoff + 1`` precomputed elements within ``min_steps`` steps.
+    """
+    if cfg["instance_set"] is not None:
+        raw = _inline_instances(cfg["instance_set"])
+        source = "config['instance_set']"
+    elif cfg["instance_set_path"] is not None:
+        path = data_path(cfg["instance_set_path"])
+        raw = read_instance_csv(path)
+        source = str(path)
+    else:
+        raw = {0: [0.0, 0.0]}
+        source = "the default instance"
+    length = 2 * cfg["cutoff"] + 1
+    instances = {}
+    for inst_id in sorted(raw):
+        values = raw[inst_id]
+        if len(values) != 2 or not all(np.isfinite(values)) or max(abs(v) for v in values) > 1e9:
+            raise ExperimentError(
+                f"{BENCHMARK}: instance {inst_id} of {source} must be two finite numbers [start, sticky], got {values}"
+            )
+        start, sticky = values
+        furthest = max(_targets(start, sticky, cfg["min_steps"]))
+        if furthest > length:
+            raise ExperimentError(
+                f"{BENCHMARK}: instance {inst_id} of {source} (start={start}, sticky={sticky}) reaches "
+                f"sequence position {furthest} within min_steps={cfg['min_steps']}, past the "
+                f"{length} elements that cutoff={cfg['cutoff']} provides"
+            )
+        instances[inst_id] = (start, sticky)
+    return instances
+
+
+class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
+    """Predict the Luby sequence; see the module docstring for the dynamics.
+
+    Args:
+        config: overrides of :data:`DEFAULT_CONFIG` (strict JSON). ``config["seed"]`` seeds
+            the env's Generator at construction; ``reset(seed=...)`` reseeds it.
+        render_mode: only ``None``.
+
+    Attributes:
+        config: the resolved configuration.
+        instance_set: instance id -> ``(start, sticky)``.
+        instance_id: the id of the current episode's instance (``None`` before reset).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
+        if render_mode is not None:
+            raise ExperimentError(f"{BENCHMARK} has no render modes, got render_mode={render_mode!r}")
+        self.render_mode = None
+        self.config = resolve_config(config)
+        self.instance_set = load_instances(self.config)
+        self._ids = sorted(self.instance_set)
+        self._cursor = -1
+        self._min_steps: int = self.config["min_steps"]
+        self._hist = self.config["hist_length"]
+        self._reward_low, self._reward_high = self.config["reward_range"]
+        self._seq = luby_log2_sequence(2 * self.config["cutoff"] + 1)
+        self._seq.setflags(write=False)
+
+        self.action_space = spaces.Discrete(self.config["cutoff"].bit_length())
+        high = max(2.0 ** (self._seq.max() + 1), float(self._min_steps))
+        self.observation_space = spaces.Box(-1.0, high, shape=(self._hist + 1,), dtype=np.float32)
+
+        self.instance_id: int | None = None
+        self._start = 0.0
+        self._sticky = 0.0
+        self._error = 0.0
+        self._j = 1
+        self._t = 0
+        self._goal = 0.0
+        self._state = [-1] * (self._hist + 1)
+        self._running = False
+        if self.config["seed"] is not None:
+            super().reset(seed=self.config["seed"])
+
+    @property
+    def next_goal(self) -> int:
+        """The action that would be rewarded 0 at the next step (``log2`` of the next element)."""
+        return int(self._goal)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode on the next instance.
+
+        Args:
+            seed: reseeds the env's Generator and rewinds the instance order.
+            options: ``{"instance_id": id}`` or ``{"instance": [start, sticky]}``.
+        """
+        super().reset(seed=seed)
+        if seed is not None:
+            self._cursor = -1
+        self._start, self._sticky = self._choose_instance(options)
+        self._error = 0 + self._sticky
+        self._j = 1
+        self._t = 0
+        self._goal = self._seq[self._position() - 1]
+        self._state = [-1] * (self._hist + 1)
+        self._running = True
+        return np.array(self._state, dtype=np.float32), {}
+
+    def _choose_instance(self, options: dict[str, Any] | None) -> tuple[float, float]:
+        options = {} if options is None else options
+        if not isinstance(options, Mapping) or set(options) - {"instance_id", "instance"}:
+            raise ValueError(f"{BENCHMARK}: reset options may hold 'instance_id' or 'instance', got {options!r}")
+        if "instance" in options:
+            checked = load_instances({**self.config, "instance_set": {"0": list(options["instance"])}})
+            self.instance_id = None
+            return checked[0]
+        if "instance_id" in options:
+            inst_id = options["instance_id"]
+            if inst_id not in self.instance_set:
+                raise ValueError(f"{BENCHMARK}: no instance with id {inst_id!r}")
+            self.instance_id = inst_id
+            return self.instance_set[inst_id]
+        if self.config["instance_update_func"] == "random":
+            self._cursor = int(self.np_random.integers(len(self._ids)))
+        else:
+            self._cursor = (self._cursor + 1) % len(self._ids)
+        self.instance_id = self._ids[self._cursor]
+        return self.instance_set[self.instance_id]
+
+    def _position(self) -> int:
+        # DACBench's int(np.round(j + start + error)): same operand order, same rounding.
+        return max(1, round(self._j + self._start + self._error))
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Reward the prediction, advance along the (shifted, drifting) sequence."""
+        if not self._running:
+            raise ResetNeeded(f"{BENCHMARK}: call reset() before step() (and after an episode ends)")
+        act = np.asarray(action)
+        if act.shape != () or act.dtype.kind not in "iu" or not 0 <= int(act) < self.action_space.n:
+            raise ValueError(f"{BENCHMARK}: action {action!r} is not in {self.action_space}")
+        act = int(act)
+        self._t += 1
+        truncated = self._t >= self._min_steps
+        previous = list(self._state)
+        reward = 0.0 if act == self._goal else -1.0
+        reward = max(self._reward_low, min(self._reward_high, reward))
+        self._j += 1
+        self._error += self._sticky
+        self._goal = self._seq[self._position() - 1]
+        if self._t - 1 < self._hist:
+            self._state[self._t - 1] = act
+        else:
+            self._state[:-2] = self._state[1:-1]
+            self._state[-2] = act
+        self._state[-1] = self._t - 1
+        if truncated:
+            self._running = False
+        obs = np.array(previous if truncated else self._state, dtype=np.float32)
+        return obs, reward, False, bool(truncated), {}
+
+    def render(self) -> None:
+        """Nothing to render (``metadata["render_modes"]`` is empty)."""
+        return None
