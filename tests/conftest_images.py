@@ -1,0 +1,164 @@
+"""Shared fixtures and helpers for image tests: small real SIFs, the shmbench wheel, the
+bookworm reference image.
+
+Everything here is real: squashfs images come from mksquashfs, SIF files from siftool,
+images from debootstrap and bubblewrap. What cannot run on a machine (no siftool, not root
+for debootstrap) is skipped with the apt package or the reason in the skip message.
+
+tests/conftest.py imports these names so that any test module can use the fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "REPO",
+    "RECIPES",
+    "require_tool",
+    "make_tree",
+    "make_squashfs",
+    "make_sif",
+    "small_sif",
+    "shmbench_wheel",
+    "bookworm_sif",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+
+_PACKAGES = {"mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
+             "siftool": "siftool", "bwrap": "bubblewrap", "debootstrap": "debootstrap"}
+
+
+def require_tool(name: str) -> str:
+    """The tool's path, or skip the test naming the package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (apt-get install {_PACKAGES.get(name, name)})")
+    return path
+
+
+def make_tree(root: Path) -> Path:
+    """A small root filesystem with the awkward cases unpacking must handle."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hello.txt").write_text("hello from the image\n")
+    (root / "usr" / "bin").mkdir(parents=True)
+    tool = root / "usr" / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o4755)                                  # set-uid: must be dropped
+    (root / "root").mkdir(mode=0o700)
+    secret = root / "root" / "secret"
+    secret.write_text("only root could read this\n")
+    secret.chmod(0o600)                                 # must become readable
+    (root / "bin").symlink_to("usr/bin")                # symlinks kept as they are
+    os.mkfifo(root / "etc" / "fifo")                    # must be removed
+    (root / "dev").mkdir()
+    (root / "shmbench").mkdir()
+    return root
+
+
+def make_squashfs(tree: Path, out: Path) -> Path:
+    mksquashfs = require_tool("mksquashfs")
+    subprocess.run([mksquashfs, str(tree), str(out), "-noappend", "-no-progress", "-quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def make_sif(out: Path, partition: Path | None, *, deffile: str | None = "Bootstrap: scratch\n",
+             parttype: int = 2, partfs: int = 1, partarch: int = 2) -> Path:
+    """A SIF assembled by siftool: an optional definition file, an optional partition."""
+    siftool = require_tool("siftool")
+    subprocess.run([siftool, "new", str(out)], check=True, stdout=subprocess.DEVNULL)
+    if deffile is not None:
+        def_path = out.with_suffix(".def")
+        def_path.write_text(deffile)
+        subprocess.run([siftool, "add", "--datatype", "1", "--groupid", "1", str(out),
+                        str(def_path)], check=True, stdout=subprocess.DEVNULL)
+    if partition is not None:
+        subprocess.run([siftool, "add", "--datatype", "4", "--parttype", str(parttype),
+                        "--partfs", str(partfs), "--partarch", str(partarch), "--groupid", "1",
+                        str(out), str(partition)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture
+def small_sif(tmp_path: Path) -> Path:
+    """A real SIF (siftool) whose primary partition is a real squashfs of make_tree()."""
+    tree = make_tree(tmp_path / "tree")
+    squash = make_squashfs(tree, tmp_path / "rootfs.squashfs")
+    return make_sif(tmp_path / "small.sif", squash)
+
+
+# ----------------------------------------------------------------- the real image build
+
+def _source_hash() -> str:
+    """What the wheel is built from: the package sources and the build configuration."""
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "setup.py"):
+        h.update((REPO / name).read_bytes())
+    for path in sorted((REPO / "shmbench").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".so", ".pyc"):
+            h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:24]
+
+
+@pytest.fixture(scope="session")
+def shmbench_wheel() -> Path:
+    """The shmbench wheel, built once per source state into the cache.
+
+    Keyed by the sources, so an unchanged tree reuses the same wheel file: its bytes are
+    an input of the image's cache key, and a rebuilt wheel (new timestamps) would make
+    every run rebuild the image.
+    """
+    if not (REPO / "shmbench" / "_ring" / "_ring.c").exists():
+        pytest.skip("shmbench/_ring/_ring.c does not exist yet: no wheel can be built")
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the bookworm image runs Python 3.11; its shmbench wheel must be built "
+                    f"by Python 3.11, not {sys.version.split()[0]}")
+    from shmbench.cache import cache_subdir
+
+    out = cache_subdir("wheels") / _source_hash()
+    wheels = sorted(out.glob("shmbench-*.whl"))
+    if not wheels:
+        staging = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                        str(staging), str(REPO)], check=True)
+        try:
+            os.rename(staging, out)
+        except OSError:                  # another session finished first
+            shutil.rmtree(staging, ignore_errors=True)
+        wheels = sorted(out.glob("shmbench-*.whl"))
+    return wheels[-1]
+
+
+@pytest.fixture(scope="session")
+def bookworm_sif(shmbench_wheel: Path) -> Path:
+    """recipes/bookworm-numpy124.def built once into the default build cache.
+
+    The cache survives between runs (``$SHMBENCH_CACHE_DIR`` or ``~/.cache/shmbench``), so
+    a CI job that keeps it builds once, and a developer only rebuilds after changing
+    shmbench's sources or the recipe.
+    """
+    from shmbench.container.build import build_cached, find_apptainer
+
+    if find_apptainer() is None:
+        if os.geteuid() != 0:
+            pytest.skip("building without Apptainer needs root (debootstrap)")
+        for tool in ("debootstrap", "bwrap", "mksquashfs", "siftool"):
+            require_tool(tool)
+    start = time.monotonic()
+    sif = build_cached(RECIPES / "bookworm-numpy124.def", build_args={"wheel": str(shmbench_wheel)})
+    elapsed = time.monotonic() - start
+    if elapsed > 5:
+        print(f"\n[bookworm_sif] built {sif.name} in {elapsed:.0f} s", file=sys.stderr)
+    return sif
