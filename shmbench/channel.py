@@ -1,0 +1,367 @@
+"""Channel files: where they live, who owns them, how a dead owner's files are reclaimed.
+
+A channel is ONE regular file (``<name>.chan``) in a per-session directory::
+
+    /dev/shm/shmbench-<uid>/<session>/      0700, bind-mounted at /shmbench in containers
+        host.lock       flock(LOCK_EX) by the host for the session's lifetime
+        w0.chan         0600: header, request ring, reply ring, then the slabs
+        w0.chan.lock    flock(LOCK_EX) by the server of w0 while it lives
+        w0.log          the server's stdout and stderr
+
+Liveness is told by locks, not pids: a pid means nothing across PID namespaces, but an
+flock on a file in the shared directory is the same kernel object on both sides of any
+container boundary, and the kernel drops it when its holder dies, kill -9 included. So
+``gc`` reaps a session exactly when nobody holds its ``host.lock``.
+
+Space is reserved with ``posix_fallocate`` before mapping: on a full tmpfs that fails
+with ENOSPC (a clear :class:`~shmbench.errors.ChannelFull`) instead of a SIGBUS at the
+first touch of an unbacked page.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from shmbench import _ring
+from shmbench.errors import ChannelFull, ChannelMismatch, ShmbenchError
+
+__all__ = [
+    "HOST",
+    "SERVER",
+    "Channel",
+    "Session",
+    "Slab",
+    "channel_base",
+    "gc",
+    "reap_session",
+]
+
+HOST = _ring.HOST
+SERVER = _ring.SERVER
+
+HOST_LOCK = "host.lock"
+CHANNEL_SUFFIX = ".chan"
+LOCK_SUFFIX = ".lock"
+
+#: Default ring sizes: requests are small (actions travel in the slab), replies may carry
+#: info dicts and render frames. Larger messages are fragmented, never refused.
+REQUEST_CAPACITY = 1 << 20
+REPLY_CAPACITY = 1 << 22
+
+
+def _usable_dir(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK) and st.f_bavail > 0
+
+
+def channel_base() -> Path:
+    """The per-user directory that holds every session's channel directory.
+
+    ``$SHMBENCH_CHANNEL_DIR`` wins; else ``/dev/shm/shmbench-<uid>`` when /dev/shm is a
+    writable tmpfs (memory-backed: mapping it costs no disk I/O); else node-local
+    ``$TMPDIR/shmbench-<uid>``. Never ``$HOME``: on clusters that is NFS, where shared
+    mappings and futexes do not work across nodes and are slow on one.
+    """
+    override = os.environ.get("SHMBENCH_CHANNEL_DIR")
+    if override:
+        return Path(override)
+    name = f"shmbench-{os.getuid()}"
+    if _usable_dir("/dev/shm"):
+        return Path("/dev/shm") / name
+    return Path(tempfile.gettempdir()) / name
+
+
+def _ensure_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ShmbenchError(f"{path} is not a directory owned by this user; refusing to use it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open ``path`` and take flock(LOCK_EX|LOCK_NB); the fd on success, None if held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def reserve(fd: int, size: int, path: os.PathLike | str) -> None:
+    """posix_fallocate ``size`` bytes, turning a full file system into ChannelFull."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ChannelFull(
+                exc.errno,
+                f"cannot reserve {size} bytes for channel {path}: {os.strerror(exc.errno)} "
+                f"(free space in {Path(path).parent}; set SHMBENCH_CHANNEL_DIR elsewhere "
+                f"or use smaller rings)",
+            ) from None
+        raise
+
+
+class Channel(_ring.Channel):
+    """One side of a channel file (see :class:`shmbench._ring.Channel` for the ring API).
+
+    Create with :meth:`create` (host) or :meth:`attach` (server). ``close()`` closes this
+    side; the host's :meth:`unlink` removes the files.
+    """
+
+    path: Path
+
+    @classmethod
+    def create(cls, path: os.PathLike | str, *, request_capacity: int = REQUEST_CAPACITY,
+               reply_capacity: int = REPLY_CAPACITY, max_message: int = 256 << 20) -> Channel:
+        """Create a new channel file (mode 0600) and map it as the host."""
+        path = Path(path)
+        size = _ring.layout_size(request_capacity, reply_capacity)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            reserve(fd, size, path)
+            self = cls(fd, HOST, create=True, request_capacity=request_capacity,
+                       reply_capacity=reply_capacity, max_message=max_message)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._init_side(path, fd)
+        return self
+
+    @classmethod
+    def attach(cls, path: os.PathLike | str, *, max_message: int = 256 << 20,
+               watch_stdin: bool = True) -> Channel:
+        """Attach to an existing channel as the server.
+
+        Takes the server lock (``<path>.lock``) that tells the host this side lives, and
+        watches the host: its ``host.lock`` beside the channel, and stdin when it is a
+        pipe (the host holds the other end; EOF means it is gone).
+        """
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self = cls(fd, SERVER, max_message=max_message)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._init_side(path, fd)
+        lock_fd = os.open(str(path) + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            self.close()
+            raise ChannelMismatch(f"another server already serves {path}") from None
+        self._own_lock_fd = lock_fd
+        death_fds = []
+        if watch_stdin:
+            try:
+                if stat.S_ISFIFO(os.fstat(0).st_mode):
+                    death_fds.append(os.dup(0))
+            except OSError:
+                pass
+        host_lock = path.parent / HOST_LOCK
+        try:
+            host_fd = os.open(host_lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            host_fd = -1
+        self.set_peer(death_fds=death_fds, lock_fd=host_fd)
+        return self
+
+    def _init_side(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._own_lock_fd = -1
+        self._regions: list[mmap.mmap] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close this side (idempotent); views and slab arrays stay readable."""
+        super().close()
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+        lock_fd, self._own_lock_fd = getattr(self, "_own_lock_fd", -1), -1
+        if lock_fd >= 0:
+            os.close(lock_fd)
+
+    def unlink(self) -> None:
+        """Remove the channel file and its server lock (the creator's job)."""
+        for p in (self.path, Path(str(self.path) + LOCK_SUFFIX)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __repr__(self) -> str:
+        side = "host" if self.role == HOST else "server"
+        state = "closed" if self.closed else "open"
+        return f"<shmbench Channel {side} {getattr(self, 'path', '?')} {state}>"
+
+
+class Slab:
+    """The fast-path arrays of one env or vector env: a file of fixed size, mapped shared.
+
+    Separate from the channel files because every worker of a vector env writes its rows of
+    the SAME batch arrays: the slab is the batch, nothing is concatenated on the host.
+    """
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self.size = size
+        try:
+            self.buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def create(cls, path: os.PathLike | str, size: int) -> Slab:
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            reserve(fd, size, path)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(path, fd, size)
+
+    @classmethod
+    def attach(cls, path: os.PathLike | str, size: int) -> Slab:
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        if os.fstat(fd).st_size < size:
+            os.close(fd)
+            # mapping beyond the end of the file would SIGBUS on first touch
+            raise ChannelMismatch(f"slab {path} is smaller than its layout ({size} bytes)")
+        return cls(path, fd, size)
+
+    def close(self) -> None:
+        """Unmap when no array views remain (the views keep it alive otherwise)."""
+        try:
+            self.buffer.close()
+        except BufferError:
+            pass   # numpy views still export it; the mapping goes with the last of them
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class Session:
+    """A host-owned channel directory, locked for as long as the host lives.
+
+    The directory is built under a hidden temporary name and renamed into place only once
+    its ``host.lock`` is held, so ``gc`` never mistakes a session being born for a dead one.
+    """
+
+    def __init__(self, base: os.PathLike | str | None = None) -> None:
+        self.base = Path(base) if base is not None else channel_base()
+        _ensure_private_dir(self.base)
+        self.name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = self.base / f".{self.name}.new"
+        tmp.mkdir(mode=0o700)
+        lock_path = tmp / HOST_LOCK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.path = self.base / self.name
+        os.rename(tmp, self.path)
+        self._lock_fd = fd
+        self.closed = False
+
+    def channel_path(self, name: str) -> Path:
+        return self.path / f"{name}{CHANNEL_SUFFIX}"
+
+    def create_channel(self, name: str, **kwargs) -> Channel:
+        return Channel.create(self.channel_path(name), **kwargs)
+
+    def close(self) -> None:
+        """Remove the directory and everything in it, then drop the lock. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<shmbench Session {self.path}{' closed' if self.closed else ''}>"
+
+
+def reap_session(path: Path) -> bool:
+    """Remove a session directory if its host is dead (its ``host.lock`` is free).
+
+    Returns True when the directory is gone afterwards. Safe to race with other reapers.
+    """
+    fd = _try_lock(path / HOST_LOCK)
+    if fd is None:
+        return not path.exists()
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return not path.exists()
+
+
+def gc(base: os.PathLike | str | None = None, *, min_age: float = 60.0) -> list[Path]:
+    """Reap every session under ``base`` whose host is dead; returns the removed paths.
+
+    A session directory without a ``host.lock`` (a container removed it, or the host died
+    between mkdir and lock) is reaped too once older than ``min_age`` seconds, and so are
+    half-born ``.*.new`` directories.
+    """
+    base = Path(base) if base is not None else channel_base()
+    removed: list[Path] = []
+    try:
+        entries = list(base.iterdir())
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            st = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        old = now - st.st_mtime > min_age
+        if entry.name.startswith("."):
+            if old:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+            continue
+        if (entry / HOST_LOCK).exists():
+            if reap_session(entry):
+                removed.append(entry)
+        elif old:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
