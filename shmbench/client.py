@@ -1,0 +1,359 @@
+"""RemoteEnvironmentClient: a gymnasium.Env whose env lives in another process or container.
+
+>>> env = shmbench.make("CartPole-v1", runtime="process")     # doctest: +SKIP
+>>> obs, info = env.reset(seed=0)                             # doctest: +SKIP
+>>> obs, reward, terminated, truncated, info = env.step(0)    # doctest: +SKIP
+>>> env.close()                                               # doctest: +SKIP
+
+For the same seeds and actions it returns exactly what the env returns natively: the same
+Python and numpy types, dtypes, shapes and values. Observations, actions and the step's
+scalars cross through a shared slab and a fixed reply header (no serialisation); whatever
+does not fit them (infos, odd observations, render frames) crosses through the codec.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium.envs.registration import EnvSpec, WrapperSpec
+
+from shmbench import codec as _codec
+from shmbench.channel import Session, Slab, gc
+from shmbench.container.select import get_runtime
+from shmbench.errors import ShmbenchError
+from shmbench.protocol import (
+    STEP_REPLY,
+    STEP_REPLY_F,
+    STEP_REPLY_I,
+    ActionTag,
+    ObsTag,
+    Opcode,
+    ScalarTag,
+    decode_flag,
+    decode_scalar,
+)
+from shmbench.spaces import layout, rebuild
+from shmbench.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
+
+__all__ = ["RemoteEnvironmentClient", "make", "rebuild_spec"]
+
+_HEADER = STEP_REPLY.size
+_STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
+_STEP_INT = bytes((Opcode.STEP, ActionTag.SLAB_INT))
+_STEP_SCALAR = bytes((Opcode.STEP, ActionTag.SLAB_SCALAR))
+_STEP_CODEC = bytes((Opcode.STEP, ActionTag.CODEC))
+_FLAGS = (False, True, np.False_, np.True_)
+
+
+def rebuild_spec(fields: dict | None) -> EnvSpec | None:
+    """An EnvSpec from the server's plain description (no entry point is imported)."""
+    if not isinstance(fields, dict):
+        return None
+    try:
+        wrappers = tuple(WrapperSpec(name, ep, kwargs) for name, ep, kwargs in fields.get("additional_wrappers", []))
+        return EnvSpec(
+            id=fields["id"], entry_point=fields.get("entry_point"),
+            reward_threshold=fields.get("reward_threshold"),
+            nondeterministic=fields.get("nondeterministic", False),
+            max_episode_steps=fields.get("max_episode_steps"),
+            order_enforce=fields.get("order_enforce", True),
+            disable_env_checker=fields.get("disable_env_checker", False),
+            kwargs=fields.get("kwargs") or {}, additional_wrappers=wrappers,
+            vector_entry_point=fields.get("vector_entry_point"),
+        )
+    except Exception:
+        return None
+
+
+def _finalize(workers: list[Worker], session: Session, slab: list, warn: bool) -> None:
+    try:
+        for w in workers:
+            try:
+                w.close()
+            except Exception:
+                pass
+        for s in slab:
+            s.close()
+    finally:
+        session.close()
+    if warn:   # after the cleanup: a warning turned into an error must not stop it
+        warnings.warn("shmbench env was not closed; closed it now", ResourceWarning, stacklevel=2)
+
+
+class _Owned:
+    """Session, workers and slab of a remote env, closed exactly once (close, GC or exit)."""
+
+    def __init__(self, owner: object) -> None:
+        gc()   # reclaim channel directories of hosts that died (kill -9) since the last run
+        self.session = Session()
+        self.workers: list[Worker] = []
+        self.slabs: list[Slab] = []
+        self._finalizer = weakref.finalize(owner, _finalize, self.workers, self.session, self.slabs, True)
+        self._finalizer.atexit = True
+
+    def close(self) -> None:
+        if self._finalizer.alive:
+            self._finalizer.detach()
+            _finalize(self.workers, self.session, self.slabs, False)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+class RemoteEnvironmentClient(gymnasium.Env):
+    """A gymnasium.Env proxy for an env served by ``python -m shmbench.server``.
+
+    Args:
+        env_id: a registered gymnasium id, or ``"module:attr"`` (a class or factory
+            imported inside the server).
+        runtime: ``"auto"``, ``"apptainer"``, ``"bwrap"``, ``"process"`` or a Runtime.
+        image: a SIF file or sandbox directory (None: the host's root, read-only).
+        binds: extra binds, Apptainer syntax ``src[:dst[:ro|rw]]``.
+        environment: extra environment variables inside the server.
+        copy: return owned observations (True) or views into the shared slab that are
+            valid until the next call (False).
+        wait: ``"auto"``, ``"spin"``, ``"block"`` or a spin budget in seconds.
+        timeout: seconds any call may take (None: no limit; a dead server is noticed
+            either way). A timed-out env is broken and must be closed.
+        factory: a callable building the env, shipped with cloudpickle (trusted code only).
+        benchmark: a benchmark description ``{"benchmark", "config", "seed"}``.
+        allow_pickle: let values the codec cannot carry travel as pickles (both ways).
+        **env_kwargs: passed to ``gymnasium.make`` (or the factory) in the server.
+    """
+
+    def __init__(self, env_id: str | None = None, *, runtime="auto", image=None, binds=(),
+                 environment=None, copy: bool = True, wait="auto", timeout: float | None = None,
+                 factory=None, benchmark: dict | None = None, allow_pickle: bool = False,
+                 start_timeout: float = START_TIMEOUT, **env_kwargs) -> None:
+        if env_id is None and factory is None and benchmark is None:
+            raise TypeError("give an env_id, a factory or a benchmark")
+        self.copy = copy
+        self.timeout = timeout
+        self._codec = _codec.Codec(allow_pickle=allow_pickle)
+        self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
+        self._owned = _Owned(self)
+        try:
+            self._start(env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
+        except BaseException:
+            self._owned.close()
+            raise
+
+    def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
+        import cloudpickle
+
+        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout)
+        self._owned.workers.append(worker)
+        self._worker = worker
+        info = worker.make({
+            "env_id": env_id, "kwargs": env_kwargs, "num_envs": 1, "vector": False,
+            "factory": cloudpickle.dumps(factory) if factory is not None else None,
+            "benchmark": benchmark, "allow_pickle": allow_pickle,
+        }, start_timeout)
+        self.observation_space = rebuild(info["observation_space"])
+        self.action_space = rebuild(info["action_space"])
+        self.metadata = dict(info.get("metadata") or {})
+        self.render_mode = info.get("render_mode")
+        self.spec = rebuild_spec(info.get("spec"))
+        self.server_info = worker.server_info
+
+        lay = layout(self.observation_space, self.action_space, None)
+        slab = Slab.create(self._owned.session.path / "slab", lay.size)
+        self._owned.slabs.append(slab)
+        obs = lay.arrays(slab.buffer, "obs")
+        act = lay.arrays(slab.buffer, "action")
+        self._obs_leaves = obs
+        self._obs0 = obs[0] if obs else None
+        self._act = act[0] if act is not None and len(act) == 1 else None
+        self._act_discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        spin_ns, adaptive = wait_policy(wait, 2)
+        worker.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
+        worker.request(Opcode.CONFIGURE, self._codec.encode({
+            "slab": slab.path.name, "layout": lay.to_wire(), "rows": [0, 1],
+            "spin_ns": spin_ns, "adaptive": adaptive,
+        }))
+        self._call = worker.channel.call
+
+    # -- the fast path -------------------------------------------------------------------
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict]:
+        worker = self._worker
+        if worker.state is not WorkerState.READY:
+            worker._refuse()
+        act = self._act
+        t = type(action)
+        if t is int and self._act_discrete and -(1 << 63) <= action < (1 << 63):
+            act[()] = action
+            req = _STEP_INT
+        elif t is np.ndarray and act is not None and action.dtype == act.dtype and action.shape == act.shape:
+            act[...] = action
+            req = _STEP_SLAB
+        elif self._act_discrete and t is np.int64:
+            act[()] = action
+            req = _STEP_SCALAR
+        else:
+            req = _STEP_CODEC + self._codec.encode(action)
+        try:
+            mv = self._call(req, self.timeout)
+        except ShmbenchError as exc:
+            raise worker.failure(exc) from None
+        if len(mv) < _HEADER:
+            worker.check(mv)
+            raise worker.failure(ShmbenchError("short step reply"))
+        status, otag, rtag, tflag, uflag, reward = STEP_REPLY_F.unpack_from(mv)
+        if status:
+            worker.check(mv)
+        extras = self._codec.decode(mv[_HEADER:]) if len(mv) > _HEADER else None
+        if otag == 0:   # ObsTag.SLAB_ARRAY
+            obs = self._obs0.copy() if self.copy else self._obs0
+        else:
+            obs = self._read_obs(otag, extras)
+        if rtag:
+            if rtag == ScalarTag.INT or rtag == ScalarTag.NP_INT64:
+                reward = STEP_REPLY_I.unpack_from(mv)[5]
+                if rtag == ScalarTag.NP_INT64:
+                    reward = np.int64(reward)
+            elif rtag == ScalarTag.CODEC:
+                reward = self._extra(extras, "reward")
+            else:
+                reward = decode_scalar(rtag, STEP_REPLY.unpack_from(mv)[5])
+        terminated = _FLAGS[tflag] if tflag < 4 else self._flag(tflag, extras, "terminated")
+        truncated = _FLAGS[uflag] if uflag < 4 else self._flag(uflag, extras, "truncated")
+        info = {} if extras is None else self._extra(extras, "info")
+        return obs, reward, terminated, truncated, info
+
+    def _flag(self, flag: int, extras: Any, key: str) -> Any:
+        if flag == 255:
+            return self._extra(extras, key)
+        self._worker.state = WorkerState.BROKEN
+        return decode_flag(flag)   # raises ProtocolError
+
+    def _extra(self, extras: Any, key: str) -> Any:
+        if not isinstance(extras, dict) or key not in extras:
+            self._worker.state = WorkerState.BROKEN
+            raise self._worker.failure(_protocol(f"reply lacks {key!r}"))
+        return extras[key]
+
+    def _read_obs(self, otag: int, extras: Any) -> Any:
+        if otag == ObsTag.SLAB_ARRAY:
+            return self._obs0.copy() if self.copy else self._obs0
+        if otag == ObsTag.SLAB_INT and self._obs0 is not None and self._obs0.shape == ():
+            return int(self._obs0)
+        if otag == ObsTag.SLAB_SCALAR and self._obs0 is not None:
+            return self._obs0[()]
+        if otag == ObsTag.SLAB_TREE and self._obs_leaves is not None:
+            arrays = [a.copy() for a in self._obs_leaves] if self.copy else list(self._obs_leaves)
+            return _build_tree(self.observation_space, arrays)
+        if otag == ObsTag.CODEC:
+            return self._extra(extras, "obs")
+        self._worker.state = WorkerState.BROKEN
+        raise _protocol(f"bad observation tag {otag}")
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        mv = self._worker.request(Opcode.RESET, self._codec.encode({"seed": seed, "options": options}))
+        otag = STEP_REPLY.unpack_from(mv)[1]
+        extras = self._codec.decode(mv[_HEADER:])
+        return self._read_obs(otag, extras), self._extra(extras, "info")
+
+    # -- the slow path -------------------------------------------------------------------
+
+    def render(self) -> Any:
+        return self._worker.call(Opcode.RENDER)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the env's method ``name`` in the server (or read it, if not callable)."""
+        return self._worker.call(Opcode.CALL, (name, list(args), kwargs))
+
+    def get_attr(self, name: str) -> Any:
+        return self._worker.call(Opcode.GET_ATTR, name)
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self._worker.call(Opcode.SET_ATTR, (name, value))
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        return self.get_attr(name)
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        self.set_attr(name, value)
+        return True
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        """A snapshot of the remote env's generator (drawing from it does not advance the
+        remote one); assign a Generator to replace the remote generator's state."""
+        state = self.get_attr("np_random")
+        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen.state = state
+        return np.random.Generator(bitgen)
+
+    @np_random.setter
+    def np_random(self, value: np.random.Generator) -> None:
+        self.set_attr("np_random", value.bit_generator.state)
+
+    # gymnasium's env checker reads the private attribute: the same remote snapshot
+    _np_random = np_random
+
+    @property
+    def np_random_seed(self) -> int:
+        return self.get_attr("np_random_seed")
+
+    @property
+    def unwrapped(self) -> RemoteEnvironmentClient:
+        return self
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the server and remove its files. Idempotent."""
+        owned = getattr(self, "_owned", None)
+        if owned is not None:
+            owned.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._owned.closed
+
+    @property
+    def log_path(self):
+        return self._worker.log_path
+
+    def __repr__(self) -> str:
+        env_id = self.spec.id if self.spec is not None else "?"
+        return f"<RemoteEnvironmentClient {env_id} via {self.runtime.name}{' closed' if self.closed else ''}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+def _protocol(message: str):
+    from shmbench.errors import ProtocolError
+
+    return ProtocolError(message)
+
+
+def _build_tree(space, arrays: list) -> Any:
+    it = iter(arrays)
+
+    def build(s):
+        if isinstance(s, gymnasium.spaces.Dict):
+            return {k: build(sub) for k, sub in s.spaces.items()}
+        if isinstance(s, gymnasium.spaces.Tuple):
+            return tuple(build(sub) for sub in s.spaces)
+        return next(it)
+
+    return build(space)
+
+
+def make(env_id: str, *, runtime="auto", image=None, binds=(), environment=None, copy: bool = True,
+         wait="auto", timeout: float | None = None, **env_kwargs) -> RemoteEnvironmentClient:
+    """Start ``env_id`` in a server (a container where one is available) and return its proxy.
+
+    See :class:`RemoteEnvironmentClient` for the arguments.
+    """
+    return RemoteEnvironmentClient(env_id, runtime=runtime, image=image, binds=binds,
+                                   environment=environment, copy=copy, wait=wait, timeout=timeout,
+                                   **env_kwargs)

@@ -1,0 +1,620 @@
+"""The container side: ``python -m shmbench.server`` serves one worker's env(s) on a channel.
+
+It attaches to the channel named by ``$SHMBENCH_CHANNEL`` (or its first argument), builds
+the env(s) the host asks for, and answers requests until the host closes the channel, sends
+CLOSE, or dies (stdin EOF, or its ``host.lock`` going free). It keeps serving after an
+exception in the env: the error goes back to the host as a reply.
+
+In vector mode it steps its envs exactly as ``gymnasium.vector.SyncVectorEnv`` would
+(autoreset included) and writes its rows of the shared batch slab in place.
+
+Only numpy, gymnasium, msgpack and shmbench itself are imported here, so a container image
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shmbench import codec as _codec
+from shmbench.channel import Channel, Slab, reap_session
+from shmbench.errors import ChannelClosed, EncodeError, PeerDied, ProtocolError, ShmbenchError
+from shmbench.protocol import (
+    STEP_REPLY,
+    STEP_REPLY_F,
+    VEC_REPLY,
+    ActionTag,
+    ObsTag,
+    Opcode,
+    ScalarTag,
+    Status,
+    encode_flag,
+    encode_scalar,
+    error_payload,
+)
+from shmbench.spaces import SlabLayout, describe, leaves
+
+__all__ = ["RemoteEnvironmentServer", "make_env", "main"]
+
+_OK = bytes([Status.OK])
+_ndarray = np.ndarray
+_CODEC = ObsTag.CODEC
+
+
+def make_env(spec: dict) -> Any:
+    """Build one env from the host's MAKE spec.
+
+    In order: a cloudpickled factory (only ever sent by the host, which the server trusts),
+    a whitelisted benchmark description, ``module:attr`` (a class or factory, imported
+    here in the container), or a registered gymnasium id.
+    """
+    import gymnasium
+
+    kwargs = dict(spec.get("kwargs") or {})
+    if spec.get("agent") is not None:
+        from shmbench.agents import make_agent
+
+        return make_agent(spec["agent"])
+    if spec.get("factory") is not None:
+        import cloudpickle
+
+        return cloudpickle.loads(spec["factory"])()
+    if spec.get("benchmark") is not None:
+        from shmbench.benchmarks import make_benchmark_env
+
+        b = spec["benchmark"]
+        return make_benchmark_env(b["benchmark"], b.get("config"), b.get("seed"))
+    env_id = spec["env_id"]
+    if env_id.startswith("shmbench/"):
+        import shmbench.benchmarks  # noqa: F401  (registers the shmbench ids)
+    if ":" in env_id:
+        module_name, _, attr = env_id.partition(":")
+        module = importlib.import_module(module_name)
+        target = getattr(module, attr, None)
+        if target is not None and callable(target):
+            return target(**kwargs)
+    return gymnasium.make(env_id, **kwargs)
+
+
+def _np_random_state(env: Any) -> dict:
+    return env.np_random.bit_generator.state
+
+
+def _set_np_random_state(env: Any, state: dict) -> None:
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    bitgen_cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if bitgen_cls is None or not isinstance(bitgen_cls, type) or not issubclass(bitgen_cls, np.random.BitGenerator):
+        raise ValueError("np_random must be set from a bit-generator state dict")
+    bitgen = bitgen_cls()
+    bitgen.state = state
+    env.np_random = np.random.Generator(bitgen)
+
+
+def _spec_fields(env: Any, codec: _codec.Codec) -> dict | None:
+    spec = getattr(env, "spec", None)
+    if spec is None:
+        return None
+
+    def plain(value: Any) -> Any:
+        try:
+            codec.encode(value)
+            return value
+        except EncodeError:
+            return None
+
+    ep = spec.entry_point
+    if callable(ep):
+        ep = f"{getattr(ep, '__module__', '?')}:{getattr(ep, '__qualname__', repr(ep))}"
+    return {
+        "id": spec.id,
+        "entry_point": ep,
+        "reward_threshold": plain(spec.reward_threshold),
+        "nondeterministic": bool(spec.nondeterministic),
+        "max_episode_steps": spec.max_episode_steps,
+        "order_enforce": bool(spec.order_enforce),
+        "disable_env_checker": bool(spec.disable_env_checker),
+        "kwargs": {k: v for k, v in spec.kwargs.items() if plain(v) is not None or v is None},
+        "additional_wrappers": [
+            [w.name, w.entry_point if isinstance(w.entry_point, str) else repr(w.entry_point),
+             {k: v for k, v in (w.kwargs or {}).items() if plain(v) is not None or v is None}]
+            for w in spec.additional_wrappers
+        ],
+        "vector_entry_point": spec.vector_entry_point if isinstance(spec.vector_entry_point, str) else None,
+    }
+
+
+def _plain_metadata(metadata: Any, codec: _codec.Codec) -> dict:
+    out = {}
+    for k, v in dict(metadata or {}).items():
+        try:
+            codec.encode([k, v])
+        except EncodeError:
+            print(f"shmbench server: metadata[{k!r}] cannot be sent; dropped", file=sys.stderr)
+            continue
+        out[k] = v
+    return out
+
+
+class RemoteEnvironmentServer:
+    """Serves one worker's env(s) over one channel (the container side).
+
+    Args:
+        channel_path: the channel file (inside a container: under ``/shmbench``).
+    """
+
+    def __init__(self, channel_path: os.PathLike | str) -> None:
+        self.channel_path = Path(channel_path)
+        self.channel = Channel.attach(self.channel_path)
+        self.codec = _codec.Codec()
+        self.envs: list[Any] = []
+        self.vector = False
+        self.autoreset_mode = None
+        self.slab: Slab | None = None
+        self.layout: SlabLayout | None = None
+        self._configured = False
+        self.host_died = False
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Answer requests until the host closes or dies; returns the exit status."""
+        ch = self.channel
+        recv, send = ch.recv, ch.send
+        handlers = {
+            Opcode.RESET: self._reset,
+            Opcode.MAKE: self._make,
+            Opcode.CONFIGURE: self._configure,
+            Opcode.RENDER: self._render,
+            Opcode.CALL: self._call,
+            Opcode.GET_ATTR: self._get_attr,
+            Opcode.SET_ATTR: self._set_attr,
+            Opcode.PING: lambda mv: _OK,
+            Opcode.ECHO: lambda mv: _OK + bytes(mv[2:]),
+        }
+        status = 0
+        call = ch.call
+        try:
+            mv = recv()
+            while True:
+                try:
+                    op = mv[0]
+                except IndexError:
+                    raise ProtocolError("empty request") from None
+                if op == 4:   # Opcode.STEP, tested first: the hot path
+                    handler = self._step
+                elif op == Opcode.CLOSE:
+                    self._close_envs()
+                    send(_OK)
+                    break
+                else:
+                    handler = handlers.get(op)
+                    if handler is None:
+                        raise ProtocolError(f"unknown opcode {op}")
+                try:
+                    reply = handler(mv)
+                except (ChannelClosed, PeerDied):
+                    raise
+                except Exception as exc:   # the env's error goes back; we keep serving
+                    reply = self._error_reply(exc)
+                mv = call(reply)    # send the reply, then wait for the next request
+        except ChannelClosed:
+            pass
+        except PeerDied:
+            self.host_died = True
+        except ProtocolError as exc:
+            print(f"shmbench server: protocol error from the host: {exc}", file=sys.stderr)
+            status = 3
+        finally:
+            self.close()
+        return status
+
+    def _error_reply(self, exc: BaseException) -> bytes:
+        try:
+            return bytes([Status.ERROR]) + self.codec.encode(error_payload(exc))
+        except EncodeError:
+            return bytes([Status.ERROR]) + self.codec.encode(
+                {"type": type(exc).__name__, "message": repr(exc), "traceback": ""})
+
+    def _ok(self, value: Any) -> bytes:
+        return _OK + self.codec.encode(value)
+
+    def close(self) -> None:
+        self._close_envs()
+        if self.slab is not None:
+            self.slab.close()
+        self.channel.close()
+        if self.host_died:
+            # the survivor cleans up: our files, then the session if nobody else holds it
+            self.channel.unlink()
+            if self.slab is not None:
+                self.slab.unlink()
+            Path(str(self.channel_path)[: -len(".chan")] + ".log").unlink(missing_ok=True)
+            reap_session(self.channel_path.parent)
+
+    def _close_envs(self) -> None:
+        envs, self.envs = self.envs, []
+        for env in envs:
+            try:
+                env.close()
+            except Exception as exc:
+                print(f"shmbench server: env.close() failed: {exc!r}", file=sys.stderr)
+
+    # -- handshake -------------------------------------------------------------------------
+
+    def _make(self, mv: memoryview) -> bytes:
+        if self.envs:
+            raise RuntimeError("MAKE sent twice")
+        spec = self.codec.decode(mv[2:])
+        if spec.get("allow_pickle"):
+            self.codec = _codec.Codec(allow_pickle=True)
+        count = int(spec.get("num_envs", 1))
+        self.vector = bool(spec.get("vector", False))
+        if self.vector:
+            from gymnasium.vector import AutoresetMode
+
+            self.autoreset_mode = AutoresetMode(spec["autoreset_mode"])
+        self.envs = [make_env(spec) for _ in range(count)]
+        env = self.envs[0]
+        import gymnasium
+
+        obs_space = getattr(env, "observation_space", None)
+        act_space = getattr(env, "action_space", None)
+        info = {
+            # an object that is not an env (a remote agent) has no spaces to describe
+            "observation_space": describe(obs_space) if obs_space is not None else None,
+            "action_space": describe(act_space) if act_space is not None else None,
+            "metadata": _plain_metadata(getattr(env, "metadata", None), self.codec),
+            "render_mode": getattr(env, "render_mode", None),
+            "spec": _spec_fields(env, self.codec),
+            "server": {
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "numpy": np.__version__,
+                "gymnasium": gymnasium.__version__,
+                "shmbench": _shmbench_version(),
+            },
+        }
+        for other in self.envs[1:]:
+            if (getattr(other, "observation_space", None) != obs_space
+                    or getattr(other, "action_space", None) != act_space):
+                raise RuntimeError("the envs of one worker have different spaces")
+        return self._ok(info)
+
+    def _configure(self, mv: memoryview) -> bytes:
+        cfg = self.codec.decode(mv[2:])
+        self.layout = layout = SlabLayout.from_wire(cfg["layout"])
+        self.rows = slice(*cfg["rows"])
+        self.channel.configure_wait(spin_ns=int(cfg["spin_ns"]), adaptive=bool(cfg["adaptive"]))
+        slab_path = self.channel_path.parent / Path(cfg["slab"]).name
+        self.slab = Slab.attach(slab_path, layout.size)
+        buf = self.slab.buffer
+        env = self.envs[0]
+        obs = layout.arrays(buf, "obs")
+        act = layout.arrays(buf, "action")
+        if self.vector:
+            r = self.rows
+            self._obs_rows = None if obs is None else _unflatten(env.observation_space, [a[r] for a in obs])
+            self._act_rows = None if act is None else act[0][r] if len(act) == 1 else None
+            self._rewards = layout.vector(buf, "rewards", np.float64)[r]
+            self._terms = layout.vector(buf, "terminations", np.bool_)[r]
+            self._truncs = layout.vector(buf, "truncations", np.bool_)[r]
+            n = len(self.envs)
+            self._autoreset = np.zeros(n, dtype=np.bool_)
+            self._env_obs: list[Any] = [None] * n
+            from gymnasium.vector.utils import batch_space, concatenate, iterate
+
+            self._concatenate = concatenate
+            self._iterate = iterate
+            self._batch_action_space = batch_space(env.action_space, n)
+            self._step = self._step_vector
+        else:
+            self._env_step = env.step
+            self._obs_leaves = obs
+            self._obs_kind = _leaf_kind(env.observation_space, obs)
+            self._obs0 = obs[0] if obs else None
+            # identity, not equality, of the dtype on the hot path (numpy hands out one
+            # dtype object per builtin type); anything else takes _write_obs's full check
+            self._obs_dtype = self._obs0.dtype if self._obs_kind == "array" else None
+            self._obs_shape = self._obs0.shape if self._obs_kind == "array" else None
+            self._act0 = act[0] if act is not None and len(act) == 1 else None
+            self._obs_keys = list(env.observation_space.spaces) if self._obs_kind == "dict" else None
+        self._configured = True
+        return _OK
+
+    # -- single env ------------------------------------------------------------------------
+
+    def _action(self, mv: memoryview) -> Any:
+        tag = mv[1]
+        if tag == 1:    # ActionTag.SLAB_INT
+            return int(self._act0)
+        if tag == ActionTag.SLAB_ARRAY:
+            return self._act0.copy()
+        if tag == ActionTag.SLAB_SCALAR:
+            return self._act0[()]
+        if tag == ActionTag.CODEC:
+            return self.codec.decode(mv[2:])
+        raise ProtocolError(f"bad action tag {tag}")
+
+    def _write_obs(self, obs: Any) -> int:
+        kind = self._obs_kind
+        if kind == "array":
+            if type(obs) is np.ndarray:
+                dst = self._obs0
+                if obs.dtype == dst.dtype and obs.shape == dst.shape:
+                    dst[...] = obs
+                    return ObsTag.SLAB_ARRAY
+        elif kind == "discrete":
+            t = type(obs)
+            if t is int:
+                if -(1 << 63) <= obs < (1 << 63):
+                    self._obs0[()] = obs
+                    return ObsTag.SLAB_INT
+            elif t is np.int64:
+                self._obs0[()] = obs
+                return ObsTag.SLAB_SCALAR
+        elif kind is not None:
+            flat = _flatten_exact(obs, self.envs[0].observation_space, self._obs_leaves)
+            if flat is not None:
+                for dst, src in zip(self._obs_leaves, flat):
+                    dst[...] = src
+                return ObsTag.SLAB_TREE
+        return _CODEC
+
+    def _step(self, mv: memoryview) -> bytes:
+        # the hot path: every attribute and check here costs tens of ns per step
+        action = int(self._act0) if mv[1] == 1 else self._action(mv)
+        obs, reward, terminated, truncated, info = self._env_step(action)
+        if type(obs) is _ndarray and obs.dtype is self._obs_dtype and obs.shape == self._obs_shape:
+            self._obs0[...] = obs
+            otag = 0   # ObsTag.SLAB_ARRAY
+        else:
+            otag = self._write_obs(obs)
+        if (type(reward) is float and type(terminated) is bool and type(truncated) is bool
+                and type(info) is dict and not info and otag != _CODEC):
+            return STEP_REPLY_F.pack(0, otag, 0, terminated, truncated, reward)   # the common case
+        rtag, raw = encode_scalar(reward)
+        tflag = encode_flag(terminated)
+        uflag = encode_flag(truncated)
+        header = STEP_REPLY.pack(0, otag, rtag, tflag, uflag, raw)
+        if otag != _CODEC and rtag != ScalarTag.CODEC and tflag != 255 and uflag != 255 and (
+                type(info) is dict and not info):
+            return header
+        extras: dict[str, Any] = {"info": info}
+        if otag == _CODEC:
+            extras["obs"] = obs
+        if rtag == ScalarTag.CODEC:
+            extras["reward"] = reward
+        if tflag == 255:
+            extras["terminated"] = terminated
+        if uflag == 255:
+            extras["truncated"] = truncated
+        return header + self.codec.encode(extras)
+
+    def _reset(self, mv: memoryview) -> bytes:
+        args = self.codec.decode(mv[2:])
+        if self.vector:
+            return self._reset_vector(args)
+        obs, info = self.envs[0].reset(seed=args.get("seed"), options=args.get("options"))
+        otag = self._write_obs(obs)
+        extras: dict[str, Any] = {"info": info}
+        if otag == _CODEC:
+            extras["obs"] = obs
+        return STEP_REPLY.pack(0, otag, 0, 0, 0, b"\0" * 8) + self.codec.encode(extras)
+
+    # -- vector mode: SyncVectorEnv's semantics, our rows of the batch ----------------------
+
+    def _vector_reply(self, infos: list, obs_in_slab: bool) -> bytes:
+        header = VEC_REPLY.pack(0, ObsTag.SLAB_ARRAY if obs_in_slab else _CODEC)
+        if obs_in_slab and not infos:
+            return header
+        extras: dict[str, Any] = {"infos": infos}
+        if not obs_in_slab:
+            extras["obs"] = list(self._env_obs)
+        return header + self.codec.encode(extras)
+
+    def _write_obs_rows(self) -> bool:
+        if self._obs_rows is None:
+            return False
+        try:
+            self._concatenate(self.envs[0].observation_space, self._env_obs, self._obs_rows)
+        except (ValueError, TypeError):
+            return False   # an obs that does not fit: the host concatenates from the codec
+        return True
+
+    def _step_vector(self, mv: memoryview) -> bytes:
+        tag = mv[1]
+        if tag == ActionTag.SLAB_ARRAY and self._act_rows is not None:
+            actions = list(self._iterate(self._batch_action_space, self._act_rows.copy()))
+        elif tag == ActionTag.CODEC:
+            actions = self.codec.decode(mv[2:])
+            if type(actions) is not list or len(actions) != len(self.envs):
+                raise ProtocolError("vector STEP needs one action per env")
+        else:
+            raise ProtocolError(f"bad action tag {tag}")
+        from gymnasium.vector import AutoresetMode
+
+        mode = self.autoreset_mode
+        infos: list = []
+        rewards, terms, truncs, autoreset, env_obs = (self._rewards, self._terms, self._truncs,
+                                                      self._autoreset, self._env_obs)
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
+            if mode == AutoresetMode.NEXT_STEP:
+                if autoreset[i]:
+                    env_obs[i], env_info = env.reset()
+                    rewards[i] = 0.0
+                    terms[i] = False
+                    truncs[i] = False
+                else:
+                    env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
+            elif mode == AutoresetMode.DISABLED:
+                if autoreset[i]:
+                    raise RuntimeError(f"env {i} needs a reset (autoreset_mode=DISABLED)")
+                env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
+            else:  # SAME_STEP
+                env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
+                if terms[i] or truncs[i]:
+                    infos.append((i, {"final_obs": env_obs[i], "final_info": env_info}))
+                    env_obs[i], env_info = env.reset()
+            if env_info:
+                infos.append((i, env_info))
+        np.logical_or(terms, truncs, out=autoreset)
+        return self._vector_reply(infos, self._write_obs_rows())
+
+    def _reset_vector(self, args: dict) -> bytes:
+        seeds = args["seeds"]
+        options = args.get("options")
+        mask = args.get("mask")
+        infos: list = []
+        for i, env in enumerate(self.envs):
+            if mask is not None and not mask[i]:
+                continue
+            self._terms[i] = False
+            self._truncs[i] = False
+            self._autoreset[i] = False
+            self._env_obs[i], env_info = env.reset(seed=seeds[i], options=options)
+            if env_info:
+                infos.append((i, env_info))
+        return self._vector_reply(infos, self._write_obs_rows())
+
+    # -- slow path: render, call, attributes ------------------------------------------------
+
+    def _render(self, mv: memoryview) -> bytes:
+        if self.vector:
+            return self._ok([env.render() for env in self.envs])
+        return self._ok(self.envs[0].render())
+
+    def _call(self, mv: memoryview) -> bytes:
+        name, args, kwargs = self.codec.decode(mv[2:])
+        results = []
+        for env in self.envs:
+            fn = _get(env, name)
+            results.append(fn(*args, **kwargs) if callable(fn) else fn)
+        return self._ok(results if self.vector else results[0])
+
+    def _get_attr(self, mv: memoryview) -> bytes:
+        name = self.codec.decode(mv[2:])
+        values = [_np_random_state(env) if name == "np_random" else _get(env, name)
+                  for env in self.envs]
+        return self._ok(values if self.vector else values[0])
+
+    def _set_attr(self, mv: memoryview) -> bytes:
+        name, values = self.codec.decode(mv[2:])
+        if not self.vector:
+            values = [values]
+        if len(values) != len(self.envs):
+            raise ValueError(f"{len(values)} values for {len(self.envs)} envs")
+        for env, value in zip(self.envs, values):
+            if name == "np_random":
+                _set_np_random_state(env, value)
+            elif hasattr(env, "set_wrapper_attr"):
+                env.set_wrapper_attr(name, value)
+            else:
+                setattr(env, name, value)
+        return self._ok(None)
+
+
+# ------------------------------------------------------------------------------------------
+# structure helpers for single-env observations
+# ------------------------------------------------------------------------------------------
+
+def _get(obj: Any, name: str) -> Any:
+    """An env's attribute through its wrappers; any other served object's plain attribute."""
+    if name.startswith("__"):
+        raise AttributeError(f"refusing to expose dunder attribute {name!r}")
+    getter = getattr(obj, "get_wrapper_attr", None)
+    return getter(name) if getter is not None else getattr(obj, name)
+
+
+def _leaf_kind(space, obs_leaves) -> str | None:
+    from gymnasium import spaces
+
+    if obs_leaves is None:
+        return None
+    if isinstance(space, spaces.Discrete):
+        return "discrete"
+    if isinstance(space, spaces.Dict):
+        return "dict"
+    if isinstance(space, spaces.Tuple):
+        return "tuple"
+    return "array"
+
+
+def _flatten_exact(obs: Any, space, dst_leaves) -> list | None:
+    """The leaves of a Dict/Tuple obs if it matches the space exactly, else None."""
+    from gymnasium import spaces
+
+    out: list = []
+
+    def walk(o: Any, s) -> bool:
+        if isinstance(s, spaces.Dict):
+            if type(o) is not dict or list(o) != list(s.spaces):
+                return False
+            return all(walk(o[k], sub) for k, sub in s.spaces.items())
+        if isinstance(s, spaces.Tuple):
+            if type(o) is not tuple or len(o) != len(s.spaces):
+                return False
+            return all(walk(x, sub) for x, sub in zip(o, s.spaces))
+        if isinstance(s, spaces.Discrete):
+            return False    # scalars inside trees keep their exact type via the codec
+        dst = dst_leaves[len(out)]
+        if type(o) is not np.ndarray or o.dtype != dst.dtype or o.shape != dst.shape:
+            return False
+        out.append(o)
+        return True
+
+    return out if walk(obs, space) else None
+
+
+def _unflatten(space, arrays: list) -> Any:
+    """Rebuild a Dict/Tuple structure of arrays (in leaf order) for ``space``."""
+    from gymnasium import spaces
+
+    it = iter(arrays)
+
+    def build(s):
+        if isinstance(s, spaces.Dict):
+            return {k: build(sub) for k, sub in s.spaces.items()}
+        if isinstance(s, spaces.Tuple):
+            return tuple(build(sub) for sub in s.spaces)
+        return next(it)
+
+    return build(space)
+
+
+def _shmbench_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("shmbench")
+    except Exception:
+        import shmbench
+
+        return shmbench.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = argv[0] if argv else os.environ.get("SHMBENCH_CHANNEL")
+    if not path:
+        print("usage: python -m shmbench.server CHANNEL_FILE (or set SHMBENCH_CHANNEL)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        server = RemoteEnvironmentServer(path)
+    except (ShmbenchError, OSError) as exc:
+        print(f"shmbench server: cannot attach to {path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"shmbench server pid {os.getpid()} python {sys.version.split()[0]} numpy {np.__version__} "
+          f"attached to {path} in {1e3 * (time.perf_counter() - t0):.1f} ms", file=sys.stderr, flush=True)
+    return server.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
