@@ -1,0 +1,159 @@
+"""The bubblewrap runtime: rootless sandboxes from an image directory, a SIF, or the host.
+
+Each server runs as ``bwrap ... python -m shmbench.server`` in new user, PID, IPC, network
+and UTS namespaces with a private ``/dev``, ``/proc`` and ``/tmp``, a clean environment,
+``--die-with-parent`` (the sandbox goes when the host does, kill -9 included) and
+``--new-session``. The channel directory is the only writable host path (at /shmbench).
+
+Root file system:
+
+* ``image=None`` -- the host's own directories, read-only, on a fresh tmpfs root (so
+  /shmbench can be created without touching the host's /);
+* a directory -- a sandbox tree (Apptainer's ``build --sandbox`` output, or an unpacked
+  SIF), read-only;
+* a ``.sif`` file -- its squashfs partition unpacked once into the cache (keyed by the
+  SIF's sha256) by :func:`shmbench.container.sif.unpack_sif`.
+
+An image's ``/.singularity.d/env/*.sh`` scripts are sourced before the server starts, as
+Apptainer does, so a recipe's ``%environment`` applies; ``environment=`` wins over them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from shmbench.container.runtime import CHANNEL_MOUNT, Launch, Runtime, parse_bind
+from shmbench.errors import ImageError
+
+__all__ = ["BwrapRuntime", "find_bwrap"]
+
+#: host directories never exposed under image=None: they are replaced by private ones,
+#: hold other sessions' channels, or are not meant to be read
+_HOST_SKIP = {"dev", "proc", "tmp", "run", "lost+found", "shmbench", "sys"}
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# source the image's environment like `apptainer exec` does, then run the command
+_ENV_WRAPPER = ('for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; '
+                'exec "$@"')
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+class BwrapRuntime(Runtime):
+    """Runs servers in bubblewrap sandboxes (see the module docstring).
+
+    Args:
+        image: None (host root, read-only), a sandbox directory, or a SIF file.
+        binds: extra binds, ``src[:dst[:ro|rw]]``.
+        environment: extra environment variables (the environment starts empty).
+        python: the interpreter inside the sandbox; default: this interpreter for the host
+            root, ``python3`` for images.
+        share_net: keep the host's network (default: a private, empty network namespace).
+    """
+
+    name = "bwrap"
+
+    def __init__(self, image=None, binds=(), environment=None, *, python: str | None = None,
+                 share_net: bool = False) -> None:
+        super().__init__(image, binds, environment)
+        self.share_net = share_net
+        self.rootfs: Path | None = None
+        if image is not None:
+            path = Path(image)
+            if not path.exists():
+                raise ImageError(f"image {path} does not exist")
+            if path.is_dir():
+                self.rootfs = path.resolve()
+            else:
+                from shmbench.container.sif import unpack_sif
+
+                self.rootfs = unpack_sif(path)
+        self.python = python or (sys.executable if self.rootfs is None else "python3")
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        exe = find_bwrap()
+        if exe is None:
+            return False, "bwrap is not installed (apt-get install bubblewrap)"
+        try:
+            out = subprocess.run(
+                [exe, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev",
+                 "--proc", "/proc", "true"],
+                capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"bwrap could not run: {exc}"
+        if out.returncode != 0:
+            why = out.stderr.decode(errors="replace").strip() or f"exit status {out.returncode}"
+            return False, f"bwrap cannot create namespaces here (user namespaces disabled?): {why}"
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+        return True, f"{exe} ({version}), user namespaces work"
+
+    def _root_args(self) -> list[str]:
+        root = self.rootfs
+        if root is not None and (root / CHANNEL_MOUNT.lstrip("/")).is_dir():
+            return ["--ro-bind", str(root), "/"]
+        # no /shmbench to mount over: build / as a tmpfs holding the tree's entries
+        source = root or Path("/")
+        args = ["--tmpfs", "/"]
+        for entry in sorted(os.listdir(source)):
+            if root is None and entry in _HOST_SKIP:
+                continue
+            if entry in ("dev", "proc", "tmp", "shmbench"):
+                continue
+            path = source / entry
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), f"/{entry}"]
+            elif path.is_dir() and os.access(path, os.R_OK | os.X_OK):
+                args += ["--ro-bind", str(path), f"/{entry}"]
+        if root is None:
+            args += ["--ro-bind-try", "/sys", "/sys"]
+        return args
+
+    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+        exe = find_bwrap()
+        if exe is None:
+            raise ImageError("bwrap is not installed (apt-get install bubblewrap)")
+        args = [exe, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
+                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "shmbench"]
+        if not self.share_net:
+            args.append("--unshare-net")
+        if os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+        args += self._root_args()
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                 "--bind", str(launch.session_dir), CHANNEL_MOUNT]
+        for spec in self.binds:
+            src, dst, mode = parse_bind(spec)
+            args += ["--ro-bind" if mode == "ro" else "--bind", src, dst]
+        env = {
+            "PATH": _DEFAULT_PATH if self.rootfs is not None
+            else f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+        }
+        args += ["--clearenv", "--chdir", "/tmp"]
+        for k, v in env.items():
+            args += ["--setenv", k, v]
+        user_env = {**self.environment, **launch.environment,
+                    "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}"}
+        server = [self.python, "-s", "-m", "shmbench.server"]
+        if self.rootfs is not None and (self.rootfs / ".singularity.d" / "env").is_dir():
+            # image scripts first, then our variables on top of them
+            args += ["--", "/bin/sh", "-c", _ENV_WRAPPER, "sh", "env",
+                     *[f"{k}={v}" for k, v in user_env.items()], *server]
+        else:
+            for k, v in user_env.items():
+                args += ["--setenv", k, v]
+            args += ["--", *server]
+        # bwrap itself gets a minimal environment; the sandbox's is set by --setenv
+        return args, {"PATH": os.environ.get("PATH", _DEFAULT_PATH), "LANG": "C.UTF-8"}
+
+    def describe_image(self) -> str:
+        if self.image is None:
+            return "the host root (read-only)"
+        return str(self.image)
