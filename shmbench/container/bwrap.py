@@ -93,12 +93,24 @@ class BwrapRuntime(Runtime):
         version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
         return True, f"{exe} ({version}), user namespaces work"
 
-    def _root_args(self) -> list[str]:
+    def _root_args(self, destinations: list[str]) -> list[str]:
+        """Arguments that build the sandbox's /.
+
+        A read-only image can only take mounts on paths it already has. When /shmbench or
+        a bind destination is missing, / becomes a tmpfs holding the tree's top-level
+        entries read-only, so new top-level mount points can be made; deeper missing
+        destinations cannot, and are refused with a clear error.
+        """
         root = self.rootfs
-        if root is not None and (root / CHANNEL_MOUNT.lstrip("/")).is_dir():
-            return ["--ro-bind", str(root), "/"]
-        # no /shmbench to mount over: build / as a tmpfs holding the tree's entries
         source = root or Path("/")
+        missing = [d for d in destinations if root is None or not (root / d.lstrip("/")).exists()]
+        for d in missing:
+            top = d.strip("/").split("/")[0]
+            if d.strip("/") != top and (source / top).exists() and not (source / d.lstrip("/")).exists():
+                raise ImageError(f"cannot bind to {d}: it does not exist in {self.describe_image()}, "
+                                 f"which is read-only (bind to a new top-level directory instead)")
+        if root is not None and not missing:
+            return ["--ro-bind", str(root), "/"]
         args = ["--tmpfs", "/"]
         for entry in sorted(os.listdir(source)):
             if root is None and entry in _HOST_SKIP:
@@ -124,18 +136,24 @@ class BwrapRuntime(Runtime):
             args.append("--unshare-net")
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
-        args += self._root_args()
+        binds = [parse_bind(spec) for spec in self.binds]
+        root = self._root_args([CHANNEL_MOUNT] + [dst for _, dst, _ in binds])
+        args += root
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                  "--bind", str(launch.session_dir), CHANNEL_MOUNT]
-        for spec in self.binds:
-            src, dst, mode = parse_bind(spec)
+        for src, dst, mode in binds:
             args += ["--ro-bind" if mode == "ro" else "--bind", src, dst]
+        if root[0] == "--tmpfs":
+            args += ["--remount-ro", "/"]   # nothing but /tmp and /shmbench stays writable
         env = {
             "PATH": _DEFAULT_PATH if self.rootfs is not None
             else f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}",
             "HOME": "/tmp",
             "LANG": "C.UTF-8",
         }
+        if self.rootfs is None and os.environ.get("LD_LIBRARY_PATH"):
+            # the host's own interpreter may need its loader path (a relocated libpython)
+            env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
         args += ["--clearenv", "--chdir", "/tmp"]
         for k, v in env.items():
             args += ["--setenv", k, v]

@@ -64,6 +64,9 @@ def get_runtime(runtime: str | Runtime = "auto", *, image=None, binds=(), enviro
         for name in AUTO_ORDER:
             if name not in RUNTIMES:
                 continue
+            if name == "apptainer" and image is None:
+                reasons.append("apptainer: needs an image")
+                continue   # Apptainer runs images; with none, bwrap runs the host's own software
             ok, why = _probe(name)
             if ok:
                 if name == "process":
@@ -82,4 +85,8 @@ def get_runtime(runtime: str | Runtime = "auto", *, image=None, binds=(), enviro
     ok, why = _probe(runtime)
     if not ok:
         raise RuntimeUnavailable(f"runtime {runtime!r} does not work here: {why}")
+    if runtime == "singularity" and "binary" not in options:
+        import shutil
+
+        options["binary"] = shutil.which("singularity") or shutil.which("apptainer")
     return cls(image=image, binds=binds, environment=environment, **options)

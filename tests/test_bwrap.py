@@ -1,0 +1,267 @@
+"""The bwrap runtime for real: isolation, crashes, host death, an unprivileged user, and
+envs from images with conflicting dependencies stepped side by side."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+
+import shmbench
+from conftest import TESTS, runtime_kwargs
+from conftest_images import RECIPES
+from helpers import assert_same
+from shmbench.channel import channel_base, gc
+from shmbench.container.bwrap import BwrapRuntime
+from shmbench.container.runtime import Launch
+from shmbench.errors import PeerDied
+from test_client import actions_for, run_trajectory, server_pid
+
+pytestmark = pytest.mark.usefixtures("bwrap_ok")
+
+
+@pytest.fixture
+def bwrap_ok():
+    runtime_kwargs("bwrap")   # skips, with the reason, where bwrap cannot run
+
+
+def test_argv_isolates_and_binds_only_the_channel_dir(tmp_path):
+    rt = BwrapRuntime(binds=[f"{tmp_path}:/data:ro"], environment={"A": "1"})
+    argv, env = rt.command(Launch(tmp_path, "w0.chan", tmp_path / "w0.log", "w0"))
+    joined = " ".join(argv)
+    for flag in ("--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
+                 "--unshare-ipc", "--unshare-net", "--unshare-uts", "--clearenv",
+                 "--dev /dev", "--proc /proc", "--tmpfs /tmp", f"--bind {tmp_path} /shmbench",
+                 f"--ro-bind {tmp_path} /data", "--setenv SHMBENCH_CHANNEL /shmbench/w0.chan",
+                 "--setenv A 1"):
+        assert flag in joined, flag
+    assert argv[-3:] == ["-s", "-m", "shmbench.server"]
+    assert "--bind / /" not in joined and "--ro-bind /dev " not in joined
+    assert set(env) <= {"PATH", "LANG"}
+
+
+def test_sandbox_sees_only_its_own_world():
+    with shmbench.make("envs:ProbeEnv", **runtime_kwargs("bwrap")) as env:
+        env.reset(seed=0)
+        info = env.step(0)[4]
+    assert info["hostname"] == "shmbench"
+    assert info["interfaces"] == ["lo"], "a private, empty network namespace"
+    assert info["pid"] <= 3, "a private PID namespace"
+    assert info["shmbench"] == sorted(["host.lock", "slab", "w0.chan", "w0.chan.lock", "w0.log"])
+    assert not info["root_writable"]
+    # a clean environment: ours, plus what the server's own imports set (gymnasium sets
+    # PYGAME_HIDE_SUPPORT_PROMPT); nothing of the host's
+    assert set(info["env"]) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "SHMBENCH_CHANNEL", "PWD", "LC_CTYPE",
+                                "PYGAME_HIDE_SUPPORT_PROMPT"}
+    assert not set(info["env"]) & {"SHMBENCH_CHANNEL_DIR", "PYTEST_CURRENT_TEST"}
+
+
+def test_trajectory_equals_process_and_native():
+    ref = gymnasium.make("Pendulum-v1")
+    actions = actions_for(ref.action_space, 1000, seed=2)
+    expected = run_trajectory(ref, actions, seed=8)
+    results = {}
+    for name in ("process", "bwrap"):
+        with shmbench.make("Pendulum-v1", **runtime_kwargs(name)) as env:
+            results[name] = run_trajectory(env, actions, seed=8)
+    assert_same(results["bwrap"], results["process"])
+    assert_same(results["bwrap"], expected)
+
+
+def test_kill_of_the_sandboxed_server_gives_peer_died_and_leaves_nothing():
+    base = channel_base()
+    env = shmbench.make("CartPole-v1", **runtime_kwargs("bwrap"))
+    session = env._owned.session.path
+    try:
+        env.reset(seed=0)
+        os.kill(server_pid(env), signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(PeerDied):
+            env.step(0)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        env.close()
+    assert not session.exists() and session.name not in os.listdir(base)
+
+
+HOST_SCRIPT = """
+import os, sys, time, shmbench
+sys.path.insert(0, {tests!r})
+from test_client import server_pid
+env = shmbench.make("CartPole-v1", runtime={runtime!r}, **{extra!r})
+env.reset(seed=0)
+print(env._owned.session.path, server_pid(env), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("runtime_name", ["bwrap", "process"])
+def test_host_death_takes_the_server_with_it(runtime_name):
+    kw = runtime_kwargs(runtime_name)
+    extra = {k: v for k, v in kw.items() if k != "runtime"}
+    script = HOST_SCRIPT.format(tests=str(TESTS), runtime=runtime_name, extra=extra)
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = host.stdout.readline().split()
+        assert line, "the host script did not start"
+        session, server = Path(line[0]), int(line[1])
+        host.kill()
+        host.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(server):
+            time.sleep(0.02)
+        assert not _alive(server), "the server outlived its host"
+        if runtime_name == "process":
+            # the surviving server cleaned up the whole session itself
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and session.exists():
+                time.sleep(0.02)
+        else:
+            # the sandbox died with its host: the stale session is reclaimable by its free lock
+            assert session in gc(min_age=0)
+        assert not session.exists()
+    finally:
+        host.kill()
+        host.wait()
+        host.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+USER_SCRIPT = """
+import os, numpy as np, gymnasium, shmbench
+ref = gymnasium.make("CartPole-v1")
+with shmbench.make("CartPole-v1", runtime="bwrap") as env:
+    a = env.reset(seed=4)[0]; b = ref.reset(seed=4)[0]
+    assert a.tobytes() == b.tobytes()
+    for t in range(300):
+        x, y = env.step(t % 2), ref.step(t % 2)
+        assert x[0].tobytes() == y[0].tobytes() and x[1:4] == y[1:4]
+        if x[2] or x[3]:
+            env.reset(); ref.reset()
+    print("uid", os.getuid(), "ok", env.server_info["pid"])
+"""
+
+
+def test_bwrap_path_as_an_unprivileged_user():
+    if os.geteuid() != 0:
+        # the whole suite already runs unprivileged: the other bwrap tests are this test
+        out = subprocess.run([sys.executable, "-c", USER_SCRIPT], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return
+    user = _test_user()
+    pw = pwd.getpwnam(user)
+    # this interpreter lives under /root (0700): give the user a view of it through a bind
+    # mount in a private mount namespace, then drop to the user for good
+    prefix = Path(sys.prefix).resolve()
+    mnt = Path("/mnt/shmbench-test-python")
+    mnt.mkdir(exist_ok=True)
+    rel = Path(sys.executable).resolve().relative_to(prefix)
+    base = Path(f"/dev/shm/shmbench-{pw.pw_uid}")
+    cmd = (f"mount --bind {prefix} {mnt} && exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} "
+           f"--clear-groups env -i HOME=/tmp PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} "
+           f"{mnt / rel} -c \"$0\"")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, USER_SCRIPT],
+                         capture_output=True, text=True, timeout=180, cwd="/tmp")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(f"uid {pw.pw_uid} ok"), out.stdout
+    left = os.listdir(base) if base.exists() else []
+    assert left == [], f"the unprivileged run left {left} in {base}"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _test_user() -> str:
+    name = "shmbench-test"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       check=True)
+    return name
+
+
+# ------------------------------------------------------------------------------------------
+# conflicting dependencies, for real: images built from recipes with their own numpy
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def light_sif(shmbench_wheel: Path) -> Path:
+    """recipes/light.def (pip's numpy 2.2), built once into the build cache."""
+    from shmbench.container.build import build_cached, find_apptainer
+
+    if find_apptainer() is None and os.geteuid() != 0:
+        pytest.skip("building without Apptainer needs root (debootstrap)")
+    return build_cached(RECIPES / "light.def", build_args={"wheel": str(shmbench_wheel)})
+
+
+def _image_kwargs(image: Path) -> dict:
+    return {"runtime": "bwrap", "image": str(image), "binds": [f"{TESTS}:/tests:ro"],
+            "environment": {"PYTHONPATH": "/tests"}}
+
+
+@pytest.mark.slow
+def test_numpy_124_image_runs_beside_a_numpy_2_host(bookworm_sif):
+    assert np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+    ref = gymnasium.make("CartPole-v1")
+    actions = actions_for(ref.action_space, 1000, seed=6)
+    expected = run_trajectory(ref, actions, seed=1)
+    with shmbench.make("CartPole-v1", **_image_kwargs(bookworm_sif)) as env:
+        assert env.server_info["numpy"].startswith("1.24."), env.server_info
+        got = run_trajectory(env, actions, seed=1)
+    assert_same(got, expected)
+    with shmbench.make("envs:ProbeEnv", **_image_kwargs(bookworm_sif)) as env:
+        env.reset(seed=0)
+        assert env.step(0)[4]["numpy"].startswith("1.24.")
+
+
+@pytest.mark.slow
+def test_two_images_side_by_side_in_one_loop(bookworm_sif, light_sif):
+    ref = gymnasium.make("Pendulum-v1")
+    actions = actions_for(ref.action_space, 300, seed=3)
+    expected = run_trajectory(ref, actions, seed=2)
+    with shmbench.make("Pendulum-v1", **_image_kwargs(bookworm_sif)) as old, \
+            shmbench.make("Pendulum-v1", **_image_kwargs(light_sif)) as new:
+        versions = {old.server_info["numpy"][:4], new.server_info["numpy"][:3], np.__version__[:3]}
+        assert old.server_info["numpy"].startswith("1.24.") and new.server_info["numpy"].startswith("2.2.")
+        assert len(versions) == 3, versions
+        trace_old, trace_new = [old.reset(seed=2)], [new.reset(seed=2)]
+        episode = 0
+        for a in actions:                        # one loop, both envs each step
+            s_old, s_new = old.step(a), new.step(a)
+            trace_old.append(s_old)
+            trace_new.append(s_new)
+            if s_old[2] or s_old[3]:
+                episode += 1
+                seed = 2 + episode if episode % 2 else None
+                trace_old.append(old.reset(seed=seed))
+                trace_new.append(new.reset(seed=seed))
+    assert_same(trace_old, expected)
+    assert_same(trace_new, expected)
+
+
+@pytest.mark.slow
+def test_vector_env_from_an_image(bookworm_sif):
+    from gymnasium.vector import SyncVectorEnv
+
+    ref = SyncVectorEnv([lambda: gymnasium.make("CartPole-v1")] * 4)
+    with shmbench.make_vec("CartPole-v1", 4, num_workers=2, **_image_kwargs(bookworm_sif)) as envs:
+        assert_same(envs.reset(seed=3), ref.reset(seed=3))
+        for t in range(200):
+            a = np.array([t % 2, 1, 0, (t // 3) % 2])
+            assert_same(envs.step(a), ref.step(a))
