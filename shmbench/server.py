@@ -45,6 +45,7 @@ __all__ = ["RemoteEnvironmentServer", "make_env", "main"]
 
 _OK = bytes([Status.OK])
 _ndarray = np.ndarray
+_pack_step = STEP_REPLY_F.pack
 _CODEC = ObsTag.CODEC
 
 
@@ -315,16 +316,15 @@ class RemoteEnvironmentServer:
             self._batch_action_space = batch_space(env.action_space, n)
             self._step = self._step_vector
         else:
-            self._env_step = env.step
             self._obs_leaves = obs
             self._obs_kind = _leaf_kind(env.observation_space, obs)
             self._obs0 = obs[0] if obs else None
             # identity, not equality, of the dtype on the hot path (numpy hands out one
             # dtype object per builtin type); anything else takes _write_obs's full check
-            self._obs_dtype = self._obs0.dtype if self._obs_kind == "array" else None
-            self._obs_shape = self._obs0.shape if self._obs_kind == "array" else None
             self._act0 = act[0] if act is not None and len(act) == 1 else None
-            self._obs_keys = list(env.observation_space.spaces) if self._obs_kind == "dict" else None
+            array = self._obs_kind == "array"
+            self._fast = (self._act0, env.step, self._obs0, self._obs0.dtype if array else None,
+                          self._obs0.shape if array else None)
         self._configured = True
         return _OK
 
@@ -368,17 +368,18 @@ class RemoteEnvironmentServer:
         return _CODEC
 
     def _step(self, mv: memoryview) -> bytes:
-        # the hot path: every attribute and check here costs tens of ns per step
-        action = int(self._act0) if mv[1] == 1 else self._action(mv)
-        obs, reward, terminated, truncated, info = self._env_step(action)
-        if type(obs) is _ndarray and obs.dtype is self._obs_dtype and obs.shape == self._obs_shape:
-            self._obs0[...] = obs
-            otag = 0   # ObsTag.SLAB_ARRAY
+        # the hot path: its state comes from one tuple, every attribute lookup costs tens of ns
+        act0, env_step, obs0, obs_dtype, obs_shape = self._fast
+        action = int(act0) if mv[1] == 1 else self._action(mv)   # 1: ActionTag.SLAB_INT
+        obs, reward, terminated, truncated, info = env_step(action)
+        if type(obs) is _ndarray and obs.dtype is obs_dtype and obs.shape == obs_shape:
+            obs0[...] = obs
+            if (type(reward) is float and type(terminated) is bool and type(truncated) is bool
+                    and type(info) is dict and not info):
+                return _pack_step(0, 0, 0, terminated, truncated, reward)   # the common case
+            otag = ObsTag.SLAB_ARRAY
         else:
             otag = self._write_obs(obs)
-        if (type(reward) is float and type(terminated) is bool and type(truncated) is bool
-                and type(info) is dict and not info and otag != _CODEC):
-            return STEP_REPLY_F.pack(0, otag, 0, terminated, truncated, reward)   # the common case
         rtag, raw = encode_scalar(reward)
         tflag = encode_flag(terminated)
         uflag = encode_flag(truncated)

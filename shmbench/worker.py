@@ -123,20 +123,42 @@ class Worker:
         reply = self.request(op, self.codec.encode(value), timeout=timeout)
         return self.codec.decode(reply[1:])
 
+    def mark_broken(self) -> None:
+        """The stream is out of step: refuse every further request (see failure())."""
+        self.state = WorkerState.BROKEN
+        self.channel.close()
+
     def check(self, reply: memoryview) -> memoryview:
         if not len(reply):
-            self.state = WorkerState.BROKEN
+            self.mark_broken()
             raise ProtocolError(f"{self.name} sent an empty reply")
         status = reply[0]
         if status == Status.OK:
             return reply
         if status == Status.ERROR:
             raise_remote(self.codec.decode(reply[1:]))
-        self.state = WorkerState.BROKEN
+        self.mark_broken()
         raise ProtocolError(f"{self.name} sent a reply with status {status}")
 
     def failure(self, exc: BaseException) -> BaseException:
-        """Turn a low-level error into the one to raise, updating the state."""
+        """Turn a low-level error into the one to raise, updating the state.
+
+        A worker that failed has its channel closed at once: callers on the hot path do not
+        check the state, the closed channel refuses them, and this maps that refusal back to
+        the original reason. (Closing also tells the server to stop.)
+        """
+        if self.state in (WorkerState.BROKEN, WorkerState.DEAD, WorkerState.CLOSED):
+            try:
+                self._refuse()
+            except BaseException as refusal:   # noqa: BLE001 - returned, not swallowed
+                return refusal
+        try:
+            return self._failure(exc)
+        finally:
+            if self.state in (WorkerState.BROKEN, WorkerState.DEAD):
+                self.channel.close()
+
+    def _failure(self, exc: BaseException) -> BaseException:
         if isinstance(exc, ChannelTimeout):
             self.state = WorkerState.BROKEN
             return ChannelTimeout(
