@@ -1,0 +1,105 @@
+"""The shmbench command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from shmbench.channel import channel_base
+
+
+def shmbench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmbench", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_doctor_reports_runtimes_channels_and_caches(tmp_path):
+    out = shmbench("doctor", env={"SHMBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("runtimes:", "apptainer", "bwrap", "process", "runtime='auto' picks:",
+                   f"base directory: {channel_base()}", "free of", f"cache root: {tmp_path / 'cache'}"):
+        assert needle in text, needle
+    # every runtime line says ok or no, and why
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith(("ok ", "no "))]
+    assert len(lines) == 3 and all(len(ln.split(None, 2)) == 3 for ln in lines)
+    assert "no  apptainer" in text or "ok  apptainer" in text
+
+
+def test_gc_removes_sessions_whose_host_died_and_keeps_live_ones():
+    # a host that creates a session and dies without cleaning up (kill -9 of itself)
+    script = textwrap.dedent("""
+        import os, signal
+        from shmbench.channel import Session
+        s = Session()
+        (s.path / "w0.chan").write_bytes(b"x")
+        print(s.path, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    stale = Path(dead.stdout.strip())
+    assert stale.is_dir()
+    from shmbench.channel import Session
+
+    with Session() as live:
+        out = shmbench("gc")
+        assert out.returncode == 0, out.stderr
+        assert f"removed {stale}" in out.stdout
+        assert not stale.exists()
+        assert live.path.exists(), "a live session must survive gc"
+
+
+def test_build_refuses_other_bootstrap_agents_without_apptainer(tmp_path):
+    from shmbench.container.build import find_apptainer
+
+    if find_apptainer() is not None:
+        pytest.skip("Apptainer is installed here: it builds every bootstrap agent")
+    recipe = tmp_path / "docker.def"
+    recipe.write_text("Bootstrap: docker\nFrom: python:3.11-slim\n\n%post\n    mkdir -p /shmbench\n")
+    out = shmbench("build", str(recipe), "-o", str(tmp_path / "x.sif"))
+    assert out.returncode == 1
+    assert "docker" in out.stderr and "Apptainer" in out.stderr
+    assert not (tmp_path / "x.sif").exists()
+
+
+def test_experiments_lists_the_shipped_record():
+    out = shmbench("experiments", "-v")
+    assert out.returncode == 0, out.stderr
+    assert "exp:0.01" in out.stdout and "shmbench/Sigmoid-v0" in out.stdout and "sha256:" in out.stdout
+
+
+def test_pull_and_images_through_the_cache(tmp_path):
+    image = tmp_path / "tiny.sif"
+    image.write_bytes(b"not really a SIF, but pull does not care" * 100)
+    digest = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
+    env = {"SHMBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    out = shmbench("pull", image.as_uri(), "--digest", digest, env=env)
+    assert out.returncode == 0, out.stderr
+    cached = Path(out.stdout.strip())
+    assert cached.read_bytes() == image.read_bytes() and cached != image
+    listing = shmbench("images", env=env)
+    assert digest in listing.stdout and "1 image(s)" in listing.stdout
+    wrong = shmbench("pull", image.as_uri(), "--digest", "sha256:" + "0" * 64, env=env)
+    assert wrong.returncode == 1 and "sha256:" + "0" * 64 in wrong.stderr
+    offline = shmbench("pull", (tmp_path / "absent.sif").as_uri(), "--digest", "sha256:" + "1" * 64,
+                       "--offline", env=env)
+    assert offline.returncode == 1
+
+
+def test_demo_steps_an_env_and_compares_it_with_native():
+    out = shmbench("demo", "--runtime", "process", "--check", "300", "--steps", "300")
+    assert out.returncode == 0, out.stderr
+    assert "300 steps compared with the native env: identical" in out.stdout
+    assert "median step: native" in out.stdout and "closed" in out.stdout
+
+
+def test_errors_are_one_line_not_a_traceback():
+    out = shmbench("pull", "exp:does-not-exist")
+    assert out.returncode == 1
+    assert out.stderr.startswith("shmbench: ") and "Traceback" not in out.stderr
