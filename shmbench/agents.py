@@ -26,7 +26,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["RandomAgent", "StaticAgent"]
+__all__ = ["RandomAgent", "StaticAgent", "ActionSpaceHolder", "AGENT_TYPES", "make_agent"]
 
 # Mixed into an env-derived seed so the agent's stream differs from the env's own stream
 # (both would otherwise be PCG64 seeded with the same integer).
@@ -106,3 +106,118 @@ def _env_seed(env: gymnasium.Env) -> int | None:
         return None
     seed = getattr(base, "np_random_seed", None)
     return seed if type(seed) is int and seed >= 0 else None
+
+
+# ------------------------------------------------------------------------------------------
+# building agents from data (the container side of shmbench.remote_agent.RemoteAgent)
+# ------------------------------------------------------------------------------------------
+
+#: The agents :func:`make_agent` builds, by the ``"type"`` of their description.
+AGENT_TYPES = ("random", "static")
+
+_SPEC_KEYS = {"random": {"type", "action_space", "seed"},
+              "static": {"type", "action_space", "action"}}
+
+
+class ActionSpaceHolder:
+    """The smallest env-like object an agent can be built on: just an ``action_space``.
+
+    It has no generator of its own, so a :class:`RandomAgent` built on it is seeded only by
+    its explicit ``seed`` (never by a hidden env seed).
+    """
+
+    _np_random = None
+
+    def __init__(self, action_space: spaces.Space) -> None:
+        self.action_space = action_space
+
+    @property
+    def unwrapped(self) -> ActionSpaceHolder:
+        return self
+
+    def __repr__(self) -> str:
+        return f"ActionSpaceHolder({self.action_space!r})"
+
+
+def make_agent(spec: Any) -> RandomAgent | StaticAgent:
+    """Build a whitelisted baseline agent from its description.
+
+    This is what ``python -m shmbench.server`` runs for a remote agent, so the description
+    is data only -- no class names or import paths travel:
+
+    - ``{"type": "random", "action_space": SPACE, "seed": int | None}``
+    - ``{"type": "static", "action_space": SPACE, "action": VALUE}``
+
+    Everything is strict JSON except ``SPACE``, which is :func:`shmbench.spaces.describe`'s
+    output (what crosses the channel; it is checked by :func:`shmbench.spaces.rebuild`) or,
+    in-process, a gymnasium space. ``VALUE`` is a JSON value (a list for array actions)
+    converted to the space's dtype, or an array.
+
+    >>> agent = make_agent({"type": "static", "action_space": spaces.Discrete(3), "action": 2})
+    >>> agent.act(None, 0.0)
+    2
+
+    Raises:
+        ExperimentError: for an unknown type, unknown or missing keys, a bad seed, a bad
+            space description, or a static action outside the action space.
+    """
+    from shmbench.errors import ExperimentError, ProtocolError
+
+    if not isinstance(spec, dict):
+        raise ExperimentError(f"an agent description must be a dict, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in AGENT_TYPES:
+        raise ExperimentError(f"unknown agent type {kind!r}; known: {', '.join(AGENT_TYPES)}")
+    unknown = sorted(set(spec) - _SPEC_KEYS[kind])
+    if unknown:
+        raise ExperimentError(f"{kind} agent: unknown key(s) {unknown}; "
+                              f"known: {sorted(_SPEC_KEYS[kind])}")
+    space = spec.get("action_space")
+    if space is None:
+        raise ExperimentError(f"{kind} agent: 'action_space' is required")
+    if not isinstance(space, spaces.Space):
+        from shmbench.spaces import rebuild
+
+        try:
+            space = rebuild(space)
+        except ProtocolError as exc:
+            raise ExperimentError(f"{kind} agent: bad action_space: {exc}") from None
+    holder = ActionSpaceHolder(space)
+    if kind == "random":
+        seed = spec.get("seed")
+        if seed is not None and (type(seed) is not int or seed < 0):
+            raise ExperimentError(f"random agent: seed must be None or an int >= 0, got {seed!r}")
+        return RandomAgent(holder, seed=seed)
+    if "action" not in spec:
+        raise ExperimentError("static agent: 'action' is required")
+    action = _action_from_plain(space, spec["action"])
+    try:
+        return StaticAgent(holder, action)
+    except ValueError as exc:
+        raise ExperimentError(str(exc)) from None
+
+
+def _action_from_plain(space: spaces.Space, value: Any) -> Any:
+    """A JSON value (lists, numbers) as an action of ``space``: arrays get the space's dtype.
+
+    Values that cannot be converted are returned as they are, for the space's own
+    ``contains`` check to refuse with a clear message.
+    """
+    try:
+        if isinstance(space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
+            if isinstance(value, (list, np.ndarray)) or (
+                    isinstance(value, (int, float, np.number)) and not isinstance(value, bool)):
+                arr = np.asarray(value)
+                if arr.dtype.kind in "iufb" and (arr.dtype.kind != "f" or space.dtype.kind == "f"):
+                    return arr.astype(space.dtype)
+            return value
+        if isinstance(space, spaces.Discrete):
+            return value
+        if isinstance(space, spaces.Dict) and isinstance(value, dict):
+            return {k: _action_from_plain(space.spaces[k], v) if k in space.spaces else v
+                    for k, v in value.items()}
+        if isinstance(space, spaces.Tuple) and isinstance(value, (list, tuple)) and len(value) == len(space.spaces):
+            return tuple(_action_from_plain(s, v) for s, v in zip(space.spaces, value))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return value

@@ -83,7 +83,7 @@ def test_shipped_exp_0_01_resolves():
     assert record.identifier == "exp:0.01"
     assert record.benchmark == "shmbench/Sigmoid-v0"
     assert record.image is None  # no image is published yet; see the record's comments
-    assert record.seed == SeedPolicy(base=0, per_episode="increment")
+    assert record.seed == SeedPolicy(base=0, per_episode="once")
     assert record.log == ("reward", "action", "state")
     assert record.config["action_values"] == [5, 10] and record.config["cutoff"] == 10
     assert record.source is not None and record.source.endswith("exp-0.01.toml")
@@ -98,7 +98,7 @@ def test_shipped_exp_0_01_identity_is_pinned():
         '{"benchmark":"shmbench/Sigmoid-v0","config":{"action_values":[5,10],"cutoff":10,'
         '"instance_set_path":"sigmoid_2d_default.csv","instance_update_func":"round_robin",'
         '"slope_multiplier":2.0},"identifier":"exp:0.01","log":["reward","action","state"],'
-        '"seed":{"base":0,"per_episode":"increment"},"wrappers":[]}')
+        '"seed":{"base":0,"per_episode":"once"},"wrappers":[]}')
     assert record.canonical_hash() == "sha256:" + hashlib.sha256(record.canonical_json().encode()).hexdigest()
 
 

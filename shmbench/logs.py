@@ -1,0 +1,229 @@
+"""Run logs: one JSONL file per run, a header line, DACBench-shaped step rows, an end line.
+
+A log file written by :class:`shmbench.runner.Runner` reads like this (one JSON object per
+line)::
+
+    {"type": "header", "format": "shmbench-log/1", "started_at": "...", "experiment": {...}, ...}
+    {"type": "run", "started_at": "...", "agent": {...}, "first_episode": 0, "episodes": 10}
+    {"episode": 0, "step": 0, "instance": 0, "seed": 42, "terminated": false, "truncated": false,
+     "reward": {"values": [0.78], "times": ["..."]}, "action": {"values": [[3, 9]], "times": ["..."]}}
+    ...
+    {"type": "end", "finished_at": "...", "episodes": 10, "steps": 100, ...}
+
+The step rows have exactly the shape of DACBench's ``ModuleLogger`` rows: the identifying
+fields (``episode``, ``step``, ``instance``, ``seed``) at the top level, and every logged
+quantity as ``{"values": [...], "times": [...]}``. So ``dacbench.logger.log2dataframe`` reads
+the rows of :func:`read_log` directly (the header, run and end records are not rows: skip them,
+as :func:`read_log` does). One ``run`` record precedes the rows of each
+:meth:`~shmbench.runner.Runner.run` call and names its agent.
+
+Reproducibility contract: two runs of the same experiment with the same seeds and agent
+write files that differ only in :data:`VOLATILE_FIELDS` -- wall-clock timestamps
+(``times``, ``started_at``, ``finished_at``) and measured durations (``step_duration``,
+``episode_duration``, ``wall_time``, only present when asked for). :func:`strip_volatile`
+removes them.
+
+Writing: the file is created exclusively (an existing log is never overwritten or appended
+to), each record is one ``write`` of one complete line to a line-buffered file opened in
+append mode, so a crash leaves every finished line readable; :func:`read_log` ignores an
+unfinished last line and says so (``LogFile.complete``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LOG_FORMAT",
+    "VOLATILE_FIELDS",
+    "RunLog",
+    "LogFile",
+    "read_log",
+    "strip_volatile",
+    "to_plain",
+    "timestamp",
+]
+
+#: The value of the header's ``format`` field; bumped when the layout changes.
+LOG_FORMAT = "shmbench-log/1"
+
+#: Fields whose values differ between two otherwise identical runs (clock readings).
+VOLATILE_FIELDS = frozenset({"times", "started_at", "finished_at", "step_duration",
+                             "episode_duration", "wall_time"})
+
+_MAX_DEPTH = 64
+
+
+def timestamp() -> str:
+    """Now, as ISO 8601 in UTC with microseconds (``pandas.to_datetime`` reads it)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def to_plain(value: Any, _depth: int = 0) -> Any:
+    """``value`` as strict JSON data: numpy arrays and scalars become lists and numbers.
+
+    - tuples become lists; dict keys become strings;
+    - non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+      (strict JSON has no such numbers; ``float()`` reads the strings back);
+    - bytes become ``{"base64": "..."}``;
+    - anything else becomes its ``repr`` string: a log must never stop a run.
+    """
+    if _depth > _MAX_DEPTH:
+        return "<nested too deeply>"
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biuf":
+            return to_plain(value.tolist(), _depth + 1)
+        return [to_plain(v, _depth + 1) for v in value.tolist()] if value.ndim else to_plain(value.item(), _depth + 1)
+    if isinstance(value, np.generic):
+        return to_plain(value.item(), _depth + 1)
+    if isinstance(value, dict):
+        return {str(k): to_plain(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v, _depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return repr(value)
+
+
+def _float(x: float) -> float | str:
+    if math.isfinite(x):
+        return float(x)
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(to_plain(record), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+class RunLog:
+    """An open log file; records are written whole, one line each.
+
+    Args:
+        path: the file to create; it must not exist (a log is never overwritten).
+
+    Raises:
+        FileExistsError: when ``path`` exists.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # "x": exclusive create; line buffering: each record reaches the kernel whole, at
+        # its newline (a record is one write of one line)
+        self._file = open(self.path, "x", buffering=1, encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Append one record as one line."""
+        if self._file.closed:
+            raise ValueError(f"log {self.path} is closed")
+        self._file.write(_dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Flush, fsync and close. Idempotent."""
+        if not self._file.closed:
+            self._file.flush()
+            try:
+                os.fsync(self._file.fileno())
+            except OSError:
+                pass
+            self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RunLog {self.path}{' closed' if self.closed else ''}>"
+
+
+@dataclass
+class LogFile:
+    """A log file as read back by :func:`read_log`.
+
+    Attributes:
+        header: the header record (``None`` if even the first line is missing).
+        runs: the ``run`` records, one per ``Runner.run`` call.
+        rows: the step rows, DACBench-shaped.
+        end: the end record, ``None`` when the run did not close its log (a crash).
+        complete: whether every line was whole and the end record is there.
+    """
+
+    header: dict | None
+    runs: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    end: dict | None = None
+    complete: bool = False
+
+
+def read_log(path: str | os.PathLike[str]) -> LogFile:
+    """Read a log, tolerating the unfinished last line a crash may leave.
+
+    Raises:
+        ValueError: when a line other than the last is not JSON, or the first record is
+            not a header of a known format.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    whole = text.endswith("\n") or not text
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = LogFile(header=None)
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if last and not whole:
+                break   # the line a crash cut short
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+        if last and not whole:
+            break       # parses, but was not finished with its newline: not trusted
+        if number == 1:
+            if not isinstance(record, dict) or record.get("type") != "header":
+                raise ValueError(f"{path}: the first line is not a shmbench log header")
+            if record.get("format") != LOG_FORMAT:
+                raise ValueError(f"{path}: log format {record.get('format')!r}, expected {LOG_FORMAT!r}")
+            out.header = record
+        elif not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: a record must be a JSON object")
+        elif record.get("type") == "end":
+            out.end = record
+        elif record.get("type") == "run":
+            out.runs.append(record)
+        else:
+            out.rows.append(record)
+    out.complete = whole and out.end is not None
+    return out
+
+
+def strip_volatile(record: Any) -> Any:
+    """A copy of ``record`` without :data:`VOLATILE_FIELDS`, at any depth."""
+    if isinstance(record, dict):
+        return {k: strip_volatile(v) for k, v in record.items() if k not in VOLATILE_FIELDS}
+    if isinstance(record, list):
+        return [strip_volatile(v) for v in record]
+    return record

@@ -1,0 +1,924 @@
+"""Runners: an agent on an experiment's benchmark for N episodes, logged on the host.
+
+The seed workflow::
+
+    benchmark = SigmoidBenchmark()
+    benchmark.set_seed(42)
+    remote_runner = RemoteRunner(benchmark, experiment_identifier="exp:0.01")
+    agent = RandomAgent(remote_runner.get_environment())
+    remote_runner.run(agent, number_of_episodes=10)     # -> RunResult; log in ./shmbench_logs
+    remote_runner.close()
+
+:class:`RemoteRunner` resolves the experiment record, pulls its image (verified by digest),
+starts the env in a server (a container, or a plain process) and steps it through shared
+memory; :class:`LocalRunner` builds the same env from the same description in this process.
+Both share one :meth:`Runner.run` (DACBench's ``run_benchmark`` loop) and one log writer
+(:mod:`shmbench.logs`).
+
+How a benchmark object, an experiment record and explicit arguments combine
+(:func:`resolve_experiment`):
+
+- **benchmark id**: the record's. A benchmark object (or id string) given as well must name
+  the same benchmark (``shmbench/Sigmoid`` and ``shmbench/Sigmoid-v0`` are the same);
+  anything else is an :class:`~shmbench.errors.ExperimentError`, not a silent switch.
+- **config**: the record's config, then the benchmark object's *changes* on top, then
+  ``config=`` on top of that. A benchmark object always holds a full config (defaults
+  included), so its changes are found by comparing it key by key with a fresh object of its
+  class built from the record's config: a key the user edited (``bench.config.cutoff =
+  20``) overrides the record; a key left at its default does not. Instance sets read from
+  host files are inlined, as :meth:`~shmbench.benchmarks.DACBenchmark.spec` does.
+- **seed**: the record's seed policy (``base``, ``per_episode``) with ``base`` replaced by
+  ``seed=`` when given, else by the benchmark object's seed when it is an int other than
+  its class's default (``set_seed(42)``). ``set_seed(0)`` on a class whose default is 0
+  cannot be told from no call at all: pass ``seed=0`` to force it. The env is constructed
+  with seed ``base``; episode *i* resets with ``policy.seed_for(i)``.
+- **image**: ``image=`` (with ``image_digest=``) wins over the record's image.
+- **wrappers, log fields**: the record's.
+
+Without a record (``experiment_identifier=None``) the run is ad hoc: the identifier is
+``adhoc:<benchmark>``, the config is the benchmark object's full config (or ``config=``),
+the seed policy is ``once`` from ``seed=``, else the benchmark object's seed, else 0 for a
+bare id (the first reset is seeded, later ones continue the env's generator: DACBench's
+behaviour; a benchmark object seeded with None is refused, as the run could not be
+repeated), and rewards, actions and states are logged.
+
+Whatever changed relative to the record is written to the log header as ``overrides``,
+next to the hash of the record as published (``record_hash``) and of what actually ran
+(``experiment_hash``).
+
+Wrappers named by a record are applied on the host around the env (local or remote), so
+both runners see the same wrapped env; they are gymnasium's own wrappers and need nothing
+from the image.
+
+Images and the ``process`` runtime: the process runtime runs the env on the host, never in
+an image. A RemoteRunner with ``runtime="process"`` and an image (its own or the record's)
+still pulls and verifies the image, records its digest, and then warns (RuntimeWarning)
+that the env runs on the host; the header says ``"image_used": false``. ``runtime="auto"``
+never falls back to a plain process when there is an image.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+
+from shmbench.errors import ExperimentError, RemoteEnvError, ShmbenchError
+from shmbench.experiments import ExperimentRecord, SeedPolicy, WrapperSpec, resolve
+from shmbench.images import ImageSpec
+from shmbench.logs import LOG_FORMAT, RunLog, timestamp, to_plain
+from shmbench.worker import START_TIMEOUT
+
+__all__ = [
+    "DEFAULT_LOG_DIR",
+    "Experiment",
+    "EpisodeResult",
+    "RunResult",
+    "Runner",
+    "LocalRunner",
+    "RemoteRunner",
+    "RemoteRunnerServer",
+    "resolve_experiment",
+    "add_run_arguments",
+    "run_command",
+]
+
+#: Where logs go when neither ``log_dir`` nor ``log_path`` is given (relative to the cwd).
+DEFAULT_LOG_DIR = "shmbench_logs"
+
+#: What an ad-hoc run (no record) logs per step.
+_ADHOC_LOG = ("reward", "action", "state")
+_RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "local")
+_MISSING = object()
+
+
+# ------------------------------------------------------------------------------------------
+# the experiment a runner runs
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a runner runs, and how it differs from the record it was asked for.
+
+    Attributes:
+        record: the effective record (overrides applied); its hash is what ran.
+        base: the record as resolved from the identifier (None for an ad-hoc run).
+        overrides: what differs from ``base``: ``{"config": {...}, "seed": int,
+            "image": {...}}``, each key present only when something changed.
+    """
+
+    record: ExperimentRecord
+    base: ExperimentRecord | None
+    overrides: dict[str, Any]
+
+    @property
+    def identifier(self) -> str | None:
+        """The identifier asked for (None for an ad-hoc run)."""
+        return self.base.identifier if self.base is not None else None
+
+    @property
+    def seed_policy(self) -> SeedPolicy:
+        return self.record.seed
+
+    @property
+    def image(self) -> ImageSpec | None:
+        return self.record.image
+
+    def benchmark_spec(self) -> dict[str, Any]:
+        """The description the env is built from: ``{"benchmark", "config", "seed"}``."""
+        return {"benchmark": self.record.benchmark, "config": json.loads(json.dumps(self.record.config)),
+                "seed": self.record.seed.base}
+
+
+def _host_benchmark_class(benchmark_id: str) -> type | None:
+    from shmbench.benchmarks import LubyBenchmark, SigmoidBenchmark, canonical_id
+
+    return {cls.benchmark_id: cls for cls in (SigmoidBenchmark, LubyBenchmark)}.get(canonical_id(benchmark_id))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None = None, *,
+                       config: Mapping[str, Any] | None = None, seed: int | None = None,
+                       image: str | os.PathLike[str] | ImageSpec | None = None,
+                       image_digest: str | None = None) -> Experiment:
+    """Combine a benchmark (object or id), an experiment record and explicit overrides.
+
+    The rules are in the module docstring.
+
+    Raises:
+        TypeError: neither a benchmark nor an identifier.
+        ExperimentError: an unknown identifier, a benchmark that does not match the record,
+            a config the benchmark refuses, or an ad-hoc run without an integer seed.
+        ImageError: a bad image reference or digest.
+    """
+    from shmbench.benchmarks import canonical_id
+    from shmbench.benchmarks._json import strict_json
+
+    record = resolve(experiment_identifier) if experiment_identifier is not None else None
+    obj = None
+    if benchmark is None:
+        bench_id = None
+    elif isinstance(benchmark, str):
+        bench_id = benchmark
+    elif isinstance(getattr(benchmark, "benchmark_id", None), str) and callable(getattr(benchmark, "spec", None)):
+        obj, bench_id = benchmark, benchmark.benchmark_id
+    else:
+        raise TypeError(f"benchmark must be a benchmark id or a shmbench benchmark object "
+                        f"(with benchmark_id and spec()), not {type(benchmark).__name__}")
+    if record is None and bench_id is None:
+        raise TypeError("give a benchmark, an experiment_identifier, or both")
+    if record is not None and bench_id is not None and canonical_id(bench_id) != canonical_id(record.benchmark):
+        raise ExperimentError(f"benchmark {bench_id!r} does not match experiment {record.identifier!r}, "
+                              f"which runs {record.benchmark!r}")
+    if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
+        raise ExperimentError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+
+    overrides: dict[str, Any] = {}
+    config_changes: dict[str, Any] = {}
+    obj_seed = None
+    if obj is not None:
+        mine = obj.spec()
+        mine_config = dict(mine["config"])
+        mine_config.pop("seed", None)
+        default_seed = type(obj)().config.get("seed")
+        if type(mine["seed"]) is int and mine["seed"] != default_seed:
+            obj_seed = mine["seed"]
+        if record is not None:
+            reference = dict(type(obj)(config=record.config).spec()["config"])
+            reference.pop("seed", None)
+            config_changes = {k: v for k, v in mine_config.items() if k not in reference or reference[k] != v}
+        else:
+            config_changes = mine_config
+            if seed is None and obj_seed is None:
+                obj_seed = mine["seed"]     # the benchmark's own seed, default or not
+    elif record is None and seed is None:
+        obj_seed = 0    # a bare id: the shmbench benchmarks' default seed
+    if config:
+        config_changes.update(strict_json(dict(config), where="config overrides"))
+
+    image_spec = None
+    if image is not None:
+        if isinstance(image, ImageSpec):
+            if image_digest is not None and image.digest != ImageSpec(image.ref, image_digest).digest:
+                raise ExperimentError("image_digest differs from the digest of the ImageSpec given")
+            image_spec = image
+        else:
+            image_spec = ImageSpec(os.fspath(image), image_digest)
+    elif image_digest is not None:
+        raise ExperimentError("image_digest was given without an image")
+
+    base_seed = seed if seed is not None else obj_seed
+    if record is not None:
+        policy = record.seed
+        if base_seed is not None and base_seed != policy.base:
+            policy = SeedPolicy(base_seed, policy.per_episode)
+            overrides["seed"] = base_seed
+        merged = {**record.config, **config_changes}
+        changed = {k: v for k, v in config_changes.items() if record.config.get(k, _MISSING) != v}
+        if changed:
+            overrides["config"] = changed
+        if image_spec is not None and image_spec != record.image:
+            overrides["image"] = image_spec.to_dict()
+        effective = dataclasses.replace(record, config=merged, seed=policy,
+                                        image=image_spec if image_spec is not None else record.image)
+    else:
+        if base_seed is None:
+            raise ExperimentError(
+                "an ad-hoc run needs an integer seed (runs are logged to be reproducible): "
+                "call benchmark.set_seed(n) or pass seed=n")
+        bench_canonical = canonical_id(bench_id)
+        effective = ExperimentRecord(
+            identifier=f"adhoc:{_slug(bench_canonical.replace('/', '.'))}", benchmark=bench_canonical,
+            config=config_changes, image=image_spec, seed=SeedPolicy(base_seed, "once"), log=_ADHOC_LOG)
+    host_class = _host_benchmark_class(effective.benchmark)
+    if host_class is not None:
+        host_class(config=effective.config)   # fail here, with the container's message
+    for wrapper in effective.wrappers:
+        if not hasattr(gymnasium.wrappers, wrapper.name):
+            raise ExperimentError(f"wrapper {wrapper.name!r} is not in this gymnasium ({gymnasium.__version__})")
+    return Experiment(effective, record, overrides)
+
+
+
+def _apply_wrappers(env: gymnasium.Env, wrappers: tuple[WrapperSpec, ...]) -> gymnasium.Env:
+    for wrapper in wrappers:
+        try:
+            env = getattr(gymnasium.wrappers, wrapper.name)(env, **wrapper.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ExperimentError(f"wrapper {wrapper.name}({wrapper.kwargs}): {exc}") from exc
+    return env
+
+
+class RemoteRunnerServer:
+    """The container side of a runner: builds an experiment's env from its description.
+
+    No code or import path crosses into the container. The host sends the benchmark
+    description (:meth:`Experiment.benchmark_spec`: a whitelisted id, strict-JSON config,
+    seed) in the server's MAKE request, and ``python -m shmbench.server`` builds the env
+    with :func:`shmbench.server.make_env` -- exactly what :meth:`make_environment` runs.
+    :class:`LocalRunner` calls it in-process, so a local and a remote run of one
+    experiment build their env by the same code from the same description.
+
+    Args:
+        benchmark_spec: ``{"benchmark": id, "config": {...}, "seed": int | None}``.
+    """
+
+    def __init__(self, benchmark_spec: Mapping[str, Any]) -> None:
+        spec = dict(benchmark_spec)
+        unknown = sorted(set(spec) - {"benchmark", "config", "seed"})
+        if unknown or not isinstance(spec.get("benchmark"), str):
+            raise ExperimentError(f"a benchmark description is {{'benchmark', 'config', 'seed'}}, got {sorted(spec)}")
+        self.spec = spec
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment) -> RemoteRunnerServer:
+        return cls(experiment.benchmark_spec())
+
+    def make_environment(self) -> gymnasium.Env:
+        """Build the env (the server's own code path)."""
+        from shmbench.server import make_env
+
+        return make_env({"benchmark": self.spec})
+
+
+# ------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """One finished episode.
+
+    Attributes:
+        episode: its index within the runner (0-based, across ``run`` calls).
+        seed: the seed its reset used (None: it continued the env's generator).
+        instance: the env's instance id when it exposes one (``instance_id`` or ``inst_id``).
+        steps: how many steps it took.
+        reward: the sum of its rewards (its return).
+        final_reward: the last step's reward (what DACBench's ``run_benchmark`` averages).
+    """
+
+    episode: int
+    seed: int | None
+    instance: Any
+    steps: int
+    reward: float
+    final_reward: Any
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :meth:`Runner.run` returns."""
+
+    episodes: tuple[EpisodeResult, ...]
+    log_path: Path | None
+    wall_time: float
+
+    @property
+    def episode_rewards(self) -> list[float]:
+        """The return (sum of rewards) of each episode."""
+        return [e.reward for e in self.episodes]
+
+    @property
+    def episode_lengths(self) -> list[int]:
+        return [e.steps for e in self.episodes]
+
+    @property
+    def mean_reward(self) -> float:
+        return float(np.mean(self.episode_rewards)) if self.episodes else float("nan")
+
+
+# ------------------------------------------------------------------------------------------
+# runners
+# ------------------------------------------------------------------------------------------
+
+def _versions() -> dict[str, str]:
+    import shmbench
+
+    return {"python": sys.version.split()[0], "numpy": np.__version__,
+            "gymnasium": gymnasium.__version__, "shmbench": shmbench.__version__}
+
+
+def _describe_agent(agent: Any) -> dict[str, Any]:
+    describe = getattr(agent, "describe", None)
+    if callable(describe):
+        try:
+            return to_plain(describe())
+        except Exception:
+            pass
+    out: dict[str, Any] = {"class": f"{type(agent).__module__}.{type(agent).__qualname__}"}
+    for name in ("seed", "action"):    # what the baseline agents are made of
+        value = getattr(agent, name, _MISSING)
+        if value is not _MISSING and not callable(value):
+            out[name] = to_plain(value)
+    return out
+
+
+class Runner(abc.ABC):
+    """Runs agents on one experiment's env and logs every step on the host.
+
+    Subclasses provide the env (:class:`LocalRunner`: in this process;
+    :class:`RemoteRunner`: in a server). Everything else -- resolving the experiment,
+    the episode loop, seeding, logging, argument parsing -- is defined here once.
+
+    Args:
+        benchmark: a benchmark object (``SigmoidBenchmark()``) or a benchmark id.
+        experiment_identifier: a record identifier such as ``exp:0.01``.
+        config: config overrides (strict JSON), applied last.
+        seed: the experiment's base seed, overriding the record's and the benchmark's.
+        image, image_digest: an image overriding the record's (see :class:`RemoteRunner`).
+        log_dir: the directory logs are created in (one new file per runner); None: no log.
+        log_path: the exact log file to create instead (it must not exist).
+    """
+
+    #: the name the log header gives this runner
+    kind: ClassVar[str] = "runner"
+
+    def __init__(self, benchmark: Any = None, experiment_identifier: str | None = None, *,
+                 config: Mapping[str, Any] | None = None, seed: int | None = None,
+                 image: str | os.PathLike[str] | ImageSpec | None = None, image_digest: str | None = None,
+                 log_dir: str | os.PathLike[str] | None = DEFAULT_LOG_DIR,
+                 log_path: str | os.PathLike[str] | None = None) -> None:
+        self.experiment = resolve_experiment(benchmark, experiment_identifier, config=config, seed=seed,
+                                             image=image, image_digest=image_digest)
+        # absolute now: a later chdir must not move the log
+        self.log_dir = Path(log_dir).absolute() if log_dir is not None else None
+        self._log_path_arg = Path(log_path).absolute() if log_path is not None else None
+        self._log: RunLog | None = None
+        self._env: gymnasium.Env | None = None
+        self._episodes: list[EpisodeResult] = []
+        self._next_episode = 0
+        self._steps = 0
+        self._instance_attr: str | bool | None = None
+        self._closed = False
+        #: the image's sha256 when one was pulled (RemoteRunner)
+        self.image_digest: str | None = None
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def _make_environment(self) -> gymnasium.Env:
+        """The unwrapped env (the record's wrappers are added by :meth:`get_environment`)."""
+
+    @abc.abstractmethod
+    def _runtime_info(self) -> dict[str, Any]:
+        """``{"name", "isolated", "image_used"}`` for the log header."""
+
+    @abc.abstractmethod
+    def _server_info(self) -> dict[str, Any]:
+        """Versions where the env runs: python, numpy, gymnasium, shmbench."""
+
+    # -- the env -------------------------------------------------------------------------
+
+    def get_environment(self) -> gymnasium.Env:
+        """The env agents act on (the same object on every call)."""
+        self._check_open()
+        if self._env is None:
+            self._env = _apply_wrappers(self._make_environment(), self.experiment.record.wrappers)
+        return self._env
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, agent: Any, number_of_episodes: int, *,
+            callback: Callable[[EpisodeResult], None] | None = None) -> RunResult:
+        """Run ``agent`` for ``number_of_episodes`` episodes, logging each step.
+
+        The loop is DACBench's ``run_benchmark``: ``reset`` (seeded by the experiment's
+        seed policy), then ``act(state, reward)`` (reward 0 before the first step),
+        ``step``, ``train(next_state, reward)`` until the episode terminates or is
+        truncated, then ``end_episode(state, reward)``. Unlike DACBench it does not close
+        the env (run again, or call :meth:`close`) and returns every episode's result.
+
+        Args:
+            agent: anything with ``act``, ``train`` and ``end_episode``.
+            number_of_episodes: how many episodes (>= 0). Episode indices (and so seeds)
+                continue across calls.
+            callback: called with each :class:`EpisodeResult` as it finishes (a progress bar).
+        """
+        if type(number_of_episodes) is not int or number_of_episodes < 0:
+            raise ValueError(f"number_of_episodes must be an int >= 0, got {number_of_episodes!r}")
+        env = self.get_environment()
+        log = self._open_log()
+        fields = set(self.experiment.record.log)
+        policy = self.experiment.seed_policy
+        t_run = time.perf_counter()
+        if log is not None:
+            log.write({"type": "run", "started_at": timestamp(), "agent": _describe_agent(agent),
+                       "first_episode": self._next_episode, "episodes": number_of_episodes})
+        results = []
+        for _ in range(number_of_episodes):
+            episode = self._next_episode
+            self._next_episode += 1     # a failed episode keeps its index: no duplicate rows
+            seed = policy.seed_for(episode)
+            t_episode = time.perf_counter()
+            state, _info = env.reset(seed=seed)
+            instance = self._instance(env)
+            reward: Any = 0
+            total = 0.0
+            step = 0
+            terminated = truncated = False
+            while not (terminated or truncated):
+                action = agent.act(state, reward)
+                plain_action = to_plain(action) if "action" in fields else None
+                t_step = time.perf_counter()
+                next_state, reward, terminated, truncated, info = env.step(action)
+                step_duration = time.perf_counter() - t_step
+                agent.train(next_state, reward)
+                state = next_state
+                total += reward
+                self._steps += 1
+                if log is not None:
+                    now = timestamp()
+                    row: dict[str, Any] = {"episode": episode, "step": step, "instance": instance, "seed": seed,
+                                           "terminated": bool(terminated), "truncated": bool(truncated)}
+                    if "reward" in fields:
+                        row["reward"] = {"values": [reward], "times": [now]}
+                    if "action" in fields:
+                        row["action"] = {"values": [plain_action], "times": [now]}
+                    if "state" in fields:
+                        row["state"] = {"values": [next_state], "times": [now]}
+                    if "info" in fields:
+                        row["info"] = {"values": [info], "times": [now]}
+                    if "time" in fields:
+                        row["step_duration"] = {"values": [step_duration], "times": [now]}
+                    if terminated or truncated:
+                        if "performance" in fields:
+                            row["overall_performance"] = {"values": [total], "times": [now]}
+                        if "time" in fields:
+                            row["episode_duration"] = {"values": [time.perf_counter() - t_episode], "times": [now]}
+                    log.write(row)
+                step += 1
+            agent.end_episode(state, reward)
+            result = EpisodeResult(episode, seed, instance, step, float(total), to_plain(reward))
+            self._episodes.append(result)
+            results.append(result)
+            if callback is not None:
+                callback(result)
+        return RunResult(tuple(results), self.log_path, time.perf_counter() - t_run)
+
+    def _instance(self, env: gymnasium.Env) -> Any:
+        """The episode's instance id, through wrappers and the channel; None if the env has none."""
+        if self._instance_attr is False:
+            return None
+        names = (self._instance_attr,) if isinstance(self._instance_attr, str) else ("instance_id", "inst_id")
+        for name in names:
+            try:
+                value = env.get_wrapper_attr(name)
+            except AttributeError:
+                continue
+            except RemoteEnvError as exc:
+                if exc.type_name.rsplit(".", 1)[-1] == "AttributeError":
+                    continue
+                raise
+            self._instance_attr = name
+            return to_plain(value)
+        self._instance_attr = False
+        return None
+
+    # -- the log -------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path | None:
+        """The log file (None before the first :meth:`run`, or without logging)."""
+        return self._log.path if self._log is not None else None
+
+    def header(self) -> dict[str, Any]:
+        """The log's header record (its ``started_at`` is the only clock reading)."""
+        exp = self.experiment
+        return {
+            "type": "header",
+            "format": LOG_FORMAT,
+            "started_at": timestamp(),
+            "runner": self.kind,
+            "experiment_identifier": exp.identifier,
+            "experiment": exp.record.to_dict(),
+            "experiment_hash": exp.record.canonical_hash(),
+            "record_hash": exp.base.canonical_hash() if exp.base is not None else None,
+            "overrides": exp.overrides,
+            "benchmark": exp.benchmark_spec(),
+            "image": exp.image.to_dict() if exp.image is not None else None,
+            "image_digest": self.image_digest,
+            "runtime": self._runtime_info(),
+            "server": self._server_info(),
+            "host": _versions(),
+            "shmbench": _versions()["shmbench"],
+        }
+
+    def _open_log(self) -> RunLog | None:
+        if self._log is not None:
+            return self._log
+        if self._log_path_arg is not None:
+            self._log = RunLog(self._log_path_arg)
+        elif self.log_dir is not None:
+            exp = self.experiment
+            stem = (f"{_slug(exp.record.identifier)}_seed{exp.seed_policy.base}_"
+                    f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            for n in range(1000):
+                try:
+                    self._log = RunLog(self.log_dir / f"{stem}{'' if n == 0 else f'-{n}'}.jsonl")
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise FileExistsError(f"no free log file name for {stem} in {self.log_dir}")
+        else:
+            return None
+        self._log.write(self.header())
+        return self._log
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShmbenchError(f"{type(self).__name__} is closed")
+
+    def close(self) -> None:
+        """Finish the log (its end record) and close the env. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._log is not None:
+                self._log.write({
+                    "type": "end", "finished_at": timestamp(), "episodes": len(self._episodes),
+                    "steps": self._steps, "episode_rewards": [e.reward for e in self._episodes],
+                    "episode_lengths": [e.steps for e in self._episodes],
+                })
+                self._log.close()
+        finally:
+            self._close_environment()
+
+    def _close_environment(self) -> None:
+        if self._env is not None:
+            self._env.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        exp = self.experiment
+        return (f"<{type(self).__name__} {exp.record.identifier} ({exp.record.benchmark}, seed "
+                f"{exp.seed_policy.base}){' closed' if self._closed else ''}>")
+
+    # -- command line --------------------------------------------------------------------
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add the options that choose and place an experiment (see :meth:`from_args`)."""
+        group = parser.add_argument_group("experiment")
+        group.add_argument("--experiment", metavar="ID", help="experiment identifier, e.g. exp:0.01")
+        group.add_argument("--benchmark", metavar="ID",
+                           help="benchmark id (e.g. shmbench/Sigmoid-v0); with --experiment it must match the record's")
+        group.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
+                           help="override one config key; VALUE is read as JSON, else as a string (repeatable)")
+        group.add_argument("--seed", type=int, metavar="N", help="base seed (overrides the record's)")
+        group.add_argument("--runtime", choices=_RUNTIME_CHOICES, default="auto",
+                           help="where the env runs; 'local': in this process (no server)")
+        group.add_argument("--image", metavar="REF", help="image overriding the record's (path, file://, https://, oras://)")
+        group.add_argument("--image-digest", metavar="sha256:HEX", help="the image's pinned digest")
+        group.add_argument("--offline", action="store_true", help="use cached images only, never download")
+        group.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for each env call")
+        group.add_argument("--out", metavar="DIR", default=DEFAULT_LOG_DIR, help="log directory (default: %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Runner:
+        """The runner :meth:`add_arguments`' options describe.
+
+        Called on :class:`Runner` it picks :class:`LocalRunner` for ``--runtime local`` and
+        :class:`RemoteRunner` otherwise; called on a subclass it builds that subclass.
+        """
+        if not (args.experiment or args.benchmark):
+            raise ExperimentError("give --experiment, --benchmark, or both")
+        config = parse_config_items(args.config or [])
+        runtime = getattr(args, "runtime", "auto")
+        target = cls
+        if cls is Runner:
+            target = LocalRunner if runtime == "local" else RemoteRunner
+        common = dict(config=config or None, seed=args.seed, image=args.image, image_digest=args.image_digest,
+                      log_dir=args.out)
+        if issubclass(target, RemoteRunner):
+            if runtime == "local":
+                raise ExperimentError("--runtime local runs no server; it needs a LocalRunner")
+            return target(args.benchmark, args.experiment, runtime=runtime, offline=args.offline,
+                          timeout=args.timeout, progress=True, **common)
+        return target(args.benchmark, args.experiment, **common)
+
+
+def parse_config_items(items: list[str]) -> dict[str, Any]:
+    """``["cutoff=20", "instance_update_func=random"]`` -> ``{"cutoff": 20, ...}``.
+
+    A value is read as JSON when it parses (``20``, ``[5, 10]``, ``null``, ``true``), else it
+    is the string as written.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ExperimentError(f"--config {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key] = value
+    return out
+
+
+class LocalRunner(Runner):
+    """A runner whose env lives in this process: no server, no container.
+
+    It builds the env the container would (:class:`RemoteRunnerServer`, from the same
+    description), so its rows equal a :class:`RemoteRunner`'s for the same experiment, seed
+    and agent. A record's image is not used (it is named in the header's experiment, and the
+    header says ``"image_used": false``). Arguments: see :class:`Runner`.
+    """
+
+    kind = "local"
+
+    def __init__(self, benchmark: Any = None, experiment_identifier: str | None = None, **kwargs: Any) -> None:
+        super().__init__(benchmark, experiment_identifier, **kwargs)
+        self.get_environment()
+
+    def _make_environment(self) -> gymnasium.Env:
+        return RemoteRunnerServer.from_experiment(self.experiment).make_environment()
+
+    def _runtime_info(self) -> dict[str, Any]:
+        return {"name": "local", "isolated": False, "image_used": False}
+
+    def _server_info(self) -> dict[str, Any]:
+        return _versions()
+
+
+def _is_process_runtime(runtime: Any) -> bool:
+    from shmbench.container.runtime import ProcessRuntime
+
+    if isinstance(runtime, ProcessRuntime) or runtime == "process":
+        return True
+    return runtime == "auto" and os.environ.get("SHMBENCH_RUNTIME") == "process"
+
+
+class RemoteRunner(Runner):
+    """A runner whose env runs in a server: a container, or a plain process.
+
+    On construction it resolves the experiment, pulls the image (the record's, or
+    ``image=``; verified by its sha256, cached), and starts the server; :meth:`get_environment`
+    returns the :class:`~shmbench.client.RemoteEnvironmentClient` (wrapped by the record's
+    wrappers, if any). Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        benchmark, experiment_identifier, config, seed, log_dir, log_path: see :class:`Runner`.
+        runtime: ``"auto"``, ``"apptainer"``, ``"bwrap"``, ``"process"`` or a Runtime.
+        image: a reference (local path, ``file://``, ``https://``, ``oras://``) or an
+            :class:`~shmbench.images.ImageSpec`, overriding the record's image.
+        image_digest: the image's ``sha256:...`` (required for remote references).
+        binds, environment: passed to the runtime.
+        offline: use the image cache only.
+        timeout: seconds any env call may take (None: no limit; a dead server is noticed).
+        start_timeout: seconds the server may take to start and build the env.
+        wait: the client's wait policy.
+        progress: show a progress bar while an image downloads or is hashed.
+
+    Raises:
+        ExperimentError, ImageError, DigestMismatch, RuntimeUnavailable, PeerDied.
+    """
+
+    kind = "remote"
+
+    def __init__(self, benchmark: Any = None, experiment_identifier: str | None = None, *,
+                 runtime: Any = "auto", image: str | os.PathLike[str] | ImageSpec | None = None,
+                 image_digest: str | None = None, binds=(), environment=None, offline: bool = False,
+                 timeout: float | None = None, start_timeout: float = START_TIMEOUT, wait="auto",
+                 progress: bool = True, **kwargs: Any) -> None:
+        super().__init__(benchmark, experiment_identifier, image=image, image_digest=image_digest, **kwargs)
+        from shmbench.client import RemoteEnvironmentClient
+
+        self.image_path: Path | None = None
+        spec = self.experiment.image
+        if spec is not None:
+            self.image_path = spec.pull(offline=offline, progress=progress)
+            if spec.digest is not None:
+                self.image_digest = spec.digest
+            elif self.image_path.is_file():
+                from shmbench.images import file_digest
+
+                self.image_digest = file_digest(self.image_path, progress=progress)
+        run_image = self.image_path
+        if run_image is not None and _is_process_runtime(runtime):
+            warnings.warn(
+                f"shmbench: image {spec.ref} was pulled and verified ({self.image_digest}), but the "
+                "process runtime runs the env on the host, not in the image; use runtime='bwrap' or "
+                "'apptainer' to run in it (the log header records image_used: false)",
+                RuntimeWarning, stacklevel=2)
+            run_image = None
+        self.image_used = run_image is not None
+        self._client = RemoteEnvironmentClient(
+            benchmark=self.experiment.benchmark_spec(), runtime=runtime, image=run_image, binds=binds,
+            environment=environment, timeout=timeout, start_timeout=start_timeout, wait=wait)
+        try:
+            self.get_environment()
+        except BaseException:
+            self._client.close()
+            raise
+
+    @property
+    def client(self):
+        """The :class:`~shmbench.client.RemoteEnvironmentClient` (unwrapped)."""
+        return self._client
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        return self._client.server_info
+
+    def _make_environment(self) -> gymnasium.Env:
+        return self._client
+
+    def _runtime_info(self) -> dict[str, Any]:
+        rt = self._client.runtime
+        return {"name": rt.name, "isolated": bool(rt.isolated), "image_used": self.image_used}
+
+    def _server_info(self) -> dict[str, Any]:
+        info = self._client.server_info or {}
+        # never the pid: it differs between runs and says nothing about the result
+        return {k: info.get(k) for k in ("python", "numpy", "gymnasium", "shmbench")}
+
+    def _close_environment(self) -> None:
+        try:
+            super()._close_environment()
+        finally:
+            self._client.close()
+
+
+# ------------------------------------------------------------------------------------------
+# `shmbench run`
+# ------------------------------------------------------------------------------------------
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``shmbench run``'s options: :meth:`Runner.add_arguments` plus the agent's."""
+    Runner.add_arguments(parser)
+    group = parser.add_argument_group("agent")
+    group.add_argument("--agent", choices=("random", "static"), default="random", help="baseline agent (default: random)")
+    group.add_argument("--action", metavar="JSON", help="the static agent's action, as JSON (e.g. '[2, 5]')")
+    group.add_argument("--agent-seed", type=int, metavar="N",
+                       help="the random agent's seed (default: derived from the experiment's seed, as "
+                            "RandomAgent(env) does for a seeded env)")
+    group.add_argument("--remote-agent", action="store_true",
+                       help="run the agent in its own server (same runtime and image as the env)")
+    group.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to run (default: %(default)s)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _derived_agent_seed(env_seed: int) -> int:
+    """The seed ``RandomAgent(env)`` picks for an env seeded with ``env_seed``."""
+    from shmbench.agents import _AGENT_STREAM
+
+    return int(np.random.SeedSequence([env_seed, _AGENT_STREAM]).generate_state(1, np.uint32)[0])
+
+
+def _cli_agent(args: argparse.Namespace, runner: Runner, env: gymnasium.Env) -> Any:
+    from shmbench.agents import make_agent
+
+    spec: dict[str, Any] = {"type": args.agent}
+    if args.agent == "random":
+        spec["seed"] = args.agent_seed if args.agent_seed is not None else _derived_agent_seed(
+            runner.experiment.seed_policy.base)
+    else:
+        if args.action is None:
+            raise ExperimentError("--agent static needs --action JSON")
+        try:
+            spec["action"] = json.loads(args.action)
+        except ValueError:
+            raise ExperimentError(f"--action {args.action!r} is not JSON") from None
+    if args.remote_agent:
+        from shmbench.remote_agent import RemoteAgent
+
+        runtime = "process" if args.runtime == "local" else args.runtime
+        image = getattr(runner, "image_path", None) if getattr(runner, "image_used", False) else None
+        return RemoteAgent(spec, action_space=env.action_space, runtime=runtime, image=image, timeout=args.timeout)
+    return make_agent({**spec, "action_space": env.action_space})
+
+
+def _summary(result: RunResult, runner: Runner) -> str:
+    rows = [("episode", "seed", "instance", "steps", "reward")]
+    for e in result.episodes:
+        rows.append((str(e.episode), "-" if e.seed is None else str(e.seed),
+                     "-" if e.instance is None else json.dumps(e.instance), str(e.steps), f"{e.reward:.6g}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    rewards = result.episode_rewards
+    exp = runner.experiment
+    if rewards:
+        lines.append("")
+        lines.append(f"mean reward {np.mean(rewards):.6g} +- {np.std(rewards):.3g} over {len(rewards)} "
+                     f"episode(s), {sum(result.episode_lengths)} steps, {result.wall_time:.2f} s")
+    lines.append(f"experiment {exp.record.identifier} ({exp.record.canonical_hash()[:19]}...)"
+                 + (f", overrides {json.dumps(exp.overrides, sort_keys=True)}" if exp.overrides else ""))
+    if result.log_path is not None:
+        lines.append(f"log {result.log_path}")
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``shmbench run``: run an agent on an experiment with a progress bar, then a summary.
+
+    ``args`` comes from a parser set up by :func:`add_run_arguments`. Returns the exit
+    status: 0 on success, 1 on a shmbench error (printed on stderr), 2 for bad arguments,
+    130 after Ctrl-C.
+    """
+    from tqdm import tqdm
+
+    if args.episodes < 0:
+        print("shmbench run: error: --episodes must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        runner = Runner.from_args(args)
+    except (ShmbenchError, OSError) as exc:
+        print(f"shmbench run: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ExperimentError) else 1
+    agent = None
+    try:
+        with runner:
+            env = runner.get_environment()
+            agent = _cli_agent(args, runner, env)
+            with tqdm(total=args.episodes, unit="episode", disable=True if args.quiet else None,
+                      file=sys.stderr, desc=runner.experiment.record.identifier) as bar:
+                def progress(episode: EpisodeResult) -> None:
+                    bar.set_postfix(reward=f"{episode.reward:.4g}", refresh=False)
+                    bar.update(1)
+
+                result = runner.run(agent, args.episodes, callback=progress)
+    except KeyboardInterrupt:
+        print("shmbench run: interrupted", file=sys.stderr)
+        return 130
+    except (ShmbenchError, OSError) as exc:
+        print(f"shmbench run: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ExperimentError) else 1
+    finally:
+        close = getattr(agent, "close", None)
+        if callable(close):
+            close()
+    print(_summary(result, runner))
+    return 0
