@@ -14,17 +14,13 @@ does not fit them (infos, odd observations, render frames) crosses through the c
 from __future__ import annotations
 
 import struct
-import warnings
-import weakref
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium.envs.registration import EnvSpec, WrapperSpec
 
-from shmbench import codec as _codec
-from shmbench.channel import Session, Slab, gc
-from shmbench.container.select import get_runtime
+from shmbench.channel import Slab
 from shmbench.errors import ShmbenchError
 from shmbench.protocol import (
     STEP_REPLY,
@@ -37,6 +33,7 @@ from shmbench.protocol import (
     decode_flag,
     decode_scalar,
 )
+from shmbench.remote import RemoteBase
 from shmbench.spaces import layout, rebuild
 from shmbench.worker import START_TIMEOUT, Worker, wait_policy
 
@@ -71,43 +68,7 @@ def rebuild_spec(fields: dict | None) -> EnvSpec | None:
         return None
 
 
-def _finalize(workers: list[Worker], session: Session, slab: list, warn: bool) -> None:
-    try:
-        for w in workers:
-            try:
-                w.close()
-            except Exception:
-                pass
-        for s in slab:
-            s.close()
-    finally:
-        session.close()
-    if warn:   # after the cleanup: a warning turned into an error must not stop it
-        warnings.warn("shmbench env was not closed; closed it now", ResourceWarning, stacklevel=2)
-
-
-class _Owned:
-    """Session, workers and slab of a remote env, closed exactly once (close, GC or exit)."""
-
-    def __init__(self, owner: object) -> None:
-        gc()   # reclaim channel directories of hosts that died (kill -9) since the last run
-        self.session = Session()
-        self.workers: list[Worker] = []
-        self.slabs: list[Slab] = []
-        self._finalizer = weakref.finalize(owner, _finalize, self.workers, self.session, self.slabs, True)
-        self._finalizer.atexit = True
-
-    def close(self) -> None:
-        if self._finalizer.alive:
-            self._finalizer.detach()
-            _finalize(self.workers, self.session, self.slabs, False)
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-
-class RemoteEnvironmentClient(gymnasium.Env):
+class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
     """A gymnasium.Env proxy for an env served by ``python -m shmbench.server``.
 
     Args:
@@ -135,15 +96,9 @@ class RemoteEnvironmentClient(gymnasium.Env):
         if env_id is None and factory is None and benchmark is None:
             raise TypeError("give an env_id, a factory or a benchmark")
         self.copy = copy
-        self.timeout = timeout
-        self._codec = _codec.Codec(allow_pickle=allow_pickle)
-        self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
-        self._owned = _Owned(self)
-        try:
-            self._start(env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
-        except BaseException:
-            self._owned.close()
-            raise
+        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
+                   allow_pickle=allow_pickle, timeout=timeout)
+        self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
@@ -307,16 +262,6 @@ class RemoteEnvironmentClient(gymnasium.Env):
         return self
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the server and remove its files. Idempotent."""
-        owned = getattr(self, "_owned", None)
-        if owned is not None:
-            owned.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._owned.closed
 
     @property
     def log_path(self):

@@ -22,18 +22,16 @@ from typing import Any
 
 from gymnasium import spaces
 
-from shmbench import codec as _codec
-from shmbench.client import _Owned
-from shmbench.container.select import get_runtime
 from shmbench.errors import ExperimentError
 from shmbench.protocol import Opcode
+from shmbench.remote import RemoteBase
 from shmbench.spaces import describe
 from shmbench.worker import START_TIMEOUT, Worker
 
 __all__ = ["RemoteAgent"]
 
 
-class RemoteAgent:
+class RemoteAgent(RemoteBase):
     """DACBench's agent API (``act``, ``train``, ``end_episode``) for an agent in a server.
 
     Args:
@@ -64,10 +62,8 @@ class RemoteAgent:
         if spec.get("action_space") is None:
             raise ExperimentError("a remote agent needs the action space: pass action_space=env.action_space")
         self.spec = spec
-        self.timeout = timeout
-        self._codec = _codec.Codec()
-        self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
-        self._owned = _Owned(self)
+        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
+                   allow_pickle=False, timeout=timeout)
         try:
             worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=timeout)
             self._owned.workers.append(worker)
@@ -102,22 +98,6 @@ class RemoteAgent:
         return self._worker.call(Opcode.CALL, (name, list(args), {}))
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the agent's server and remove its files. Idempotent."""
-        owned = getattr(self, "_owned", None)
-        if owned is not None:
-            owned.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._owned.closed
-
-    def __enter__(self) -> RemoteAgent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> dict[str, Any]:
         """What a run log records about this agent (plain data; no pid, no paths)."""

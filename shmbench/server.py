@@ -39,7 +39,7 @@ from shmbench.protocol import (
     encode_scalar,
     error_payload,
 )
-from shmbench.spaces import SlabLayout, describe, leaves
+from shmbench.spaces import SlabLayout, describe
 
 __all__ = ["RemoteEnvironmentServer", "make_env", "main"]
 

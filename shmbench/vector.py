@@ -16,17 +16,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import gymnasium
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from shmbench import codec as _codec
 from shmbench.channel import Slab
-from shmbench.client import _Owned, _build_tree, rebuild_spec
-from shmbench.container.select import get_runtime
+from shmbench.client import _build_tree, rebuild_spec
 from shmbench.errors import ProtocolError, ShmbenchError
 from shmbench.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode
+from shmbench.remote import RemoteBase
 from shmbench.spaces import layout, rebuild
 from shmbench.worker import START_TIMEOUT, Worker, wait_policy
 
@@ -82,17 +80,12 @@ class ShmVectorEnv(VectorEnv):
             raise ValueError(f"num_workers must be between 1 and num_envs={num_envs}")
         self.num_envs = num_envs
         self.copy = copy
-        self.timeout = timeout
         self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
-        self._codec = _codec.Codec(allow_pickle=allow_pickle)
-        self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
         self._rows = _split(num_envs, num_workers)
-        self._owned = _Owned(self)
-        try:
-            self._start(env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
-        except BaseException:
-            self._owned.close()
-            raise
+        RemoteBase._open(self, runtime=runtime, image=image, binds=binds, environment=environment,
+                         allow_pickle=allow_pickle, timeout=timeout)
+        RemoteBase._started(self, self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait,
+                            start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
