@@ -168,7 +168,7 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
         ImageError: a bad image reference or digest.
     """
     from shmbench.benchmarks import canonical_id
-    from shmbench.benchmarks._json import strict_json
+    from shmbench.strict_json import strict_json
 
     record = resolve(experiment_identifier) if experiment_identifier is not None else None
     obj = None

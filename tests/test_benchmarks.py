@@ -20,11 +20,12 @@ from shmbench.benchmarks import (
     SigmoidBenchmark,
     make_benchmark_env,
 )
-from shmbench.benchmarks import _json, luby, sigmoid
+from shmbench.benchmarks import _config, luby, sigmoid
 from shmbench.benchmarks.dacbench_ids import filter_dacbench_config, make_dacbench_env
 from shmbench.benchmarks.luby import LubyEnv
 from shmbench.benchmarks.sigmoid import SigmoidEnv
 from shmbench.errors import ExperimentError
+from shmbench.strict_json import MAX_DEPTH, loads, strict_json
 
 # 1 / (1 + e^4) and 1 - that, worked out independently of the code under test.
 SIG_MINUS_4 = 0.01798620996209156
@@ -48,7 +49,7 @@ def run_episode(env, actions):
 def test_strict_json_normalises_tuples_and_numpy():
     value = {"a": (1, 2), "b": np.int64(3), "c": np.float32(0.5), "d": np.array([1.5, 2.0]),
              "e": [None, True, "x", {"f": np.bool_(False)}]}
-    out = _json.strict_json(value)
+    out = strict_json(value)
     assert out == {"a": [1, 2], "b": 3, "c": 0.5, "d": [1.5, 2.0], "e": [None, True, "x", {"f": False}]}
     assert type(out["b"]) is int and type(out["e"][3]["f"]) is bool
 
@@ -59,26 +60,26 @@ def test_strict_json_normalises_tuples_and_numpy():
 ])
 def test_strict_json_refuses_non_json(bad):
     with pytest.raises(ExperimentError):
-        _json.strict_json({"key": bad})
+        strict_json({"key": bad})
 
 
 def test_strict_json_names_the_offending_path():
     with pytest.raises(ExperimentError, match=r"config\['a'\]\[1\]\['b'\]"):
-        _json.strict_json({"a": [0, {"b": math.nan}]})
+        strict_json({"a": [0, {"b": math.nan}]})
 
 
 def test_strict_json_refuses_deep_nesting():
     value: list = []
-    for _ in range(_json.MAX_DEPTH + 5):
+    for _ in range(MAX_DEPTH + 5):
         value = [value]
     with pytest.raises(ExperimentError, match="deeper"):
-        _json.strict_json(value)
+        strict_json(value)
 
 
 @pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": Infinity}', '{"a": 1, "a": 2}', '{"a": ', "[" * 100000])
 def test_loads_refuses_non_strict_text(text):
     with pytest.raises(ExperimentError):
-        _json.loads(text)
+        loads(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_generated_instances_depend_only_on_their_seed():
 
 
 def test_shipped_instance_set_is_the_documented_generator_output():
-    shipped = sigmoid.read_instance_csv(_json.DATA_DIR / "sigmoid_2d_default.csv")
+    shipped = sigmoid.read_instance_csv(_config.DATA_DIR / "sigmoid_2d_default.csv")
     assert shipped == sigmoid.generate_instances(100, 2, cutoff=10, slope_multiplier=2.0, seed=0)
     env = SigmoidEnv()
     assert len(env.instance_set) == 100

@@ -8,7 +8,7 @@ A researcher used to DACBench writes::
     env = bench.get_environment()          # in-process
     spec = bench.spec()                    # what a RemoteRunner sends into a container
 
-Unlike DACBench, the config holds only strict JSON (see :mod:`shmbench.benchmarks._json`):
+Unlike DACBench, the config holds only strict JSON (see :mod:`shmbench.strict_json`):
 no callables, classes or import paths, so :meth:`DACBenchmark.to_json` and
 :meth:`DACBenchmark.from_json` are inert data round trips and a spec can safely cross into
 the container. Unknown keys and bad values fail on the host, with the message the container
@@ -24,8 +24,10 @@ from typing import Any, ClassVar
 
 import gymnasium
 
-from shmbench.benchmarks import _json, luby, sigmoid
+from shmbench.benchmarks import luby, sigmoid
+from shmbench.benchmarks._config import is_shipped
 from shmbench.errors import ExperimentError
+from shmbench.strict_json import dumps, loads, strict_json
 
 __all__ = ["ConfigDict", "DACBenchmark", "SigmoidBenchmark", "LubyBenchmark"]
 
@@ -87,7 +89,7 @@ class DACBenchmark:
             self._apply(config)
 
     def _apply(self, overrides: Mapping[str, Any]) -> None:
-        merged = type(self)._resolve({**self._plain(), **_json.strict_json(overrides, where=f"{self.benchmark_id} config")})
+        merged = type(self)._resolve({**self._plain(), **strict_json(overrides, where=f"{self.benchmark_id} config")})
         self.config = ConfigDict(merged)
 
     def _plain(self) -> dict[str, Any]:
@@ -95,7 +97,7 @@ class DACBenchmark:
         # DACBench keeps inline instance sets as {int id: values}; JSON needs str keys.
         if isinstance(cfg.get("instance_set"), Mapping):
             cfg["instance_set"] = {str(k): v for k, v in cfg["instance_set"].items()}
-        return _json.strict_json(cfg, where=f"{self.benchmark_id} config")
+        return strict_json(cfg, where=f"{self.benchmark_id} config")
 
     # -- DACBench API ---------------------------------------------------------------------------
 
@@ -119,12 +121,12 @@ class DACBenchmark:
 
     def to_json(self) -> str:
         """The full config as strict JSON text (no code, no import paths)."""
-        return _json.dumps(self.serialize_config(), where=f"{self.benchmark_id} config")
+        return dumps(self.serialize_config(), where=f"{self.benchmark_id} config")
 
     @classmethod
     def from_json(cls, json_config: str | bytes) -> DACBenchmark:
         """A benchmark from :meth:`to_json` text (or any strict-JSON object of overrides)."""
-        data = _json.loads(json_config, where=f"{cls.benchmark_id} config")
+        data = loads(json_config, where=f"{cls.benchmark_id} config")
         if not isinstance(data, dict):
             raise ExperimentError(f"{cls.benchmark_id} config JSON must be an object, got {type(data).__name__}")
         return cls(config=data)
@@ -139,7 +141,7 @@ class DACBenchmark:
             text = Path(path).read_text()
         except OSError as exc:
             raise ExperimentError(f"cannot read config file {str(path)!r}: {exc}") from None
-        data = _json.loads(text, where=str(path))
+        data = loads(text, where=str(path))
         if not isinstance(data, dict):
             raise ExperimentError(f"{path}: a config file must hold a JSON object")
         self._apply(data)
@@ -160,7 +162,7 @@ class DACBenchmark:
         """
         cfg = self.serialize_config()
         path = cfg.get("instance_set_path")
-        if cfg.get("instance_set") is None and path is not None and not _json.is_shipped(path):
+        if cfg.get("instance_set") is None and path is not None and not is_shipped(path):
             local = Path(path)
             if local.is_file():
                 instances = type(self)._read_csv(local)

@@ -31,30 +31,23 @@ mid-episode), and ``step()`` outside an episode raises ``ResetNeeded``.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from shmbench.benchmarks._json import (
-    data_path,
-    get_choice,
-    get_int,
-    get_seed,
-    get_str,
-    merge_config,
-)
+from shmbench.benchmarks import _instances
+from shmbench.benchmarks._config import get_choice, get_int, get_range, get_seed, get_str, merge_config
 from shmbench.errors import ExperimentError
 
 __all__ = [
     "BENCHMARK",
     "DEFAULT_CONFIG",
     "INSTANCE_ORDERS",
+    "INSTANCE_VALUES",
     "LubyEnv",
     "luby",
     "luby_log2_sequence",
@@ -66,6 +59,9 @@ __all__ = [
 BENCHMARK = "shmbench/Luby-v0"
 
 INSTANCE_ORDERS = ("round_robin", "random")
+
+#: What an instance's values are, in order (the columns of an instance-set CSV after ``ID``).
+INSTANCE_VALUES = ("start", "sticky")
 
 #: Defaults, all strict JSON; names as in DACBench's ``LUBY_DEFAULTS``.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -110,11 +106,7 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     cutoff = get_int(cfg, "cutoff", benchmark=BENCHMARK, minimum=1, maximum=1 << 20)
     get_int(cfg, "min_steps", benchmark=BENCHMARK, minimum=1, maximum=cutoff)
     get_int(cfg, "hist_length", benchmark=BENCHMARK, minimum=1, maximum=4096)
-    low_high = cfg["reward_range"]
-    if (not isinstance(low_high, list) or len(low_high) != 2
-            or any(type(v) not in (int, float) for v in low_high) or low_high[0] > low_high[1]):
-        raise ExperimentError(f"{BENCHMARK} config['reward_range'] must be [low, high] with low <= high, got {low_high!r}")
-    cfg["reward_range"] = [float(low_high[0]), float(low_high[1])]
+    cfg["reward_range"] = get_range(cfg, "reward_range", benchmark=BENCHMARK)
     get_str(cfg, "instance_set_path", benchmark=BENCHMARK, allow_none=True)
     get_choice(cfg, "instance_update_func", INSTANCE_ORDERS, benchmark=BENCHMARK)
     get_seed(cfg, "seed", benchmark=BENCHMARK)
@@ -127,59 +119,7 @@ def read_instance_csv(path: str | Path) -> dict[int, list[float]]:
     Raises:
         ExperimentError: for unreadable files, missing columns, bad numbers or repeated ids.
     """
-    instances: dict[int, list[float]] = {}
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"ID", "start", "sticky"} - set(reader.fieldnames or ())
-            if missing:
-                raise ExperimentError(
-                    f"{path}: Luby instance sets need the columns ID, start, sticky; missing {sorted(missing)}"
-                )
-            for line, row in enumerate(reader, start=2):
-                try:
-                    inst_id = int(row["ID"])
-                    values = [float(row["start"]), float(row["sticky"])]
-                except (TypeError, ValueError):
-                    raise ExperimentError(f"{path}:{line}: bad Luby instance row {row!r}") from None
-                if inst_id in instances:
-                    raise ExperimentError(f"{path}:{line}: instance id {inst_id} repeats")
-                instances[inst_id] = values
-    except OSError as exc:
-        raise ExperimentError(f"{BENCHMARK}: cannot read instance set {str(path)!r}: {exc}") from None
-    if not instances:
-        raise ExperimentError(f"{BENCHMARK}: instance set {str(path)!r} has no instances")
-    return instances
-
-
-def _inline_instances(value: Any) -> dict[int, list[float]]:
-    """Inline instances: rows ``[id, start, sticky]`` or ``{id: [start, sticky]}``."""
-    where = f"{BENCHMARK} config['instance_set']"
-    if isinstance(value, list):
-        pairs = []
-        for row in value:
-            if not isinstance(row, list) or not row or type(row[0]) is not int:
-                raise ExperimentError(f"{where}: each row must be [id, start, sticky] with an int id, got {row!r}")
-            pairs.append((row[0], row[1:]))
-    elif isinstance(value, Mapping):
-        pairs = []
-        for key, values in value.items():
-            try:
-                pairs.append((int(key), values))
-            except (TypeError, ValueError):
-                raise ExperimentError(f"{where}: key {key!r} is not an integer id") from None
-    else:
-        raise ExperimentError(f"{where} must be a list of rows or a dict of id -> [start, sticky], got {value!r}")
-    instances: dict[int, list[float]] = {}
-    for inst_id, values in pairs:
-        if inst_id in instances:
-            raise ExperimentError(f"{where}: instance id {inst_id} repeats")
-        if not isinstance(values, list) or any(type(v) not in (int, float) for v in values):
-            raise ExperimentError(f"{where}: instance {inst_id} must be numbers [start, sticky], got {values!r}")
-        instances[inst_id] = [float(v) for v in values]
-    if not instances:
-        raise ExperimentError(f"{where} is empty")
-    return instances
+    return _instances.read_instance_csv(path, benchmark=BENCHMARK, names=INSTANCE_VALUES)
 
 
 def _targets(start: float, sticky: float, steps: int) -> list[int]:
@@ -202,16 +142,8 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, tuple[float, float]]:
         ExperimentError: for malformed instances, or ones whose drift would index past the
             ``2 * cutoff + 1`` precomputed elements within ``min_steps`` steps.
     """
-    if cfg["instance_set"] is not None:
-        raw = _inline_instances(cfg["instance_set"])
-        source = "config['instance_set']"
-    elif cfg["instance_set_path"] is not None:
-        path = data_path(cfg["instance_set_path"])
-        raw = read_instance_csv(path)
-        source = str(path)
-    else:
-        raw = {0: [0.0, 0.0]}
-        source = "the default instance"
+    raw, source = _instances.raw_instances(cfg, benchmark=BENCHMARK, names=INSTANCE_VALUES,
+                                           fallback=lambda: ({0: [0.0, 0.0]}, "the default instance"))
     length = 2 * cfg["cutoff"] + 1
     instances = {}
     for inst_id in sorted(raw):
@@ -232,30 +164,20 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, tuple[float, float]]:
     return instances
 
 
-class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
+class LubyEnv(_instances.InstanceSetEnv[np.ndarray, np.int64]):
     """Predict the Luby sequence; see the module docstring for the dynamics.
 
-    Args:
-        config: overrides of :data:`DEFAULT_CONFIG` (strict JSON). ``config["seed"]`` seeds
-            the env's Generator at construction; ``reset(seed=...)`` reseeds it.
-        render_mode: only ``None``.
-
-    Attributes:
-        config: the resolved configuration.
-        instance_set: instance id -> ``(start, sticky)``.
-        instance_id: the id of the current episode's instance (``None`` before reset).
+    Configured, seeded and walked through its instance set as
+    :class:`~shmbench.benchmarks._instances.InstanceSetEnv` describes, with ``config`` the
+    overrides of :data:`DEFAULT_CONFIG` and ``instance_set`` mapping id -> ``(start, sticky)``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    benchmark = BENCHMARK
+    _resolve_config = staticmethod(resolve_config)
+    _load_instances = staticmethod(load_instances)
 
     def __init__(self, config: Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ExperimentError(f"{BENCHMARK} has no render modes, got render_mode={render_mode!r}")
-        self.render_mode = None
-        self.config = resolve_config(config)
-        self.instance_set = load_instances(self.config)
-        self._ids = sorted(self.instance_set)
-        self._cursor = -1
+        super().__init__(config, render_mode)
         self._min_steps: int = self.config["min_steps"]
         self._hist = self.config["hist_length"]
         self._reward_low, self._reward_high = self.config["reward_range"]
@@ -266,7 +188,6 @@ class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
         high = max(2.0 ** (self._seq.max() + 1), float(self._min_steps))
         self.observation_space = spaces.Box(-1.0, high, shape=(self._hist + 1,), dtype=np.float32)
 
-        self.instance_id: int | None = None
         self._start = 0.0
         self._sticky = 0.0
         self._error = 0.0
@@ -275,8 +196,6 @@ class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._goal = 0.0
         self._state = [-1] * (self._hist + 1)
         self._running = False
-        if self.config["seed"] is not None:
-            super().reset(seed=self.config["seed"])
 
     @property
     def next_goal(self) -> int:
@@ -290,10 +209,7 @@ class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
             seed: reseeds the env's Generator and rewinds the instance order.
             options: ``{"instance_id": id}`` or ``{"instance": [start, sticky]}``.
         """
-        super().reset(seed=seed)
-        if seed is not None:
-            self._cursor = -1
-        self._start, self._sticky = self._choose_instance(options)
+        self._start, self._sticky = self._next_instance(seed, options)
         self._error = 0 + self._sticky
         self._j = 1
         self._t = 0
@@ -302,26 +218,8 @@ class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._running = True
         return np.array(self._state, dtype=np.float32), {}
 
-    def _choose_instance(self, options: dict[str, Any] | None) -> tuple[float, float]:
-        options = {} if options is None else options
-        if not isinstance(options, Mapping) or set(options) - {"instance_id", "instance"}:
-            raise ValueError(f"{BENCHMARK}: reset options may hold 'instance_id' or 'instance', got {options!r}")
-        if "instance" in options:
-            checked = load_instances({**self.config, "instance_set": {"0": list(options["instance"])}})
-            self.instance_id = None
-            return checked[0]
-        if "instance_id" in options:
-            inst_id = options["instance_id"]
-            if inst_id not in self.instance_set:
-                raise ValueError(f"{BENCHMARK}: no instance with id {inst_id!r}")
-            self.instance_id = inst_id
-            return self.instance_set[inst_id]
-        if self.config["instance_update_func"] == "random":
-            self._cursor = int(self.np_random.integers(len(self._ids)))
-        else:
-            self._cursor = (self._cursor + 1) % len(self._ids)
-        self.instance_id = self._ids[self._cursor]
-        return self.instance_set[self.instance_id]
+    def _adhoc_instance(self, values: Any) -> tuple[float, float]:
+        return load_instances({**self.config, "instance_set": {"0": list(values)}})[0]
 
     def _position(self) -> int:
         # DACBench's int(np.round(j + start + error)): same operand order, same rounding.
@@ -353,7 +251,3 @@ class LubyEnv(gymnasium.Env[np.ndarray, np.int64]):
             self._running = False
         obs = np.array(previous if truncated else self._state, dtype=np.float32)
         return obs, reward, False, bool(truncated), {}
-
-    def render(self) -> None:
-        """Nothing to render (``metadata["render_modes"]`` is empty)."""
-        return None

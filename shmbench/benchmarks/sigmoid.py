@@ -32,21 +32,20 @@ the observation inside its declared space):
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from shmbench.benchmarks._json import (
-    data_path,
+from shmbench.benchmarks import _instances
+from shmbench.benchmarks._config import (
     get_choice,
     get_int,
     get_number,
+    get_range,
     get_seed,
     get_str,
     merge_config,
@@ -115,11 +114,7 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"(a dimension needs two values to scale a_i / (n_i - 1)), got {values!r}"
             )
     get_number(cfg, "slope_multiplier", benchmark=BENCHMARK, minimum=0.0)
-    low_high = cfg["reward_range"]
-    if (not isinstance(low_high, list) or len(low_high) != 2
-            or any(type(v) not in (int, float) for v in low_high) or low_high[0] > low_high[1]):
-        raise ExperimentError(f"{BENCHMARK} config['reward_range'] must be [low, high] with low <= high, got {low_high!r}")
-    cfg["reward_range"] = [float(low_high[0]), float(low_high[1])]
+    cfg["reward_range"] = get_range(cfg, "reward_range", benchmark=BENCHMARK)
     get_str(cfg, "instance_set_path", benchmark=BENCHMARK, allow_none=True)
     get_int(cfg, "n_instances", benchmark=BENCHMARK, minimum=1, maximum=1_000_000)
     get_seed(cfg, "instance_seed", benchmark=BENCHMARK)
@@ -155,64 +150,7 @@ def read_instance_csv(path: str | Path) -> dict[int, list[float]]:
     Raises:
         ExperimentError: for unreadable files, bad cells or repeated ids.
     """
-    instances: dict[int, list[float]] = {}
-    try:
-        with open(path, newline="") as handle:
-            for line, row in enumerate(csv.reader(handle), start=1):
-                cells = [cell.strip() for cell in row]
-                while cells and not cells[-1]:
-                    cells.pop()
-                if not cells:
-                    continue
-                try:
-                    inst_id = int(cells[0])
-                except ValueError:
-                    continue
-                try:
-                    values = [float(cell) for cell in cells[1:]]
-                except ValueError:
-                    raise ExperimentError(f"{path}:{line}: non-numeric cell in instance {inst_id}: {row!r}") from None
-                if inst_id in instances:
-                    raise ExperimentError(f"{path}:{line}: instance id {inst_id} repeats")
-                instances[inst_id] = values
-    except OSError as exc:
-        raise ExperimentError(f"{BENCHMARK}: cannot read instance set {str(path)!r}: {exc}") from None
-    if not instances:
-        raise ExperimentError(f"{BENCHMARK}: instance set {str(path)!r} has no instances")
-    return instances
-
-
-def _inline_instances(value: Any) -> dict[int, list[float]]:
-    """Inline instances: rows ``[id, values...]`` (CSV-shaped) or ``{id: [values...]}``."""
-    where = f"{BENCHMARK} config['instance_set']"
-    if isinstance(value, list):
-        pairs = []
-        for row in value:
-            if not isinstance(row, list) or not row or type(row[0]) is not int:
-                raise ExperimentError(f"{where}: each row must be [id, values...] with an int id, got {row!r}")
-            pairs.append((row[0], row[1:]))
-    elif isinstance(value, Mapping):
-        pairs = []
-        for key, values in value.items():
-            try:
-                inst_id = int(key)
-            except (TypeError, ValueError):
-                raise ExperimentError(f"{where}: key {key!r} is not an integer id") from None
-            if not isinstance(values, list):
-                raise ExperimentError(f"{where}[{key!r}] must be a list of numbers, got {values!r}")
-            pairs.append((inst_id, values))
-    else:
-        raise ExperimentError(f"{where} must be a list of rows or a dict of id -> values, got {value!r}")
-    instances: dict[int, list[float]] = {}
-    for inst_id, values in pairs:
-        if inst_id in instances:
-            raise ExperimentError(f"{where}: instance id {inst_id} repeats")
-        if any(type(v) not in (int, float) for v in values):
-            raise ExperimentError(f"{where}: instance {inst_id} has non-numeric values {values!r}")
-        instances[inst_id] = [float(v) for v in values]
-    if not instances:
-        raise ExperimentError(f"{where} is empty")
-    return instances
+    return _instances.read_instance_csv(path, benchmark=BENCHMARK)
 
 
 def load_instances(cfg: Mapping[str, Any]) -> dict[int, np.ndarray]:
@@ -223,17 +161,13 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, np.ndarray]:
             values representable as float32 (they are observed as float32).
     """
     k = len(cfg["action_values"])
-    if cfg["instance_set"] is not None:
-        raw = _inline_instances(cfg["instance_set"])
-        source = "config['instance_set']"
-    elif cfg["instance_set_path"] is not None:
-        path = data_path(cfg["instance_set_path"])
-        raw = read_instance_csv(path)
-        source = str(path)
-    else:
-        raw = generate_instances(cfg["n_instances"], k, cutoff=cfg["cutoff"],
-                                 slope_multiplier=cfg["slope_multiplier"], seed=cfg["instance_seed"])
-        source = f"instances generated from instance_seed={cfg['instance_seed']}"
+
+    def generated() -> tuple[dict[int, list[float]], str]:
+        return (generate_instances(cfg["n_instances"], k, cutoff=cfg["cutoff"],
+                                   slope_multiplier=cfg["slope_multiplier"], seed=cfg["instance_seed"]),
+                f"instances generated from instance_seed={cfg['instance_seed']}")
+
+    raw, source = _instances.raw_instances(cfg, benchmark=BENCHMARK, fallback=generated)
     instances = {}
     for inst_id in sorted(raw):
         values = np.asarray(raw[inst_id], dtype=np.float64)
@@ -250,31 +184,21 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, np.ndarray]:
     return instances
 
 
-class SigmoidEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+class SigmoidEnv(_instances.InstanceSetEnv[np.ndarray, np.ndarray]):
     """Trace k sigmoids with discrete actions; see the module docstring for the dynamics.
 
-    Args:
-        config: overrides of :data:`DEFAULT_CONFIG` (strict JSON). ``config["seed"]`` seeds
-            the env's Generator at construction, as DACBench does; ``reset(seed=...)``
-            reseeds it.
-        render_mode: only ``None`` (nothing to render).
-
-    Attributes:
-        config: the resolved configuration.
-        instance_set: instance id -> read-only float64 array ``[shifts..., slopes...]``.
-        instance_id: the id of the current episode's instance (``None`` before reset).
+    Configured, seeded and walked through its instance set as
+    :class:`~shmbench.benchmarks._instances.InstanceSetEnv` describes, with ``config`` the
+    overrides of :data:`DEFAULT_CONFIG` and ``instance_set`` mapping id -> a read-only
+    float64 array ``[shifts..., slopes...]``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    benchmark = BENCHMARK
+    _resolve_config = staticmethod(resolve_config)
+    _load_instances = staticmethod(load_instances)
 
     def __init__(self, config: Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ExperimentError(f"{BENCHMARK} has no render modes, got render_mode={render_mode!r}")
-        self.render_mode = None
-        self.config = resolve_config(config)
-        self.instance_set = load_instances(self.config)
-        self._ids = sorted(self.instance_set)
-        self._cursor = -1  # index into _ids of the last instance used by round robin
+        super().__init__(config, render_mode)
         self._cutoff: int = self.config["cutoff"]
         self._nvec = np.asarray(self.config["action_values"], dtype=np.int64)
         self._k = len(self._nvec)
@@ -285,14 +209,11 @@ class SigmoidEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         high = np.concatenate(([self._cutoff], np.full(2 * self._k, _F32_MAX), self._nvec - 1)).astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
 
-        self.instance_id: int | None = None
         self._shifts = np.zeros(self._k)
         self._slopes = np.zeros(self._k)
         self._t = 0
         self._last_action: np.ndarray | None = None
         self._running = False
-        if self.config["seed"] is not None:
-            super().reset(seed=self.config["seed"])
 
     # -- episode ------------------------------------------------------------------------------
 
@@ -304,10 +225,7 @@ class SigmoidEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             options: ``{"instance_id": id}`` to pick an instance of the set, or
                 ``{"instance": [shifts..., slopes...]}`` to run an ad-hoc one.
         """
-        super().reset(seed=seed)
-        if seed is not None:
-            self._cursor = -1
-        instance = self._choose_instance(options)
+        instance = self._next_instance(seed, options)
         self._shifts = instance[: self._k].copy()
         self._slopes = instance[self._k:].copy()
         self._t = 0
@@ -315,28 +233,11 @@ class SigmoidEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._running = True
         return self._observation(), {}
 
-    def _choose_instance(self, options: dict[str, Any] | None) -> np.ndarray:
-        options = {} if options is None else options
-        if not isinstance(options, Mapping) or set(options) - {"instance_id", "instance"}:
-            raise ValueError(f"{BENCHMARK}: reset options may hold 'instance_id' or 'instance', got {options!r}")
-        if "instance" in options:
-            values = np.asarray(options["instance"], dtype=np.float64)
-            if values.shape != (2 * self._k,) or not np.all(np.isfinite(values)) or np.any(np.abs(values) > _F32_MAX):
-                raise ValueError(f"{BENCHMARK}: options['instance'] must be {2 * self._k} finite float32 values")
-            self.instance_id = None
-            return values
-        if "instance_id" in options:
-            inst_id = options["instance_id"]
-            if inst_id not in self.instance_set:
-                raise ValueError(f"{BENCHMARK}: no instance with id {inst_id!r}")
-            self.instance_id = inst_id
-            return self.instance_set[inst_id]
-        if self.config["instance_update_func"] == "random":
-            self._cursor = int(self.np_random.integers(len(self._ids)))
-        else:
-            self._cursor = (self._cursor + 1) % len(self._ids)
-        self.instance_id = self._ids[self._cursor]
-        return self.instance_set[self.instance_id]
+    def _adhoc_instance(self, values: Any) -> np.ndarray:
+        instance = np.asarray(values, dtype=np.float64)
+        if instance.shape != (2 * self._k,) or not np.all(np.isfinite(instance)) or np.any(np.abs(instance) > _F32_MAX):
+            raise ValueError(f"{BENCHMARK}: options['instance'] must be {2 * self._k} finite float32 values")
+        return instance
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Advance ``t`` by one and reward how well ``action`` traces the sigmoids at ``t``."""
@@ -366,7 +267,3 @@ class SigmoidEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         obs[2: 2 + 2 * self._k: 2] = self._slopes
         obs[1 + 2 * self._k:] = -1 if self._last_action is None else self._last_action
         return obs
-
-    def render(self) -> None:
-        """Nothing to render (``metadata["render_modes"]`` is empty)."""
-        return None

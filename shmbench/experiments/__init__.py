@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import re
 import urllib.request
@@ -41,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 from shmbench.errors import ExperimentError, ImageError
 from shmbench.images import ImageSpec, parse_ref
+from shmbench.strict_json import loads, strict_json
 
 __all__ = [
     "EXPERIMENTS_ENV",
@@ -108,30 +108,11 @@ def check_json(value: Any, where: str = "value") -> None:
 
     Strict JSON: dict (str keys), list, str, int, finite float, bool, None. Tuples, NaN,
     infinities, TOML dates and numpy scalars are refused: each would either not survive a
-    round trip through the container or hash differently on another machine.
+    round trip through the container or hash differently on another machine. (The check is
+    :func:`shmbench.strict_json.strict_json` in its exact mode, naming fields ``a.b[0]`` as
+    the rest of a record's messages do.)
     """
-    _check_json(value, where)
-
-
-def _check_json(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (bool, str)) or type(value) is int:
-        return
-    if type(value) is float:
-        if not math.isfinite(value):
-            raise _FieldError(where, f"{value!r} is not a finite number (JSON has no NaN or infinity)")
-        return
-    if type(value) is dict:
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _FieldError(where, f"key {key!r} is not a string")
-            _check_json(item, f"{where}.{key}")
-        return
-    if type(value) is list:
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]")
-        return
-    raise _FieldError(where, f"{type(value).__name__} {value!r} is not a JSON value "
-                             "(dict, list, str, int, finite float, bool or null)")
+    strict_json(value, where=where, exact=True, dotted=True, error=_FieldError)
 
 
 # ------------------------------------------------------------------------------- the record
@@ -176,7 +157,7 @@ class WrapperSpec:
                                                f"(allowed: {', '.join(sorted(WRAPPERS))})")
         if type(self.kwargs) is not dict:
             raise _FieldError("wrappers.kwargs", f"must be a table of keyword arguments, not {self.kwargs!r}")
-        _check_json(self.kwargs, "wrappers.kwargs")
+        check_json(self.kwargs, "wrappers.kwargs")
         object.__setattr__(self, "kwargs", copy.deepcopy(self.kwargs))
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,7 +214,7 @@ class ExperimentRecord:
                                            "'shmbench/Sigmoid-v0' (no import paths)")
         if type(self.config) is not dict:
             raise _FieldError("config", f"must be a table/object, not {type(self.config).__name__}")
-        _check_json(self.config, "config")
+        check_json(self.config, "config")
         object.__setattr__(self, "config", copy.deepcopy(self.config))
         if self.image is not None and not isinstance(self.image, ImageSpec):
             raise _FieldError("image", f"must be an ImageSpec, not {self.image!r}")
@@ -304,6 +285,22 @@ def parse_record(data: Any, *, source: str = "experiment record") -> ExperimentR
         raise ExperimentError(f"{source}: field {exc.field_name!r}: {exc.problem}") from None
 
 
+def _table(raw: Any, name: str, known: tuple[str, ...], shape: str, *,
+           required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return ``raw`` if it is a table holding ``required`` and only ``known`` fields.
+
+    Raises:
+        _FieldError: naming ``name`` with ``shape`` (what the table should look like), or
+            the first unknown field as ``name.field``.
+    """
+    if not isinstance(raw, dict) or any(key not in raw for key in required):
+        raise _FieldError(name, shape)
+    extra = sorted(set(raw) - set(known))
+    if extra:
+        raise _FieldError(f"{name}.{extra[0]}", f"unknown field (known: {', '.join(known)})")
+    return raw
+
+
 def _parse(data: Any, source: str) -> ExperimentRecord:
     if not isinstance(data, dict):
         raise ExperimentError(f"{source}: an experiment record must be a table/object, "
@@ -317,12 +314,7 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
 
     image = None
     if "image" in data:
-        raw = data["image"]
-        if not isinstance(raw, dict):
-            raise _FieldError("image", "must be a table with 'ref' and 'digest'")
-        extra = sorted(set(raw) - {"ref", "digest"})
-        if extra:
-            raise _FieldError(f"image.{extra[0]}", "unknown field (known: ref, digest)")
+        raw = _table(data["image"], "image", ("ref", "digest"), "must be a table with 'ref' and 'digest'")
         if not isinstance(raw.get("ref"), str):
             raise _FieldError("image.ref", "missing or not a string")
         if "digest" in raw and not isinstance(raw["digest"], str):
@@ -341,12 +333,8 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
 
     seed = SeedPolicy()
     if "seed" in data:
-        raw = data["seed"]
-        if not isinstance(raw, dict):
-            raise _FieldError("seed", "must be a table like {base = 0, per_episode = \"increment\"}")
-        extra = sorted(set(raw) - {"base", "per_episode"})
-        if extra:
-            raise _FieldError(f"seed.{extra[0]}", "unknown field (known: base, per_episode)")
+        raw = _table(data["seed"], "seed", ("base", "per_episode"),
+                     "must be a table like {base = 0, per_episode = \"increment\"}")
         seed = SeedPolicy(**raw)
 
     wrappers = []
@@ -354,11 +342,8 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
     if not isinstance(raw_wrappers, list):
         raise _FieldError("wrappers", "must be a list of {name, kwargs} tables")
     for i, raw in enumerate(raw_wrappers):
-        if not isinstance(raw, dict) or "name" not in raw:
-            raise _FieldError(f"wrappers[{i}]", "must be a table with 'name' (and optional 'kwargs')")
-        extra = sorted(set(raw) - {"name", "kwargs"})
-        if extra:
-            raise _FieldError(f"wrappers[{i}].{extra[0]}", "unknown field (known: name, kwargs)")
+        _table(raw, f"wrappers[{i}]", ("name", "kwargs"), "must be a table with 'name' (and optional 'kwargs')",
+               required=("name",))
         try:
             wrappers.append(WrapperSpec(raw["name"], raw.get("kwargs", {})))
         except _FieldError as exc:
@@ -373,26 +358,6 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
         identifier=data["identifier"], benchmark=data["benchmark"], config=data.get("config", {}),
         image=image, seed=seed, wrappers=tuple(wrappers), log=tuple(log),
         description=data.get("description", ""), source=source)
-
-
-def _loads_json(text: str | bytes, source: str) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise ExperimentError(f"{source}: key {key!r} appears twice in one object")
-            out[key] = value
-        return out
-
-    def no_constant(name: str) -> Any:
-        raise ExperimentError(f"{source}: {name} is not JSON (no NaN or infinity in records)")
-
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
-    except ValueError as exc:
-        if isinstance(exc, ExperimentError):
-            raise
-        raise ExperimentError(f"{source}: not valid JSON: {exc}") from None
 
 
 def _loads_toml(text: str, source: str) -> Any:
@@ -418,7 +383,7 @@ def load_record(path: str | os.PathLike[str]) -> ExperimentRecord:
     except (OSError, UnicodeDecodeError) as exc:
         raise ExperimentError(f"{source}: cannot read: {exc}") from None
     if path.suffix == ".json":
-        data = _loads_json(text, source)
+        data = loads(text, where=source)
     elif path.suffix == ".toml":
         data = _loads_toml(text, source)
     else:
@@ -486,7 +451,7 @@ def _index(url: str) -> dict[str, ExperimentRecord]:
 
 
 def _parse_index(body: bytes, url: str) -> dict[str, ExperimentRecord]:
-    data = _loads_json(body, url)
+    data = loads(body, where=url)
     entries = data.get("experiments") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ExperimentError(f"{url}: an experiment index is a JSON object {{\"experiments\": [...]}}")
