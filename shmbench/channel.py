@@ -209,6 +209,18 @@ class Channel(_ring.Channel):
         if lock_fd >= 0:
             os.close(lock_fd)
 
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # the C type's __exit__ would close only the C side, not this class's descriptors
+        # (nor a subclass's resources): route ``with`` through close()
+        self.close()
+
+    def __del__(self) -> None:
+        if not self.closed:
+            self.close()
+
     def unlink(self) -> None:
         """Remove the channel file and its server lock (the creator's job)."""
         for p in (self.path, Path(str(self.path) + LOCK_SUFFIX)):

@@ -75,8 +75,15 @@ def _tuples(x: Any, depth: int = 0) -> Any:
     if depth > 8:
         raise DecodeError("structured dtype nested too deeply")
     if isinstance(x, list):
-        return [tuple(_tuples(i, depth + 1) for i in field) if isinstance(field, list) else field
-                for field in x]
+        out = []
+        for field in x:
+            if isinstance(field, list):
+                items = [_tuples(i, depth + 1) for i in field]
+                if items and isinstance(items[0], list):
+                    items[0] = tuple(items[0])      # a titled field's (title, name)
+                field = tuple(items)
+            out.append(field)
+        return out
     return x
 
 
@@ -236,8 +243,11 @@ class Codec:
             if depth_left[0] < 0:
                 raise DecodeError("message nested too deeply")
             try:
+                # timestamp=2: msgpack turns its own ext -1 (a timestamp) into an object
+                # without asking ext_hook; we never send one, and as an int (nanoseconds) a
+                # peer's forged timestamp is at least a type this codec promises
                 return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=ext_hook,
-                                       use_list=True, timestamp=0)
+                                       use_list=True, timestamp=2)
             finally:
                 depth_left[0] += 1
 
@@ -254,6 +264,12 @@ class Codec:
                 if type(spec) is not list or len(spec) != 2 or type(spec[1]) is not bytes:
                     raise DecodeError("bad numpy scalar record")
                 dtype = _dtype_from_wire(spec[0])
+                if dtype.itemsize == 0:
+                    # np.str_(''), np.bytes_(b''), np.void(b''): their dtype has no size, but
+                    # tobytes() still gives a NUL character (frombuffer refuses size 0)
+                    if len(spec[1]) > 4:
+                        raise DecodeError("numpy scalar size does not match its dtype")
+                    return np.zeros((), dtype=dtype)[()]
                 if dtype.itemsize != len(spec[1]):
                     raise DecodeError("numpy scalar size does not match its dtype")
                 return np.frombuffer(spec[1], dtype=dtype)[0]
@@ -293,8 +309,11 @@ class Codec:
         if start + nbytes > len(mv):
             raise DecodeError("array bytes overrun the message")
         if dtype.itemsize == 0:
-            arr = np.empty(shape, dtype=dtype)
-            return arr
+            # no bytes bound the element count here: a peer could otherwise hand us an
+            # array of 2**124 empty elements that hangs whoever iterates over it
+            if count > self.max_message:
+                raise DecodeError("too many elements in an array of zero-size items")
+            return np.empty(shape, dtype=dtype)
         arr = np.frombuffer(mv[start : start + nbytes], dtype=dtype).reshape(shape)
         return arr.copy() if copy else arr
 

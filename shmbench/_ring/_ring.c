@@ -65,6 +65,12 @@ sb_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* A wait's deadline on CLOCK_MONOTONIC, fixed once per Python call so that a message
+ * made of many records (pads, fragments) and call()'s send + recv share ONE timeout:
+ * a peer that trickles records cannot stretch a call past it. */
+#define SB_FOREVER  INT64_MAX    /* timeout=None */
+#define SB_NOWAIT   INT64_MIN    /* timeout=0: never block */
+
 static inline void
 sb_cpu_relax(void)
 {
@@ -207,6 +213,8 @@ typedef struct {
     uint64_t max_record;     /* largest payload of one record */
     uint64_t max_message;    /* largest reassembled message we accept */
     uint64_t pending_release;/* bytes of rx records handed out but not yet released */
+    PyObject *partial;       /* bytes of a fragmented message being reassembled, or NULL */
+    uint64_t partial_got;    /* how much of it has arrived */
     uint64_t reserved;       /* bytes reserved in tx, 0 when no reservation */
     uint64_t reserved_pos;
     sb_wait_policy wait;
@@ -387,7 +395,7 @@ sb_spin_learn(sb_wait_policy *w, int64_t elapsed)
 }
 
 static int
-sb_wait(sb_channel *c, int space, uint64_t need, double timeout, const char *what)
+sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *what)
 {
     const char *why = NULL;
     int r = sb_cond(c, space, need, &why);
@@ -397,7 +405,7 @@ sb_wait(sb_channel *c, int space, uint64_t need, double timeout, const char *wha
         return sb_raise_outcome(c, SB_W_PROTOCOL, what, why);
     if (sb_peer_closed(c))
         return sb_raise_outcome(c, SB_W_PEER_CLOSED, what, NULL);
-    if (timeout == 0.0)
+    if (deadline == SB_NOWAIT)
         return sb_raise_outcome(c, SB_W_TIMEOUT, what, NULL);
 
     sb_ring_ctrl *ctl = space ? c->tx.ctrl : c->rx.ctrl;
@@ -407,7 +415,7 @@ sb_wait(sb_channel *c, int space, uint64_t need, double timeout, const char *wha
 
     PyThreadState *ts = PyEval_SaveThread();
     int64_t t0 = sb_now_ns();
-    int64_t deadline = timeout < 0 ? INT64_MAX : t0 + (int64_t)(timeout * 1e9);
+    int64_t last_check = t0;
     int64_t budget = sb_spin_budget(&c->wait);
 
     /* spin: a cache-line poll, checking the clock every few iterations */
@@ -459,8 +467,13 @@ sb_wait(sb_channel *c, int space, uint64_t need, double timeout, const char *wha
         int rc = sb_futex_wait(seq, s, slice);
         int err = errno;
         FETCH_SUB(sleepers, 1);
-        if (rc == 0 || err == EAGAIN)
-            continue;   /* woken, or the word changed before we slept: re-check */
+        /* woken, or the word changed before we slept: re-check -- but still look at
+         * liveness and signals once a slice, or a peer that keeps bumping the word
+         * (hostile, or a stream of partial progress) would starve Ctrl-C */
+        int64_t after = sb_now_ns();
+        if ((rc == 0 || err == EAGAIN) && after - last_check < c->wait.slice_ns)
+            continue;
+        last_check = after;
         /* slice over or interrupted: is the peer alive, is a signal pending? */
         r = sb_cond(c, space, need, &why);
         if (r != 0)
@@ -509,14 +522,14 @@ sb_notify(sb_channel *c, uint32_t *seq, uint32_t *sleepers)
  * record to the end of the ring when the record would straddle it. Returns the ring
  * position of the record header, or -1 with an exception set. */
 static int64_t
-sb_tx_place(sb_channel *c, uint64_t payload, double timeout)
+sb_tx_place(sb_channel *c, uint64_t payload, int64_t deadline)
 {
     uint64_t need = SB_RECORD_HEADER + sb_round_up(payload, SB_RECORD_ALIGN);
     uint64_t pos = c->tx.own & c->tx.mask;
     uint64_t contiguous = c->tx.cap - pos;
     if (need > contiguous) {
         /* pad to the end first (publishing it), then wait for room at position 0 */
-        if (sb_wait(c, 1, contiguous, timeout, "room in the ring") < 0)
+        if (sb_wait(c, 1, contiguous, deadline, "room in the ring") < 0)
             return -1;
         uint32_t *h = (uint32_t *)(c->tx.data + pos);
         h[0] = (uint32_t)(contiguous - SB_RECORD_HEADER);
@@ -525,7 +538,7 @@ sb_tx_place(sb_channel *c, uint64_t payload, double timeout)
         STORE_REL(&c->tx.ctrl->head, c->tx.own);
         pos = 0;
     }
-    if (sb_wait(c, 1, need, timeout, "room in the ring") < 0)
+    if (sb_wait(c, 1, need, deadline, "room in the ring") < 0)
         return -1;
     return (int64_t)pos;
 }
@@ -543,10 +556,10 @@ sb_tx_publish(sb_channel *c, uint64_t pos, uint64_t payload, uint32_t kind)
 }
 
 static int
-sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, double timeout)
+sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, int64_t deadline)
 {
     if (len <= c->max_record) {
-        int64_t pos = sb_tx_place(c, len, timeout);
+        int64_t pos = sb_tx_place(c, len, deadline);
         if (pos < 0)
             return -1;
         memcpy(c->tx.data + pos + SB_RECORD_HEADER, buf, len);
@@ -559,9 +572,20 @@ sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, double timeout)
     while (sent < len) {
         uint64_t extra = sent == 0 ? 8 : 0;
         uint64_t n = len - sent < chunk ? len - sent : chunk;
-        int64_t pos = sb_tx_place(c, n + extra, timeout);
-        if (pos < 0)
-            return -1;   /* a half-sent message: the Python layer marks the peer broken */
+        int64_t pos = sb_tx_place(c, n + extra, deadline);
+        if (pos < 0) {
+            if (sent > 0) {
+                /* the peer holds the first fragments of a message that will never be
+                 * finished: the stream is out of step, so no later send may follow */
+                c->broken = 1;
+                if (PyErr_ExceptionMatches(sb_state.ChannelTimeout))
+                    PyErr_Format(sb_state.ChannelTimeout,
+                                 "timed out after sending %llu of %llu bytes of a fragmented "
+                                 "message; the channel is unusable now (close it)",
+                                 (unsigned long long)sent, (unsigned long long)len);
+            }
+            return -1;
+        }
         char *dst = c->tx.data + pos + SB_RECORD_HEADER;
         if (extra)
             memcpy(dst, &len, 8);
@@ -589,13 +613,13 @@ sb_rx_release(sb_channel *c)
     sb_notify(c, &c->rx.ctrl->space_seq, &c->rx.ctrl->space_sleepers);
 }
 
-/* Reads the next record header, skipping PADs. On success fills *pos (of the payload),
+/* Reads the next record header, skipping a PAD. On success fills *pos (of the payload),
  * *len, *kind and leaves the record's size in pending_release. */
 static int
-sb_rx_next(sb_channel *c, double timeout, uint64_t *pos, uint64_t *len, uint32_t *kind)
+sb_rx_next(sb_channel *c, int64_t deadline, uint64_t *pos, uint64_t *len, uint32_t *kind)
 {
     for (;;) {
-        if (sb_wait(c, 0, 0, timeout, "a message") < 0)
+        if (sb_wait(c, 0, 0, deadline, "a message") < 0)
             return -1;
         uint64_t avail;
         const char *why = NULL;
@@ -610,7 +634,10 @@ sb_rx_next(sb_channel *c, double timeout, uint64_t *pos, uint64_t *len, uint32_t
         if (size > avail || size > contiguous)
             return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "record overruns the ring");
         if (h[1] == SB_REC_PAD) {
-            if (size != contiguous)
+            /* a pad fills the ring to its end, and never starts at 0 (a record always fits
+             * a whole ring): so at most one pad precedes a record, and a peer cannot keep
+             * this loop busy -- with the GIL held -- by streaming pads */
+            if (size != contiguous || p == 0)
                 return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "misplaced pad record");
             c->pending_release = size;
             sb_rx_release(c);
@@ -627,49 +654,62 @@ sb_rx_next(sb_channel *c, double timeout, uint64_t *pos, uint64_t *len, uint32_t
 }
 
 /* Receives one message: a zero-copy read-only view for a single record (valid until the
- * next recv or release), a reassembled bytes object for a fragmented one. */
+ * next recv or release), a reassembled bytes object for a fragmented one.
+ *
+ * A wait that ends mid-message (timeout=0 polling, a timeout, Ctrl-C) keeps the part
+ * reassembled so far in c->partial; the next recv() goes on from there, so polling never
+ * loses a fragment nor reads the stream out of step. */
 static PyObject *
-sb_recv_message(sb_channel *c, double timeout)
+sb_recv_message(sb_channel *c, int64_t deadline)
 {
     uint64_t pos, len;
     uint32_t kind;
     sb_rx_release(c);
-    if (sb_rx_next(c, timeout, &pos, &len, &kind) < 0)
-        return NULL;
-    if (kind == SB_REC_MESSAGE)
-        return sb_mapping_view(c->mapping, (size_t)(c->rx.data - c->mapping->base) + pos, len, 1);
-    if (kind != SB_REC_FIRST || len < 8)
-        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment out of order"), NULL;
-    uint64_t total;
-    memcpy(&total, c->rx.data + pos, 8);
-    if (total > c->max_message || total <= c->max_record)
-        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message",
-                                "fragmented message larger than max_message (or needlessly fragmented)"),
-               NULL;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (out == NULL)
-        return NULL;
-    char *dst = PyBytes_AS_STRING(out);
-    uint64_t got = len - 8;
-    if (got > total) {
-        Py_DECREF(out);
-        return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment overruns its message"), NULL;
-    }
-    memcpy(dst, c->rx.data + pos + 8, got);
-    while (got < total) {
-        sb_rx_release(c);
-        if (sb_rx_next(c, timeout, &pos, &len, &kind) < 0) {
-            Py_DECREF(out);
+    if (c->partial == NULL) {
+        if (sb_rx_next(c, deadline, &pos, &len, &kind) < 0)
             return NULL;
-        }
-        if ((kind != SB_REC_MIDDLE && kind != SB_REC_LAST) || len > total - got ||
-            (kind == SB_REC_LAST) != (got + len == total)) {
+        if (kind == SB_REC_MESSAGE)
+            return sb_mapping_view(c->mapping, (size_t)(c->rx.data - c->mapping->base) + pos, len, 1);
+        /* the producer fragments only what exceeds ITS max_record (half of the ring we
+         * consume), in fragments of at least an eighth of that ring: so reassembly takes
+         * a bounded number of records however the peer chooses them */
+        uint64_t peer_max_record = c->rx.cap / 2 - SB_RECORD_HEADER;
+        if (kind != SB_REC_FIRST || len < 8 + c->rx.cap / 8)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment out of order"), NULL;
+        uint64_t total;
+        memcpy(&total, c->rx.data + pos, 8);
+        if (total > c->max_message || total <= peer_max_record)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message",
+                                    "fragmented message larger than max_message (or needlessly fragmented)"),
+                   NULL;
+        if (len - 8 >= total)
+            return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "fragment overruns its message"), NULL;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+        if (out == NULL)
+            return NULL;
+        memcpy(PyBytes_AS_STRING(out), c->rx.data + pos + 8, len - 8);
+        c->partial = out;
+        c->partial_got = len - 8;
+    }
+    PyObject *out = c->partial;
+    uint64_t total = (uint64_t)PyBytes_GET_SIZE(out);
+    char *dst = PyBytes_AS_STRING(out);
+    while (c->partial_got < total) {
+        uint64_t got = c->partial_got;
+        sb_rx_release(c);
+        if (sb_rx_next(c, deadline, &pos, &len, &kind) < 0)
+            return NULL;   /* c->partial kept: the next recv() resumes */
+        if ((kind != SB_REC_MIDDLE && kind != SB_REC_LAST) || len > total - got || len == 0 ||
+            (kind == SB_REC_LAST) != (got + len == total) ||
+            (kind == SB_REC_MIDDLE && len < c->rx.cap / 8)) {
+            c->partial = NULL;
             Py_DECREF(out);
             return sb_raise_outcome(c, SB_W_PROTOCOL, "a message", "bad fragment sequence"), NULL;
         }
         memcpy(dst + got, c->rx.data + pos, len);
-        got += len;
+        c->partial_got = got + len;
     }
+    c->partial = NULL;
     sb_rx_release(c);
     PyObject *mv = PyMemoryView_FromObject(out);
     Py_DECREF(out);
@@ -680,11 +720,12 @@ sb_recv_message(sb_channel *c, double timeout)
  * Channel: Python methods
  * ====================================================================================== */
 
+/* timeout (None, 0 or seconds) -> a deadline (SB_FOREVER, SB_NOWAIT or a time) */
 static int
-sb_parse_timeout(PyObject *obj, double *out)
+sb_parse_timeout(PyObject *obj, int64_t *out)
 {
     if (obj == NULL || obj == Py_None) {
-        *out = -1.0;
+        *out = SB_FOREVER;
         return 0;
     }
     double t = PyFloat_AsDouble(obj);
@@ -695,8 +736,11 @@ sb_parse_timeout(PyObject *obj, double *out)
         return -1;
     }
     if (t > 1e9)
-        t = -1.0;
-    *out = t;
+        *out = SB_FOREVER;
+    else if (t == 0.0)
+        *out = SB_NOWAIT;
+    else
+        *out = sb_now_ns() + (int64_t)(t * 1e9);
     return 0;
 }
 
@@ -893,6 +937,7 @@ static void
 sb_channel_dealloc(sb_channel *self)
 {
     sb_channel_do_close(self);
+    Py_CLEAR(self->partial);
     Py_XDECREF(self->mapping);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -900,7 +945,8 @@ sb_channel_dealloc(sb_channel *self)
 PyDoc_STRVAR(sb_send_doc,
 "send($self, data, /, timeout=None)\n--\n\n"
 "Send one message (any bytes-like object). Waits for room when the ring is full.\n"
-"Messages larger than half the ring travel as fragments.");
+"Messages larger than half the ring travel as fragments; a timeout after some of them\n"
+"were sent leaves the channel unusable (the peer holds half a message).");
 
 static PyObject *
 sb_channel_send(sb_channel *self, PyObject *args, PyObject *kwds)
@@ -908,7 +954,7 @@ sb_channel_send(sb_channel *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"data", "timeout", NULL};
     Py_buffer buf;
     PyObject *tobj = Py_None;
-    double timeout;
+    int64_t timeout;   /* the deadline */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
         return NULL;
     int rc = -1;
@@ -928,14 +974,16 @@ PyDoc_STRVAR(sb_recv_doc,
 "recv($self, /, timeout=None)\n--\n\n"
 "Receive the next message as a read-only memoryview. A single-record message is a\n"
 "zero-copy view into the ring, valid until the next recv() or release(); it keeps the\n"
-"mapping alive. Raises ChannelTimeout, ChannelClosed, PeerDied or ProtocolError.");
+"mapping alive. A fragmented message comes back as a copy; a wait that ends in its middle\n"
+"keeps what arrived and the next recv() resumes. Raises ChannelTimeout, ChannelClosed,\n"
+"PeerDied or ProtocolError.");
 
 static PyObject *
 sb_channel_recv(sb_channel *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"timeout", NULL};
     PyObject *tobj = Py_None;
-    double timeout;
+    int64_t timeout;   /* the deadline */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", kwlist, &tobj))
         return NULL;
     if (sb_parse_timeout(tobj, &timeout) < 0 || sb_check_usable(self) < 0)
@@ -945,7 +993,8 @@ sb_channel_recv(sb_channel *self, PyObject *args, PyObject *kwds)
 
 PyDoc_STRVAR(sb_call_doc,
 "call($self, data, /, timeout=None)\n--\n\n"
-"send(data) then recv(): one round trip in one Python call.");
+"send(data) then recv(): one round trip in one Python call. The timeout bounds the whole\n"
+"round trip.");
 
 static PyObject *
 sb_channel_call(sb_channel *self, PyObject *args, PyObject *kwds)
@@ -953,7 +1002,7 @@ sb_channel_call(sb_channel *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"data", "timeout", NULL};
     Py_buffer buf;
     PyObject *tobj = Py_None;
-    double timeout;
+    int64_t timeout;   /* the deadline */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
         return NULL;
     PyObject *out = NULL;
@@ -992,7 +1041,7 @@ sb_channel_reserve(sb_channel *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"size", "timeout", NULL};
     Py_ssize_t size;
     PyObject *tobj = Py_None;
-    double timeout;
+    int64_t timeout;   /* the deadline */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|O", kwlist, &size, &tobj))
         return NULL;
     if (sb_parse_timeout(tobj, &timeout) < 0 || sb_check_usable(self) < 0)
@@ -1121,9 +1170,9 @@ sb_channel_peer_alive(sb_channel *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(sb_configure_wait_doc,
-"configure_wait($self, /, spin_ns=50000, adaptive=True, slice_ns=50000000)\n--\n\n"
+"configure_wait($self, /, spin_ns=100000, adaptive=True, slice_ns=50000000)\n--\n\n"
 "Spin at most spin_ns before sleeping (0: never spin). adaptive=True learns the typical\n"
-"wait and spins about four times that (capped at spin_ns), and stops spinning for a while\n"
+"wait and spins about twice that (capped at spin_ns), and stops spinning for a while\n"
 "when spins keep failing. slice_ns is how often a sleeping wait checks the peer is alive.");
 
 static PyObject *
@@ -1201,6 +1250,12 @@ sb_channel_get_peer_closed(sb_channel *self, void *unused)
 }
 
 static PyObject *
+sb_channel_get_receiving(sb_channel *self, void *unused)
+{
+    return PyBool_FromLong(self->partial != NULL);
+}
+
+static PyObject *
 sb_channel_get_max_record(sb_channel *self, void *unused)
 {
     return PyLong_FromUnsignedLongLong(self->max_record);
@@ -1241,6 +1296,8 @@ static PyGetSetDef sb_channel_getset[] = {
     {"closed", (getter)sb_channel_get_closed, NULL, "True after close().", NULL},
     {"peer_closed", (getter)sb_channel_get_peer_closed, NULL, "True once the peer closed its side.", NULL},
     {"max_record", (getter)sb_channel_get_max_record, NULL, "Largest message sent as one record.", NULL},
+    {"receiving", (getter)sb_channel_get_receiving, NULL,
+     "True while a fragmented message is partly received (a wait ended in its middle).", NULL},
     {"size", (getter)sb_channel_get_size, NULL, "Bytes mapped (header and rings).", NULL},
     {"role", (getter)sb_channel_get_role, NULL, "HOST (0) or SERVER (1).", NULL},
     {NULL},

@@ -45,7 +45,11 @@ enum sb_ring_index { SB_REQUEST = 0, SB_REPLY = 1 };
 enum sb_state { SB_STATE_NEW = 0, SB_STATE_OPEN = 1, SB_STATE_CLOSED = 2 };
 
 /* Record kinds (the second u32 of a record header). A message that does not fit one record
- * travels as FIRST (payload starts with the u64 total length), MIDDLE..., LAST. */
+ * travels as FIRST (payload starts with the u64 total length), MIDDLE..., LAST.
+ * Rules a consumer enforces (so a hostile producer cannot keep it busy for free): only a
+ * message longer than max_record (half the producer's ring, less a header) is fragmented;
+ * FIRST and MIDDLE fragments carry at least an eighth of the ring (the sender uses a
+ * quarter); no fragment is empty; a PAD fills the ring to its end and never starts at 0. */
 enum sb_record_kind {
     SB_REC_MESSAGE = 1,
     SB_REC_PAD = 2,     /* filler up to the end of the ring; the next record starts at 0 */

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build shmbench._ring with AddressSanitizer + UndefinedBehaviorSanitizer and run the channel
+# and hostile-peer tests against that build.
+#
+#   bash tests/sanitize.sh                 # tests/test_channel.py + tests/test_fuzz.py
+#   bash tests/sanitize.sh -k fuzz         # extra arguments go to pytest
+#
+# The build happens in a temporary copy of the tree, so the checkout keeps its normal
+# (optimised, unsanitized) extension whatever happens; the copy is removed on exit.
+# Every Python process the tests start (peers, fuzz hosts) inherits the environment below,
+# so they run the sanitized extension too.
+#
+# Why each setting:
+#   LD_PRELOAD=libasan.so    CPython itself is not built with ASan; its runtime must be the
+#                            first library loaded for its malloc/mmap interceptors to work.
+#   detect_leaks=0           CPython keeps interned objects and arenas alive at exit by
+#                            design; LeakSanitizer would report them all.
+#   PYTHONMALLOC=malloc      route Python object allocations (the bytes a fragmented message
+#                            is reassembled into) through malloc, where ASan guards them.
+#   abort_on_error, halt_on_error   a finding kills the process (a failed test), never a log
+#                            line that scrolls by.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/shmbench-sanitize.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+tar -C "$root" --exclude=.git --exclude='*.so' --exclude=build --exclude='*.egg-info' \
+    --exclude=__pycache__ --exclude=.hypothesis --exclude=.benchmarks --exclude=.pytest_cache \
+    -cf - . | tar -C "$work" -xf -
+
+cd "$work"
+SHMBENCH_SANITIZE=1 python setup.py -q build_ext --inplace 2>&1 | grep -v -i "warning: .*deprecated" || true
+so=$(ls "$work"/shmbench/_ring*.so)
+if ! nm -D "$so" | grep -q __asan_; then
+    echo "sanitize.sh: $so was not built with AddressSanitizer" >&2
+    exit 1
+fi
+
+libasan=$(gcc -print-file-name=libasan.so)
+export LD_PRELOAD="$libasan"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:disable_coredump=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export PYTHONMALLOC=malloc
+export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+
+python - "$work" <<'EOF'
+import sys
+import shmbench._ring as ring
+assert ring.__file__.startswith(sys.argv[1]), f"imported {ring.__file__}, not the sanitized build"
+print("sanitized build:", ring.__file__)
+EOF
+
+python -m pytest -q -p no:cacheprovider tests/test_channel.py tests/test_fuzz.py "$@"
