@@ -40,7 +40,9 @@ __all__ = [
     "Channel",
     "Session",
     "Slab",
+    "attach",
     "channel_base",
+    "channel_class",
     "gc",
     "reap_session",
 ]
@@ -307,8 +309,10 @@ class Session:
     def channel_path(self, name: str) -> Path:
         return self.path / f"{name}{CHANNEL_SUFFIX}"
 
-    def create_channel(self, name: str, **kwargs) -> Channel:
-        return Channel.create(self.channel_path(name), **kwargs)
+    def create_channel(self, name: str, *, wakeup: str = "futex", **kwargs) -> Channel:
+        """A new channel in this session; ``wakeup="posix_ipc"`` selects named semaphores
+        (see :mod:`shmbench.semaphore`: not across a private /dev/shm)."""
+        return channel_class(wakeup).create(self.channel_path(name), **kwargs)
 
     def close(self) -> None:
         """Remove the directory and everything in it, then drop the lock. Idempotent."""
@@ -326,6 +330,24 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<shmbench Session {self.path}{' closed' if self.closed else ''}>"
+
+
+def channel_class(wakeup: str) -> type[Channel]:
+    """The Channel class for a wake-up backend: ``"futex"`` (default) or ``"posix_ipc"``."""
+    if wakeup == "futex":
+        return Channel
+    if wakeup == "posix_ipc":
+        from shmbench.semaphore import SemaphoreChannel
+
+        return SemaphoreChannel
+    raise ValueError(f"wakeup must be 'futex' or 'posix_ipc', got {wakeup!r}")
+
+
+def attach(path: os.PathLike | str, **kwargs) -> Channel:
+    """Attach as the server, with the wake-up backend the host chose for this channel (a
+    ``<channel>.sem`` file beside it names its semaphores)."""
+    sem = Path(str(path) + ".sem")
+    return channel_class("posix_ipc" if sem.exists() else "futex").attach(path, **kwargs)
 
 
 def reap_session(path: Path) -> bool:

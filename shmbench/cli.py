@@ -111,6 +111,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     removed = gc(min_age=args.min_age)
     for path in removed:
         print(f"removed {path}")
+    from shmbench.semaphore import sweep
+
+    for name in sweep():
+        print(f"unlinked semaphore {name}")
     stopped: list = []
     try:
         from shmbench.container import apptainer

@@ -86,24 +86,28 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         factory: a callable building the env, shipped with cloudpickle (trusted code only).
         benchmark: a benchmark description ``{"benchmark", "config", "seed"}``.
         allow_pickle: let values the codec cannot carry travel as pickles (both ways).
+        start_timeout: seconds the server may take to start and build the env.
+        wakeup: ``"futex"`` (default; works across every container boundary) or
+            ``"posix_ipc"`` (named semaphores, the measured alternative; process runtime only).
         **env_kwargs: passed to ``gymnasium.make`` (or the factory) in the server.
     """
 
     def __init__(self, env_id: str | None = None, *, runtime="auto", image=None, binds=(),
                  environment=None, copy: bool = True, wait="auto", timeout: float | None = None,
                  factory=None, benchmark: dict | None = None, allow_pickle: bool = False,
-                 start_timeout: float = START_TIMEOUT, **env_kwargs) -> None:
+                 start_timeout: float = START_TIMEOUT, wakeup: str = "futex", **env_kwargs) -> None:
         if env_id is None and factory is None and benchmark is None:
             raise TypeError("give an env_id, a factory or a benchmark")
         self.copy = copy
         self._open(runtime=runtime, image=image, binds=binds, environment=environment,
-                   allow_pickle=allow_pickle, timeout=timeout)
+                   allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
         self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
 
-        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout)
+        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout,
+                        wakeup=self.wakeup)
         self._owned.workers.append(worker)
         self._worker = worker
         info = worker.make({

@@ -71,8 +71,9 @@ class RemoteBase:
     _owned: Owned
 
     def _open(self, *, runtime, image, binds, environment, allow_pickle: bool,
-              timeout: float | None) -> None:
+              timeout: float | None, wakeup: str = "futex") -> None:
         self.timeout = timeout
+        self.wakeup = wakeup
         self._codec = _codec.Codec(allow_pickle=allow_pickle)
         self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
         self._owned = Owned(self)

@@ -42,8 +42,8 @@ from typing import Any, cast
 
 import posix_ipc
 
-from shmbench.channel import HOST, Channel
-from shmbench.errors import ChannelClosed, ChannelMismatch, ChannelTimeout, PeerDied
+from shmbench.channel import Channel
+from shmbench.errors import ChannelMismatch, ChannelTimeout, PeerDied
 
 __all__ = ["SemaphoreChannel", "SLICE_S", "sweep"]
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shmbench import codec as _codec
-from shmbench.channel import Channel, Slab, reap_session
+from shmbench.channel import Slab, attach, reap_session
 from shmbench.errors import ChannelClosed, EncodeError, PeerDied, ProtocolError, ShmbenchError
 from shmbench.protocol import (
     STEP_REPLY,
@@ -152,7 +152,7 @@ class RemoteEnvironmentServer:
 
     def __init__(self, channel_path: os.PathLike | str) -> None:
         self.channel_path = Path(channel_path)
-        self.channel = Channel.attach(self.channel_path)
+        self.channel = attach(self.channel_path)
         self.codec = _codec.Codec()
         self.envs: list[Any] = []
         self.vector = False

@@ -72,7 +72,8 @@ class ShmVectorEnv(VectorEnv):
                  runtime="auto", image=None, binds=(), environment=None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, copy: bool = True,
                  wait="auto", timeout: float | None = None, factory=None, benchmark: dict | None = None,
-                 allow_pickle: bool = False, start_timeout: float = START_TIMEOUT, **env_kwargs) -> None:
+                 allow_pickle: bool = False, start_timeout: float = START_TIMEOUT, wakeup: str = "futex",
+                 **env_kwargs) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
         num_workers = default_num_workers(num_envs) if num_workers is None else num_workers
@@ -83,7 +84,7 @@ class ShmVectorEnv(VectorEnv):
         self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         self._rows = _split(num_envs, num_workers)
         RemoteBase._open(self, runtime=runtime, image=image, binds=binds, environment=environment,
-                         allow_pickle=allow_pickle, timeout=timeout)
+                         allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
         RemoteBase._started(self, self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait,
                             start_timeout)
 
@@ -93,7 +94,8 @@ class ShmVectorEnv(VectorEnv):
         owned = self._owned
         workers = owned.workers
         for i in range(len(self._rows)):
-            workers.append(Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout))
+            workers.append(Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout,
+                                  wakeup=self.wakeup))
         self._workers = workers
         pickled = cloudpickle.dumps(factory) if factory is not None else None
         # MAKE everywhere first, then collect: the servers build their envs in parallel

@@ -67,14 +67,17 @@ class Worker:
     """One server process and its channel, seen from the host."""
 
     def __init__(self, session: Session, index: int, runtime: Runtime, *, codec: _codec.Codec,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, wakeup: str = "futex") -> None:
         self.index = index
         self.runtime = runtime
         self.codec = codec
         self.timeout = timeout
         self.name = f"worker {index} ({runtime.name} runtime, image {runtime.describe_image()})"
         self.state = WorkerState.CLOSED
-        self.channel: Channel = session.create_channel(f"w{index}")
+        if wakeup != "futex" and runtime.isolated:
+            raise ValueError(f"wakeup={wakeup!r} needs the host's /dev/shm, which the {runtime.name} "
+                             f"runtime hides from the server; use the default futex wake-ups")
+        self.channel: Channel = session.create_channel(f"w{index}", wakeup=wakeup)
         self.process: ServerProcess | None = None
         try:
             self.process = runtime.start(Launch(

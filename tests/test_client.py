@@ -261,3 +261,16 @@ def test_unclosed_env_is_closed_by_the_garbage_collector():
     assert not session.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_posix_ipc_wakeups_are_selectable_and_bit_exact():
+    ref = gymnasium.make("CartPole-v1")
+    actions = actions_for(ref.action_space, 300, seed=4)
+    expected = run_trajectory(ref, actions, seed=2)
+    with shmbench.make("CartPole-v1", runtime="process", wakeup="posix_ipc") as env:
+        from shmbench.semaphore import SemaphoreChannel
+
+        assert isinstance(env._worker.channel, SemaphoreChannel)
+        assert_same(run_trajectory(env, actions, seed=2), expected)
+    with pytest.raises(ValueError, match="/dev/shm"):
+        shmbench.make("CartPole-v1", runtime="bwrap", wakeup="posix_ipc")
