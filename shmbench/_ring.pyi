@@ -11,6 +11,8 @@ SERVER: Final[int]
 HEADER_SIZE: Final[int]
 LAYOUT_VERSION: Final[int]
 RECORD_HEADER: Final[int]
+#: size of the fixed head of a single env's step reply (shmbench.protocol.STEP_REPLY)
+STEP_REPLY_SIZE: Final[int]
 #: opcode name -> value, mirrored by shmbench.protocol.Opcode
 OPCODES: Final[dict[str, int]]
 #: status name -> value, mirrored by shmbench.protocol.Status
@@ -64,6 +66,14 @@ class Channel:
         release(), or a copy for a fragmented message."""
     def call(self, data: ReadableBuffer, /, timeout: float | None = None) -> memoryview:
         """send() then recv(); the timeout bounds the whole round trip."""
+    def reply_step(self, obs: object, reward: object, terminated: object, truncated: object,
+                   info: object, dst: object, timeout: float | None = None, /) -> memoryview | None:
+        """Server fast path: copy obs into dst, send the 16-byte step reply and receive the
+        next request; None (nothing done) unless the result is the common case."""
+    def call_step(self, request: ReadableBuffer, dst: object, copy: bool, timeout: float | None = None,
+                  /) -> tuple[object, float, bool, bool, dict[str, object]] | memoryview:
+        """Host fast path: call(request); the finished step tuple for the common reply,
+        else the raw reply."""
     def release(self) -> None:
         """Hand the space of the last received message back to the producer now."""
     def reserve(self, size: int, /, timeout: float | None = None) -> memoryview:

@@ -137,7 +137,11 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             "slab": slab.path.name, "layout": lay.to_wire(), "rows": [0, 1],
             "spin_ns": spin_ns, "adaptive": adaptive,
         }))
-        self._fast = (worker.channel.call, self._act, self._act_discrete, self._obs0, self.copy, self.timeout)
+        # a slab array is handed out by the C fast path only for spaces whose obs IS one array
+        array_obs = isinstance(self.observation_space, (gymnasium.spaces.Box, gymnasium.spaces.MultiDiscrete,
+                                                        gymnasium.spaces.MultiBinary))
+        self._fast = (worker.channel.call_step, self._act, self._act_discrete,
+                      self._obs0 if array_obs else None, self.copy, self.timeout)
 
     # -- the fast path -------------------------------------------------------------------
 
@@ -159,7 +163,11 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         else:
             req = _STEP_CODEC + self._codec.encode(action)
         try:
-            mv = call(req, timeout)
+            # the common reply (array obs in the slab, float reward, bool flags, no info) comes
+            # back from C as the finished tuple; anything else as the raw reply to parse here
+            mv = call(req, obs0, copy, timeout)
+            if type(mv) is tuple:
+                return mv
             status, otag, rtag, tflag, uflag, reward = _unpack_step(mv)
         except ShmbenchError as exc:
             raise self._worker.failure(exc) from None
@@ -167,9 +175,6 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             raise self._worker.failure(_protocol("short step reply")) from None
         if status:
             self._worker.check(mv)
-        if len(mv) == _HEADER and not otag and not rtag and tflag < 2 and uflag < 2:
-            # the common case: array obs in the slab, a float reward, bool flags, no info
-            return (obs0.copy() if copy else obs0), reward, tflag == 1, uflag == 1, {}
         extras = self._codec.decode(mv[_HEADER:]) if len(mv) > _HEADER else None
         obs = self._read_obs(otag, extras)
         if rtag:

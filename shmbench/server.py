@@ -28,7 +28,6 @@ from shmbench.channel import Slab, attach, reap_session
 from shmbench.errors import ChannelClosed, EncodeError, PeerDied, ProtocolError, ShmbenchError
 from shmbench.protocol import (
     STEP_REPLY,
-    STEP_REPLY_F,
     VEC_REPLY,
     ActionTag,
     ObsTag,
@@ -44,8 +43,7 @@ from shmbench.spaces import SlabLayout, describe
 __all__ = ["RemoteEnvironmentServer", "make_env", "main"]
 
 _OK = bytes([Status.OK])
-_ndarray = np.ndarray
-_pack_step = STEP_REPLY_F.pack
+
 _CODEC = ObsTag.CODEC
 
 
@@ -189,8 +187,16 @@ class RemoteEnvironmentServer:
                 except IndexError:
                     raise ProtocolError("empty request") from None
                 if op == 4:   # Opcode.STEP, tested first: the hot path
-                    handler = self._step
-                elif op == Opcode.CLOSE:
+                    try:
+                        reply = self._step(mv)
+                    except (ChannelClosed, PeerDied):
+                        raise
+                    except Exception as exc:
+                        reply = self._error_reply(exc)
+                    # the C fast path already sent the reply and received the next request
+                    mv = reply if type(reply) is memoryview else call(reply)
+                    continue
+                if op == Opcode.CLOSE:
                     self._close_envs()
                     send(_OK)
                     break
@@ -322,9 +328,8 @@ class RemoteEnvironmentServer:
             # identity, not equality, of the dtype on the hot path (numpy hands out one
             # dtype object per builtin type); anything else takes _write_obs's full check
             self._act0 = act[0] if act is not None and len(act) == 1 else None
-            array = self._obs_kind == "array"
-            self._fast = (self._act0, env.step, self._obs0, self._obs0.dtype if array else None,
-                          self._obs0.shape if array else None)
+            self._fast = (self._act0, env.step, self.channel.reply_step,
+                          self._obs0 if self._obs_kind == "array" else None)
         self._configured = True
         return _OK
 
@@ -367,19 +372,19 @@ class RemoteEnvironmentServer:
                 return ObsTag.SLAB_TREE
         return _CODEC
 
-    def _step(self, mv: memoryview) -> bytes:
+    def _step(self, mv: memoryview) -> bytes | memoryview:
+        """One single-env step: the reply, or (C fast path) the next request."""
         # the hot path: its state comes from one tuple, every attribute lookup costs tens of ns
-        act0, env_step, obs0, obs_dtype, obs_shape = self._fast
+        act0, env_step, reply_step, obs_dst = self._fast
         action = int(act0) if mv[1] == 1 else self._action(mv)   # 1: ActionTag.SLAB_INT
         obs, reward, terminated, truncated, info = env_step(action)
-        if type(obs) is _ndarray and obs.dtype is obs_dtype and obs.shape == obs_shape:
-            obs0[...] = obs
-            if (type(reward) is float and type(terminated) is bool and type(truncated) is bool
-                    and type(info) is dict and not info):
-                return _pack_step(0, 0, 0, terminated, truncated, reward)   # the common case
-            otag = ObsTag.SLAB_ARRAY
-        else:
-            otag = self._write_obs(obs)
+        if obs_dst is not None:
+            # the common case (exact ndarray obs, float reward, bool flags, empty info) is
+            # copied, replied and the next request received in C; None: not that case
+            nxt = reply_step(obs, reward, terminated, truncated, info, obs_dst)
+            if nxt is not None:
+                return nxt
+        otag = self._write_obs(obs)
         rtag, raw = encode_scalar(reward)
         tflag = encode_flag(terminated)
         uflag = encode_flag(truncated)

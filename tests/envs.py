@@ -189,3 +189,22 @@ class GraphEnv(gymnasium.Env):
 
     observation_space = spaces.Graph(node_space=spaces.Box(0, 1, (2,)), edge_space=None)
     action_space = spaces.Discrete(2)
+
+
+class StridedObsEnv(_Seeded):
+    """Observations that are non-contiguous views (and, every third step, big-endian
+    copies): right dtype and shape, but not the bytes a plain copy would take."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def _obs(self):
+        self.buf = self.np_random.uniform(-1, 1, 6).astype(np.float32)
+        return self.buf[::2]
+
+    def step(self, action):
+        self.t += 1
+        obs = self._obs()
+        if self.t % 3 == 0:
+            obs = obs.astype(">f4")
+        return obs, float(action), False, self.t % 50 == 0, {}

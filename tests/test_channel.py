@@ -1067,3 +1067,9 @@ def test_stub_matches_the_extension():
     proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "shmbench._ring"],
                           capture_output=True, text=True, timeout=300, cwd=TESTS.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_step_reply_head_agrees_with_the_protocol():
+    from shmbench.protocol import STEP_REPLY, STEP_REPLY_F
+
+    assert _ring.STEP_REPLY_SIZE == STEP_REPLY.size == STEP_REPLY_F.size == 16

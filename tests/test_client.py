@@ -26,6 +26,7 @@ TRAJECTORY_ENVS = [
     ("envs:WrongDtypeEnv", {}),
     ("envs:InfoEnv", {}),
     ("envs:TextEnv", {}),
+    ("envs:StridedObsEnv", {}),
 ]
 
 

@@ -77,6 +77,22 @@ enum sb_opcode {
 /* Every reply starts with a status byte. */
 enum sb_status { SB_STATUS_OK = 0, SB_STATUS_ERROR = 1 };
 
+/* The fixed head of a single env's STEP reply (shmbench.protocol.STEP_REPLY mirrors it; a
+ * test checks the size). The C fast paths (Channel.reply_step / Channel.call_step) write and
+ * read only its common case: obs in the slab (tag 0), a Python float reward (tag 0), Python
+ * bools (0/1) and no extras. Everything else is built and parsed in Python. */
+typedef struct {
+    uint8_t status;
+    uint8_t obs_tag;
+    uint8_t reward_tag;
+    uint8_t terminated;   /* 0/1 Python bool, 2/3 numpy bool, 255 in the extras */
+    uint8_t truncated;
+    uint8_t pad[3];
+    double reward;        /* read as int64 for the integer reward tags */
+} sb_step_reply;
+
+_Static_assert(sizeof(sb_step_reply) == 16, "the step reply head is 16 bytes");
+
 /* One ring's control block: four cache lines so that the producer's and the consumer's hot
  * words never share a line (false sharing would cost a cache-line transfer per access).
  *
