@@ -30,6 +30,7 @@ class WaitStats(TypedDict):
     wakes_skipped: int
     spin_estimate_ns: int
     spin_budget_ns: int
+    spin_pause_left: int
 
 @final
 class Mapping:

@@ -330,6 +330,11 @@ class RemoteEnvironmentServer:
             self._act0 = act[0] if act is not None and len(act) == 1 else None
             self._fast = (self._act0, env.step, self.channel.reply_step,
                           self._obs0 if self._obs_kind == "array" else None)
+            if self._obs_kind == "array":
+                # zero copy for envs that can write their observations where we want them
+                setter = _optional_attr(env, "set_observation_buffer")
+                if setter is not None:
+                    setter(self._obs0)
         self._configured = True
         return _OK
 
@@ -353,7 +358,9 @@ class RemoteEnvironmentServer:
             if type(obs) is np.ndarray:
                 dst = self._obs0
                 if obs.dtype == dst.dtype and obs.shape == dst.shape:
-                    dst[...] = obs
+                    if not (obs.base is dst.base and obs.ctypes.data == dst.ctypes.data
+                            and obs.strides == dst.strides):   # the env wrote into the slab
+                        dst[...] = obs
                     return ObsTag.SLAB_ARRAY
         elif kind == "discrete":
             t = type(obs)
@@ -529,6 +536,14 @@ class RemoteEnvironmentServer:
 # ------------------------------------------------------------------------------------------
 # structure helpers for single-env observations
 # ------------------------------------------------------------------------------------------
+
+def _optional_attr(env: Any, name: str) -> Any:
+    """``env``'s attribute ``name`` through its wrappers, or None."""
+    try:
+        return env.get_wrapper_attr(name)
+    except AttributeError:
+        return None
+
 
 def _get(obj: Any, name: str) -> Any:
     """An env's attribute through its wrappers; any other served object's plain attribute."""

@@ -208,3 +208,29 @@ class StridedObsEnv(_Seeded):
         if self.t % 3 == 0:
             obs = obs.astype(">f4")
         return obs, float(action), False, self.t % 50 == 0, {}
+
+
+class InPlaceEnv(_Seeded):
+    """Writes each observation into one buffer and returns that buffer; takes a buffer to
+    write into from the server (``set_observation_buffer``), as zero-copy envs do."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (64, 16), np.float32)
+    action_space = spaces.Discrete(64)
+
+    def __init__(self):
+        self.buf = np.zeros((64, 16), dtype=np.float32)
+        self.received_buffer = False
+
+    def set_observation_buffer(self, buffer):
+        buffer[...] = self.buf
+        self.buf = buffer
+        self.received_buffer = True
+
+    def _obs(self):
+        self.buf[...] = self.np_random.uniform(-1, 1, self.buf.shape).astype(np.float32)
+        return self.buf
+
+    def step(self, action):
+        self.t += 1
+        self.buf[action] = self.np_random.uniform(-1, 1, 16).astype(np.float32)   # a small update
+        return self.buf, float(self.buf[action, 0]), False, self.t % 40 == 0, {}

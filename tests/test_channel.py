@@ -1073,3 +1073,45 @@ def test_step_reply_head_agrees_with_the_protocol():
     from shmbench.protocol import STEP_REPLY, STEP_REPLY_F
 
     assert _ring.STEP_REPLY_SIZE == STEP_REPLY.size == STEP_REPLY_F.size == 16
+
+
+def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
+    """The policy learns only from waits that ended while spinning: a peer slower than the
+    spin cap makes it pause spinning (the pause doubles on repeats); once the peer is fast
+    again, the probe at the end of a pause succeeds and spinning resumes."""
+    with Session() as s:
+        h = s.create_channel("a")
+        sv = Channel.attach(h.path, watch_stdin=False)
+        h.configure_wait(spin_ns=100_000, adaptive=True)
+        delay = [0.002]
+        stop = threading.Event()
+
+        def echo():
+            while not stop.is_set():
+                try:
+                    mv = sv.recv(timeout=0.5)
+                except ChannelTimeout:
+                    continue
+                time.sleep(delay[0])
+                sv.send(bytes(mv))
+
+        t = threading.Thread(target=echo, daemon=True)
+        t.start()
+        try:
+            for _ in range(6):                   # slow replies: spins fail, a pause begins
+                h.call(b"x", timeout=5)
+            stats = h.stats()
+            assert stats["spin_pause_left"] > 0 and stats["spin_budget_ns"] == 0, stats
+            assert stats["spin_ok"] == 0
+            delay[0] = 0.0
+            for _ in range(200):                 # fast replies: the probe succeeds, spinning resumes
+                h.call(b"x", timeout=5)
+            stats = h.stats()
+            assert stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0, stats
+            assert stats["spin_ok"] > 100, stats
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            sv.close()
+            h.close()
+            h.unlink()

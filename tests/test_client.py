@@ -27,6 +27,7 @@ TRAJECTORY_ENVS = [
     ("envs:InfoEnv", {}),
     ("envs:TextEnv", {}),
     ("envs:StridedObsEnv", {}),
+    ("envs:InPlaceEnv", {}),
 ]
 
 
@@ -54,14 +55,17 @@ def actions_for(space: gymnasium.Space, n: int, seed: int) -> list:
 
 
 def run_trajectory(env: gymnasium.Env, actions: list, seed: int) -> list:
-    trace = [env.reset(seed=seed)]
+    """Every reset and step result, snapshotted (an env may reuse its obs buffer)."""
+    from copy import deepcopy
+
+    trace = [deepcopy(env.reset(seed=seed))]
     episode = 0
     for a in actions:
         step = env.step(a)
-        trace.append(step)
+        trace.append(deepcopy(step))
         if step[2] or step[3]:
             episode += 1
-            trace.append(env.reset(seed=seed + episode if episode % 2 else None))
+            trace.append(deepcopy(env.reset(seed=seed + episode if episode % 2 else None)))
     return trace
 
 
@@ -275,3 +279,14 @@ def test_posix_ipc_wakeups_are_selectable_and_bit_exact():
         assert_same(run_trajectory(env, actions, seed=2), expected)
     with pytest.raises(ValueError, match="/dev/shm"):
         shmbench.make("CartPole-v1", runtime="bwrap", wakeup="posix_ipc")
+
+
+def test_envs_that_write_in_place_get_the_slab_and_nothing_is_copied():
+    ref = native("envs:InPlaceEnv")
+    with shmbench.make("envs:InPlaceEnv", runtime="process", copy=False) as env:
+        assert env.get_attr("received_buffer") is True
+        obs0, _ = env.reset(seed=1)
+        obs1, *_ = env.step(3)
+        assert obs0 is obs1 or np.shares_memory(obs0, obs1), "copy=False hands out the slab itself"
+        ref.reset(seed=1)
+        assert_same(obs1.copy(), ref.step(3)[0].copy())

@@ -22,6 +22,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/file.h>
@@ -51,6 +52,8 @@ static sb_module_state sb_state;
 #define SB_DEFAULT_SLICE_NS   (50 * 1000 * 1000LL)     /* liveness checked this often */
 #define SB_DEFAULT_SPIN_NS    (100 * 1000LL)
 #define SB_SPIN_FLOOR_NS      (10 * 1000LL)
+#define SB_YIELD_AFTER_NS     (20 * 1000LL)     /* a spin this long starts yielding... */
+#define SB_YIELD_EVERY_NS     (10 * 1000LL)     /* ...this often */
 #define SB_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
 
 /* ======================================================================================
@@ -200,7 +203,9 @@ typedef struct {
     int64_t spin_max_ns;
     int adaptive;
     int64_t est_ns;          /* EWMA of waits that ended while spinning */
-    int fail_streak;         /* waits without spinning since the last probe */
+    int fail_streak;         /* consecutive spins that ended without data */
+    int pause_left;          /* waits left that sleep without spinning */
+    int pause_len;           /* the next pause, in waits */
     int64_t slice_ns;
 } sb_wait_policy;
 
@@ -361,6 +366,12 @@ sb_cond(sb_channel *c, int space, uint64_t need, const char **why)
     return space ? sb_tx_room(c, need, why) : sb_rx_ready(c, &avail, why);
 }
 
+/* The adaptive spin budget. It learns only from waits that ended while spinning: a wait
+ * that had to sleep also measured the peer's wake-up (tens of us on a halted vCPU), and
+ * learning from it made both sides' estimates grow until neither spun any more. Spins that
+ * keep failing (a slow peer, or one that shares our core) pause spinning for a number of
+ * waits that doubles on every repeat; the last wait of a pause probes with the full budget,
+ * and one success ends the pausing. */
 static int64_t
 sb_spin_budget(sb_wait_policy *w)
 {
@@ -368,31 +379,37 @@ sb_spin_budget(sb_wait_policy *w)
         return 0;
     if (!w->adaptive)
         return w->spin_max_ns;
-    if (w->est_ns > w->spin_max_ns) {
-        /* replies take longer than we may spin: block, but probe now and then in case the
-         * peer got faster (or only looked slow because it was asleep itself) */
-        if (++w->fail_streak < 32)
-            return 0;
-        w->fail_streak = 0;
-        return w->spin_max_ns;
-    }
+    if (w->pause_left > 0)
+        return --w->pause_left == 0 ? w->spin_max_ns : 0;
     int64_t b = 2 * w->est_ns;
     if (b < SB_SPIN_FLOOR_NS)
         b = SB_SPIN_FLOOR_NS;
     return b < w->spin_max_ns ? b : w->spin_max_ns;
 }
 
-/* Learn how long waits take. Samples are clamped so that one long pause (an episode
- * reset, a checkpoint) moves the estimate by at most a bounded step. */
+/* The budget the next wait would spin, without consuming a pause (for stats()). */
+static int64_t
+sb_spin_peek(const sb_wait_policy *w)
+{
+    sb_wait_policy copy = *w;
+    return sb_spin_budget(&copy);
+}
+
 static void
-sb_spin_learn(sb_wait_policy *w, int64_t elapsed)
+sb_spin_learn(sb_wait_policy *w, int ok, int64_t elapsed)
 {
     if (!w->adaptive)
         return;
-    int64_t cap = 2 * w->spin_max_ns;
-    if (elapsed > cap)
-        elapsed = cap;
-    w->est_ns += (elapsed - w->est_ns) / 8;
+    if (ok) {
+        w->est_ns += (elapsed - w->est_ns) / 8;
+        w->fail_streak = 0;
+        w->pause_len = 16;
+    } else if (++w->fail_streak >= 4) {
+        w->fail_streak = 0;
+        w->pause_left = w->pause_len;
+        if (w->pause_len < 1024)
+            w->pause_len *= 2;
+    }
 }
 
 static int
@@ -419,9 +436,14 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
     int64_t last_check = t0;
     int64_t budget = sb_spin_budget(&c->wait);
 
-    /* spin: a cache-line poll, checking the clock every few iterations */
+    /* spin: a cache-line poll, checking the clock every few iterations. A spin that runs
+     * long yields the CPU now and then: if the peer is waiting for this very core (more
+     * runnable processes than cores), sched_yield lets it run instead of leaving it queued
+     * until our spin or our time slice ends -- the milliseconds-per-step cliff. Short
+     * spins, the common case, never make the syscall. */
     if (budget > 0) {
         int64_t spin_end = t0 + budget;
+        int64_t next_yield = t0 + SB_YIELD_AFTER_NS;
         int64_t now = t0;
         for (;;) {
             for (int i = 0; i < 16; i++) {
@@ -433,14 +455,19 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             now = sb_now_ns();
             if (now >= spin_end || now >= deadline || sb_peer_closed(c))
                 break;
+            if (now >= next_yield) {
+                sched_yield();
+                next_yield = now + SB_YIELD_EVERY_NS;
+            }
         }
     spun:
         if (r != 0) {
             c->n_spin_ok++;
-            sb_spin_learn(&c->wait, sb_now_ns() - t0);
+            sb_spin_learn(&c->wait, 1, sb_now_ns() - t0);
             goto done;
         }
         c->n_spin_fail++;
+        sb_spin_learn(&c->wait, 0, 0);
     }
 
     /* block: FUTEX_WAIT in slices; between slices, liveness and signals. The rings are
@@ -495,8 +522,6 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             break;
         }
     }
-    if (outcome == SB_W_OK)
-        sb_spin_learn(&c->wait, sb_now_ns() - t0);
 done:
     PyEval_RestoreThread(ts);
     if (r < 0)
@@ -912,6 +937,7 @@ sb_channel_init(sb_channel *self, PyObject *args, PyObject *kwds)
     self->wait.spin_max_ns = SB_DEFAULT_SPIN_NS;
     self->wait.adaptive = 1;
     self->wait.est_ns = SB_DEFAULT_SPIN_NS / 4;
+    self->wait.pause_len = 16;
     self->wait.slice_ns = SB_DEFAULT_SLICE_NS;
     self->peer_lock_fd = -1;
     self->hdr->pid[role] = (uint32_t)getpid();
@@ -1051,7 +1077,7 @@ sb_copy_exact(PyObject *obs, PyObject *dst)
                strcmp(src.format ? src.format : "B", out.format ? out.format : "B") == 0;
     for (int i = 0; same && i < src.ndim; i++)
         same = src.shape[i] == out.shape[i];
-    if (same)
+    if (same && src.buf != out.buf)   /* an env writing into the slab itself: nothing to copy */
         memcpy(out.buf, src.buf, (size_t)src.len);
     PyBuffer_Release(&out);
     PyBuffer_Release(&src);
@@ -1329,6 +1355,8 @@ sb_channel_configure_wait(sb_channel *self, PyObject *args, PyObject *kwds)
     self->wait.adaptive = adaptive;
     self->wait.est_ns = spin / 4;
     self->wait.fail_streak = 0;
+    self->wait.pause_left = 0;
+    self->wait.pause_len = 16;
     self->wait.slice_ns = slice;
     Py_RETURN_NONE;
 }
@@ -1339,14 +1367,15 @@ PyDoc_STRVAR(sb_stats_doc,
 static PyObject *
 sb_channel_stats(sb_channel *self, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsLsL}",
+    return Py_BuildValue("{sKsKsKsKsKsLsLsL}",
                          "spin_ok", (unsigned long long)self->n_spin_ok,
                          "spin_fail", (unsigned long long)self->n_spin_fail,
                          "sleeps", (unsigned long long)self->n_sleeps,
                          "wakes", (unsigned long long)self->n_wakes,
                          "wakes_skipped", (unsigned long long)self->n_wakes_skipped,
                          "spin_estimate_ns", (long long)self->wait.est_ns,
-                         "spin_budget_ns", (long long)(self->wait.adaptive ? (2 * self->wait.est_ns < self->wait.spin_max_ns ? 2 * self->wait.est_ns : self->wait.spin_max_ns) : self->wait.spin_max_ns));
+                         "spin_budget_ns", (long long)sb_spin_peek(&self->wait),
+                         "spin_pause_left", (long long)self->wait.pause_left);
 }
 
 PyDoc_STRVAR(sb_close_doc,
