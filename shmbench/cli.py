@@ -261,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shmbench.runner import run_command
+    from shmbench.runcli import run_command
 
     return run_command(args)
 
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an agent on an experiment, logging on the host")
     try:
-        from shmbench.runner import add_run_arguments
+        from shmbench.runcli import add_run_arguments
     except ImportError:  # the runner is optional at import time only for a partial install
         add_run_arguments = None
     if add_run_arguments is not None:

@@ -15,36 +15,8 @@ memory; :class:`LocalRunner` builds the same env from the same description in th
 Both share one :meth:`Runner.run` (DACBench's ``run_benchmark`` loop) and one log writer
 (:mod:`shmbench.logs`).
 
-How a benchmark object, an experiment record and explicit arguments combine
-(:func:`resolve_experiment`):
-
-- **benchmark id**: the record's. A benchmark object (or id string) given as well must name
-  the same benchmark (``shmbench/Sigmoid`` and ``shmbench/Sigmoid-v0`` are the same);
-  anything else is an :class:`~shmbench.errors.ExperimentError`, not a silent switch.
-- **config**: the record's config, then the benchmark object's *changes* on top, then
-  ``config=`` on top of that. A benchmark object always holds a full config (defaults
-  included), so its changes are found by comparing it key by key with a fresh object of its
-  class built from the record's config: a key the user edited (``bench.config.cutoff =
-  20``) overrides the record; a key left at its default does not. Instance sets read from
-  host files are inlined, as :meth:`~shmbench.benchmarks.DACBenchmark.spec` does.
-- **seed**: the record's seed policy (``base``, ``per_episode``) with ``base`` replaced by
-  ``seed=`` when given, else by the benchmark object's seed when it is an int other than
-  its class's default (``set_seed(42)``). ``set_seed(0)`` on a class whose default is 0
-  cannot be told from no call at all: pass ``seed=0`` to force it. The env is constructed
-  with seed ``base``; episode *i* resets with ``policy.seed_for(i)``.
-- **image**: ``image=`` (with ``image_digest=``) wins over the record's image.
-- **wrappers, log fields**: the record's.
-
-Without a record (``experiment_identifier=None``) the run is ad hoc: the identifier is
-``adhoc:<benchmark>``, the config is the benchmark object's full config (or ``config=``),
-the seed policy is ``once`` from ``seed=``, else the benchmark object's seed, else 0 for a
-bare id (the first reset is seeded, later ones continue the env's generator: DACBench's
-behaviour; a benchmark object seeded with None is refused, as the run could not be
-repeated), and rewards, actions and states are logged.
-
-Whatever changed relative to the record is written to the log header as ``overrides``,
-next to the hash of the record as published (``record_hash``) and of what actually ran
-(``experiment_hash``).
+How a benchmark object, an experiment record and explicit arguments combine is
+:mod:`shmbench.experiments.combine`'s business (:func:`resolve_experiment`).
 
 Wrappers named by a record are applied on the host around the env (local or remote), so
 both runners see the same wrapped env; they are gymnasium's own wrappers and need nothing
@@ -61,10 +33,8 @@ from __future__ import annotations
 
 import abc
 import argparse
-import dataclasses
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -77,7 +47,8 @@ import gymnasium
 import numpy as np
 
 from shmbench.errors import ExperimentError, RemoteEnvError, ShmbenchError
-from shmbench.experiments import ExperimentRecord, SeedPolicy, WrapperSpec, resolve
+from shmbench.experiments import WrapperSpec
+from shmbench.experiments.combine import Experiment, resolve_experiment, slug
 from shmbench.images import ImageSpec
 from shmbench.logs import LOG_FORMAT, RunLog, timestamp, to_plain
 from shmbench.worker import START_TIMEOUT
@@ -92,168 +63,13 @@ __all__ = [
     "RemoteRunner",
     "RemoteRunnerServer",
     "resolve_experiment",
-    "add_run_arguments",
-    "run_command",
 ]
 
 #: Where logs go when neither ``log_dir`` nor ``log_path`` is given (relative to the cwd).
 DEFAULT_LOG_DIR = "shmbench_logs"
 
-#: What an ad-hoc run (no record) logs per step.
-_ADHOC_LOG = ("reward", "action", "state")
 _RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "local")
 _MISSING = object()
-
-
-# ------------------------------------------------------------------------------------------
-# the experiment a runner runs
-# ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Experiment:
-    """What a runner runs, and how it differs from the record it was asked for.
-
-    Attributes:
-        record: the effective record (overrides applied); its hash is what ran.
-        base: the record as resolved from the identifier (None for an ad-hoc run).
-        overrides: what differs from ``base``: ``{"config": {...}, "seed": int,
-            "image": {...}}``, each key present only when something changed.
-    """
-
-    record: ExperimentRecord
-    base: ExperimentRecord | None
-    overrides: dict[str, Any]
-
-    @property
-    def identifier(self) -> str | None:
-        """The identifier asked for (None for an ad-hoc run)."""
-        return self.base.identifier if self.base is not None else None
-
-    @property
-    def seed_policy(self) -> SeedPolicy:
-        return self.record.seed
-
-    @property
-    def image(self) -> ImageSpec | None:
-        return self.record.image
-
-    def benchmark_spec(self) -> dict[str, Any]:
-        """The description the env is built from: ``{"benchmark", "config", "seed"}``."""
-        return {"benchmark": self.record.benchmark, "config": json.loads(json.dumps(self.record.config)),
-                "seed": self.record.seed.base}
-
-
-def _host_benchmark_class(benchmark_id: str) -> type | None:
-    from shmbench.benchmarks import LubyBenchmark, SigmoidBenchmark, canonical_id
-
-    return {cls.benchmark_id: cls for cls in (SigmoidBenchmark, LubyBenchmark)}.get(canonical_id(benchmark_id))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
-def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None = None, *,
-                       config: Mapping[str, Any] | None = None, seed: int | None = None,
-                       image: str | os.PathLike[str] | ImageSpec | None = None,
-                       image_digest: str | None = None) -> Experiment:
-    """Combine a benchmark (object or id), an experiment record and explicit overrides.
-
-    The rules are in the module docstring.
-
-    Raises:
-        TypeError: neither a benchmark nor an identifier.
-        ExperimentError: an unknown identifier, a benchmark that does not match the record,
-            a config the benchmark refuses, or an ad-hoc run without an integer seed.
-        ImageError: a bad image reference or digest.
-    """
-    from shmbench.benchmarks import canonical_id
-    from shmbench.strict_json import strict_json
-
-    record = resolve(experiment_identifier) if experiment_identifier is not None else None
-    obj = None
-    if benchmark is None:
-        bench_id = None
-    elif isinstance(benchmark, str):
-        bench_id = benchmark
-    elif isinstance(getattr(benchmark, "benchmark_id", None), str) and callable(getattr(benchmark, "spec", None)):
-        obj, bench_id = benchmark, benchmark.benchmark_id
-    else:
-        raise TypeError(f"benchmark must be a benchmark id or a shmbench benchmark object "
-                        f"(with benchmark_id and spec()), not {type(benchmark).__name__}")
-    if record is None and bench_id is None:
-        raise TypeError("give a benchmark, an experiment_identifier, or both")
-    if record is not None and bench_id is not None and canonical_id(bench_id) != canonical_id(record.benchmark):
-        raise ExperimentError(f"benchmark {bench_id!r} does not match experiment {record.identifier!r}, "
-                              f"which runs {record.benchmark!r}")
-    if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
-        raise ExperimentError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
-
-    overrides: dict[str, Any] = {}
-    config_changes: dict[str, Any] = {}
-    obj_seed = None
-    if obj is not None:
-        mine = obj.spec()
-        mine_config = dict(mine["config"])
-        mine_config.pop("seed", None)
-        default_seed = type(obj)().config.get("seed")
-        if type(mine["seed"]) is int and mine["seed"] != default_seed:
-            obj_seed = mine["seed"]
-        if record is not None:
-            reference = dict(type(obj)(config=record.config).spec()["config"])
-            reference.pop("seed", None)
-            config_changes = {k: v for k, v in mine_config.items() if k not in reference or reference[k] != v}
-        else:
-            config_changes = mine_config
-            if seed is None and obj_seed is None:
-                obj_seed = mine["seed"]     # the benchmark's own seed, default or not
-    elif record is None and seed is None:
-        obj_seed = 0    # a bare id: the shmbench benchmarks' default seed
-    if config:
-        config_changes.update(strict_json(dict(config), where="config overrides"))
-
-    image_spec = None
-    if image is not None:
-        if isinstance(image, ImageSpec):
-            if image_digest is not None and image.digest != ImageSpec(image.ref, image_digest).digest:
-                raise ExperimentError("image_digest differs from the digest of the ImageSpec given")
-            image_spec = image
-        else:
-            image_spec = ImageSpec(os.fspath(image), image_digest)
-    elif image_digest is not None:
-        raise ExperimentError("image_digest was given without an image")
-
-    base_seed = seed if seed is not None else obj_seed
-    if record is not None:
-        policy = record.seed
-        if base_seed is not None and base_seed != policy.base:
-            policy = SeedPolicy(base_seed, policy.per_episode)
-            overrides["seed"] = base_seed
-        merged = {**record.config, **config_changes}
-        changed = {k: v for k, v in config_changes.items() if record.config.get(k, _MISSING) != v}
-        if changed:
-            overrides["config"] = changed
-        if image_spec is not None and image_spec != record.image:
-            overrides["image"] = image_spec.to_dict()
-        effective = dataclasses.replace(record, config=merged, seed=policy,
-                                        image=image_spec if image_spec is not None else record.image)
-    else:
-        if base_seed is None:
-            raise ExperimentError(
-                "an ad-hoc run needs an integer seed (runs are logged to be reproducible): "
-                "call benchmark.set_seed(n) or pass seed=n")
-        bench_canonical = canonical_id(bench_id)
-        effective = ExperimentRecord(
-            identifier=f"adhoc:{_slug(bench_canonical.replace('/', '.'))}", benchmark=bench_canonical,
-            config=config_changes, image=image_spec, seed=SeedPolicy(base_seed, "once"), log=_ADHOC_LOG)
-    host_class = _host_benchmark_class(effective.benchmark)
-    if host_class is not None:
-        host_class(config=effective.config)   # fail here, with the container's message
-    for wrapper in effective.wrappers:
-        if not hasattr(gymnasium.wrappers, wrapper.name):
-            raise ExperimentError(f"wrapper {wrapper.name!r} is not in this gymnasium ({gymnasium.__version__})")
-    return Experiment(effective, record, overrides)
-
 
 
 def _apply_wrappers(env: gymnasium.Env, wrappers: tuple[WrapperSpec, ...]) -> gymnasium.Env:
@@ -567,7 +383,7 @@ class Runner(abc.ABC):
             self._log = RunLog(self._log_path_arg)
         elif self.log_dir is not None:
             exp = self.experiment
-            stem = (f"{_slug(exp.record.identifier)}_seed{exp.seed_policy.base}_"
+            stem = (f"{slug(exp.record.identifier)}_seed{exp.seed_policy.base}_"
                     f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
             for n in range(1000):
                 try:
@@ -811,114 +627,3 @@ class RemoteRunner(Runner):
             self._client.close()
 
 
-# ------------------------------------------------------------------------------------------
-# `shmbench run`
-# ------------------------------------------------------------------------------------------
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``shmbench run``'s options: :meth:`Runner.add_arguments` plus the agent's."""
-    Runner.add_arguments(parser)
-    group = parser.add_argument_group("agent")
-    group.add_argument("--agent", choices=("random", "static"), default="random", help="baseline agent (default: random)")
-    group.add_argument("--action", metavar="JSON", help="the static agent's action, as JSON (e.g. '[2, 5]')")
-    group.add_argument("--agent-seed", type=int, metavar="N",
-                       help="the random agent's seed (default: derived from the experiment's seed, as "
-                            "RandomAgent(env) does for a seeded env)")
-    group.add_argument("--remote-agent", action="store_true",
-                       help="run the agent in its own server (same runtime and image as the env)")
-    group.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to run (default: %(default)s)")
-    group.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _derived_agent_seed(env_seed: int) -> int:
-    """The seed ``RandomAgent(env)`` picks for an env seeded with ``env_seed``."""
-    from shmbench.agents import _AGENT_STREAM
-
-    return int(np.random.SeedSequence([env_seed, _AGENT_STREAM]).generate_state(1, np.uint32)[0])
-
-
-def _cli_agent(args: argparse.Namespace, runner: Runner, env: gymnasium.Env) -> Any:
-    from shmbench.agents import make_agent
-
-    spec: dict[str, Any] = {"type": args.agent}
-    if args.agent == "random":
-        spec["seed"] = args.agent_seed if args.agent_seed is not None else _derived_agent_seed(
-            runner.experiment.seed_policy.base)
-    else:
-        if args.action is None:
-            raise ExperimentError("--agent static needs --action JSON")
-        try:
-            spec["action"] = json.loads(args.action)
-        except ValueError:
-            raise ExperimentError(f"--action {args.action!r} is not JSON") from None
-    if args.remote_agent:
-        from shmbench.remote_agent import RemoteAgent
-
-        runtime = "process" if args.runtime == "local" else args.runtime
-        image = getattr(runner, "image_path", None) if getattr(runner, "image_used", False) else None
-        return RemoteAgent(spec, action_space=env.action_space, runtime=runtime, image=image, timeout=args.timeout)
-    return make_agent({**spec, "action_space": env.action_space})
-
-
-def _summary(result: RunResult, runner: Runner) -> str:
-    rows = [("episode", "seed", "instance", "steps", "reward")]
-    for e in result.episodes:
-        rows.append((str(e.episode), "-" if e.seed is None else str(e.seed),
-                     "-" if e.instance is None else json.dumps(e.instance), str(e.steps), f"{e.reward:.6g}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    rewards = result.episode_rewards
-    exp = runner.experiment
-    if rewards:
-        lines.append("")
-        lines.append(f"mean reward {np.mean(rewards):.6g} +- {np.std(rewards):.3g} over {len(rewards)} "
-                     f"episode(s), {sum(result.episode_lengths)} steps, {result.wall_time:.2f} s")
-    lines.append(f"experiment {exp.record.identifier} ({exp.record.canonical_hash()[:19]}...)"
-                 + (f", overrides {json.dumps(exp.overrides, sort_keys=True)}" if exp.overrides else ""))
-    if result.log_path is not None:
-        lines.append(f"log {result.log_path}")
-    return "\n".join(lines)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """``shmbench run``: run an agent on an experiment with a progress bar, then a summary.
-
-    ``args`` comes from a parser set up by :func:`add_run_arguments`. Returns the exit
-    status: 0 on success, 1 on a shmbench error (printed on stderr), 2 for bad arguments,
-    130 after Ctrl-C.
-    """
-    from tqdm import tqdm
-
-    if args.episodes < 0:
-        print("shmbench run: error: --episodes must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        runner = Runner.from_args(args)
-    except (ShmbenchError, OSError) as exc:
-        print(f"shmbench run: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ExperimentError) else 1
-    agent = None
-    try:
-        with runner:
-            env = runner.get_environment()
-            agent = _cli_agent(args, runner, env)
-            with tqdm(total=args.episodes, unit="episode", disable=True if args.quiet else None,
-                      file=sys.stderr, desc=runner.experiment.record.identifier) as bar:
-                def progress(episode: EpisodeResult) -> None:
-                    bar.set_postfix(reward=f"{episode.reward:.4g}", refresh=False)
-                    bar.update(1)
-
-                result = runner.run(agent, args.episodes, callback=progress)
-    except KeyboardInterrupt:
-        print("shmbench run: interrupted", file=sys.stderr)
-        return 130
-    except (ShmbenchError, OSError) as exc:
-        print(f"shmbench run: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ExperimentError) else 1
-    finally:
-        close = getattr(agent, "close", None)
-        if callable(close):
-            close()
-    print(_summary(result, runner))
-    return 0

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pytest
 
 import shmbench
 from conftest import TESTS, runtime_kwargs
-from conftest_images import RECIPES
 from helpers import assert_same
 from shmbench.channel import channel_base, gc
 from shmbench.container.bwrap import BwrapRuntime
@@ -199,16 +197,6 @@ def _test_user() -> str:
 # ------------------------------------------------------------------------------------------
 # conflicting dependencies, for real: images built from recipes with their own numpy
 # ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def light_sif(shmbench_wheel: Path) -> Path:
-    """recipes/light.def (pip's numpy 2.2), built once into the build cache."""
-    from shmbench.container.build import build_cached, find_apptainer
-
-    if find_apptainer() is None and os.geteuid() != 0:
-        pytest.skip("building without Apptainer needs root (debootstrap)")
-    return build_cached(RECIPES / "light.def", build_args={"wheel": str(shmbench_wheel)})
-
 
 def _image_kwargs(image: Path) -> dict:
     return {"runtime": "bwrap", "image": str(image), "binds": [f"{TESTS}:/tests:ro"],

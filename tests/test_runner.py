@@ -26,13 +26,12 @@ from shmbench.errors import DigestMismatch, ExperimentError, ImageError
 from shmbench.experiments import resolve
 from shmbench.logs import VOLATILE_FIELDS, read_log, strip_volatile, to_plain
 from shmbench.remote_agent import RemoteAgent
+from shmbench.runcli import add_run_arguments, run_command
 from shmbench.runner import (
     LocalRunner,
     RemoteRunner,
     Runner,
-    add_run_arguments,
     resolve_experiment,
-    run_command,
 )
 
 TESTS = Path(__file__).resolve().parent
@@ -42,7 +41,7 @@ def _bwrap_skip_reason() -> str | None:
     try:
         import shmbench.container.bwrap  # noqa: F401
     except ImportError:
-        return "shmbench.container.bwrap does not exist yet (being written by the lead)"
+        return "shmbench.container.bwrap cannot be imported"
     from shmbench.container.select import probe_all
 
     ok, why = probe_all().get("bwrap", (False, "not registered"))
