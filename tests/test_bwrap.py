@@ -145,7 +145,8 @@ def _alive(pid: int) -> bool:
 USER_SCRIPT = """
 import os, numpy as np, gymnasium, shmbench
 ref = gymnasium.make("CartPole-v1")
-with shmbench.make("CartPole-v1", runtime="bwrap") as env:
+extra = {"environment": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if "PYTHONPATH" in os.environ else {}
+with shmbench.make("CartPole-v1", runtime="bwrap", **extra) as env:
     a = env.reset(seed=4)[0]; b = ref.reset(seed=4)[0]
     assert a.tobytes() == b.tobytes()
     for t in range(300):
@@ -165,15 +166,22 @@ def test_bwrap_path_as_an_unprivileged_user():
         return
     user = _test_user()
     pw = pwd.getpwnam(user)
-    # this interpreter lives under /root (0700): give the user a view of it through a bind
-    # mount in a private mount namespace, then drop to the user for good
+    # this interpreter and this checkout may live where the user cannot go (/root is 0700):
+    # give the user views of both through bind mounts in a private mount namespace (the
+    # checkout first on PYTHONPATH, for the host side and, through environment=, for the
+    # sandboxed server), then drop to the user for good
+    import shmbench as package
+
     prefix = Path(sys.prefix).resolve()
-    mnt = Path("/mnt/shmbench-test-python")
+    repo = Path(package.__file__).resolve().parent.parent
+    mnt, mnt_repo = Path("/mnt/shmbench-test-python"), Path("/mnt/shmbench-test-repo")
     mnt.mkdir(exist_ok=True)
+    mnt_repo.mkdir(exist_ok=True)
     rel = Path(sys.executable).resolve().relative_to(prefix)
     base = Path(f"/dev/shm/shmbench-{pw.pw_uid}")
-    cmd = (f"mount --bind {prefix} {mnt} && exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} "
-           f"--clear-groups env -i HOME=/tmp PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} "
+    cmd = (f"mount --bind {prefix} {mnt} && mount --bind {repo} {mnt_repo} && "
+           f"exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} --clear-groups env -i HOME=/tmp "
+           f"PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} PYTHONPATH={mnt_repo} "
            f"{mnt / rel} -c \"$0\"")
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, USER_SCRIPT],
                          capture_output=True, text=True, timeout=180, cwd="/tmp")

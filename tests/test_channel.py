@@ -566,6 +566,9 @@ def test_send_timeout_mid_fragmented_message_breaks_the_channel():
 # ======================================================================================
 
 def peer_interruptible(path: str, what: str) -> None:
+    # Python leaves SIGINT ignored when its parent ignored it (a shell's background job):
+    # this peer must turn Ctrl-C into KeyboardInterrupt whatever it inherited
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ch = Channel.attach(path)
     ch.configure_wait(spin_ns=0)
     count = [0]

@@ -129,6 +129,7 @@ def test_posts_do_not_pile_up():
 
 
 def peer_blocked(path: str) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if inherited as ignored
     ch = SemaphoreChannel.attach(path)
     ch.send(b"ready")
     say("waiting")

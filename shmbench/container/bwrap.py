@@ -141,6 +141,11 @@ class BwrapRuntime(Runtime):
         args += root
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                  "--bind", str(launch.session_dir), CHANNEL_MOUNT]
+        user_env = {**self.environment, **launch.environment,
+                    "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}"}
+        if self.rootfs is None:
+            for path in self._hidden_host_paths(user_env):
+                args += ["--ro-bind", path, path]
         for src, dst, mode in binds:
             args += ["--ro-bind" if mode == "ro" else "--bind", src, dst]
         if root[0] == "--tmpfs":
@@ -157,8 +162,6 @@ class BwrapRuntime(Runtime):
         args += ["--clearenv", "--chdir", "/tmp"]
         for k, v in env.items():
             args += ["--setenv", k, v]
-        user_env = {**self.environment, **launch.environment,
-                    "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}"}
         server = [self.python, "-s", "-m", "shmbench.server"]
         if self.rootfs is not None and (self.rootfs / ".singularity.d" / "env").is_dir():
             # image scripts first, then our variables on top of them
@@ -170,6 +173,27 @@ class BwrapRuntime(Runtime):
             args += ["--", *server]
         # bwrap itself gets a minimal environment; the sandbox's is set by --setenv
         return args, {"PATH": os.environ.get("PATH", _DEFAULT_PATH), "LANG": "C.UTF-8"}
+
+    @staticmethod
+    def _hidden_host_paths(user_env: dict[str, str]) -> list[str]:
+        """Host paths the server needs that the sandbox's private /tmp (or /run) would hide.
+
+        Under the host root the server imports shmbench from wherever this process does --
+        with an editable install that is the source checkout, which CI may well have cloned
+        into /tmp -- and PYTHONPATH entries given in ``environment=`` may point there too.
+        They are bound read-only at their own paths.
+        """
+        import shmbench
+
+        wanted = [str(Path(shmbench.__file__).resolve().parent.parent), os.path.realpath(sys.prefix)]
+        wanted += [p for p in user_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        out: list[str] = []
+        for path in wanted:
+            parts = Path(path).parts
+            if (len(parts) > 2 and parts[1] in ("tmp", "run") and os.path.isdir(path)
+                    and not any(path == o or path.startswith(o + os.sep) for o in out)):
+                out.append(path)
+        return out
 
     def describe_image(self) -> str:
         if self.image is None:
