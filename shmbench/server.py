@@ -157,7 +157,6 @@ class RemoteEnvironmentServer:
         self.autoreset_mode = None
         self.slab: Slab | None = None
         self.layout: SlabLayout | None = None
-        self._configured = False
         self.host_died = False
 
     # -- main loop -------------------------------------------------------------------------
@@ -335,7 +334,6 @@ class RemoteEnvironmentServer:
                 setter = _optional_attr(env, "set_observation_buffer")
                 if setter is not None:
                     setter(self._obs0)
-        self._configured = True
         return _OK
 
     # -- single env ------------------------------------------------------------------------

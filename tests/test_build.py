@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_images import (RECIPES, bookworm_sif, make_sif, make_squashfs,  # noqa: F401
-                             make_tree, require_tool, shmbench_wheel)
+from conftest_images import RECIPES, make_sif, make_squashfs, make_tree, require_tool
 from shmbench.container import build as buildmod
 from shmbench.container.build import build, build_cached, recipe_digest
 from shmbench.container.deffile import parse_definition, read_definition, render_template

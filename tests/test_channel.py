@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from shmbench import _ring
-from shmbench.channel import Channel, Session, Slab, channel_base, gc, reap_session
+from shmbench.channel import Channel, Session, channel_base, gc, reap_session
 from shmbench.errors import (
     ChannelClosed,
     ChannelFull,

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import posix_ipc
 import pytest
 
-from shmbench.channel import Channel, Session, channel_base, gc
+from shmbench.channel import Channel, Session, gc
 from shmbench.errors import ChannelClosed, ChannelMismatch, ChannelTimeout, PeerDied, ShmbenchError
 from shmbench.semaphore import SemaphoreChannel, sweep
 

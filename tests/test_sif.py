@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest_images import make_sif, make_squashfs, make_tree, require_tool, small_sif  # noqa: F401
+from conftest_images import make_sif, make_squashfs, make_tree, require_tool
 from shmbench.container import sif as sifmod
 from shmbench.container.sif import (DataType, FsType, PartType, find_squashfs, read_sif,
                                     unpack_sif)
