@@ -9,9 +9,13 @@ its own subdirectory (``unpacked`` for unpacked SIF images, ``images`` for built
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["CACHE_ENV", "cache_root", "cache_subdir"]
+__all__ = ["CACHE_ENV", "cache_root", "cache_subdir", "make_once"]
+
+T = TypeVar("T")
 
 #: The environment variable that moves the whole cache.
 CACHE_ENV = "SHMBENCH_CACHE_DIR"
@@ -42,3 +46,31 @@ def cache_subdir(name: str) -> Path:
     path = cache_root() / name
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def make_once(lock_path: Path, done: Callable[[], T | None], make: Callable[[], T], *,
+              timeout: float | None, what: str) -> T:
+    """``done()`` if it has a result, else ``make()`` -- under a file lock, so that processes
+    racing for one cache entry make it once: a waiter re-checks ``done()`` when it gets the
+    lock and finds the winner's result. ``make`` must publish atomically (rename).
+
+    Raises ImageError naming ``what`` when ``timeout`` seconds pass waiting for the lock.
+    """
+    found = done()
+    if found is not None:
+        return found
+    import filelock
+
+    from shmbench.errors import ImageError
+
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except filelock.Timeout:
+        raise ImageError(f"timed out after {timeout} s waiting for another process to {what} "
+                         f"(lock {lock_path})") from None
+    try:
+        found = done()
+        return found if found is not None else make()
+    finally:
+        lock.release()

@@ -982,24 +982,32 @@ PyDoc_STRVAR(sb_send_doc,
 "Messages larger than half the ring travel as fragments; a timeout after some of them\n"
 "were sent leaves the channel unusable (the peer holds half a message).");
 
-static PyObject *
-sb_channel_send(sb_channel *self, PyObject *args, PyObject *kwds)
+/* The (data, timeout=None) arguments of send() and call(): parse them and send the data.
+ * 0 sent (*deadline holds the call's deadline), -1 with an exception set. */
+static int
+sb_send_from_args(sb_channel *self, PyObject *args, PyObject *kwds, const char *name, int64_t *deadline)
 {
     static char *kwlist[] = {"data", "timeout", NULL};
     Py_buffer buf;
     PyObject *tobj = Py_None;
-    int64_t timeout;   /* the deadline */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
-        return NULL;
+        return -1;
     int rc = -1;
-    if (sb_parse_timeout(tobj, &timeout) == 0 && sb_check_usable(self) == 0) {
+    if (sb_parse_timeout(tobj, deadline) == 0 && sb_check_usable(self) == 0) {
         if (self->reserved)
-            PyErr_SetString(PyExc_RuntimeError, "send() while a reservation is open; commit() it first");
+            PyErr_Format(PyExc_RuntimeError, "%s() while a reservation is open; commit() it first", name);
         else
-            rc = sb_send_bytes(self, buf.buf, (uint64_t)buf.len, timeout);
+            rc = sb_send_bytes(self, buf.buf, (uint64_t)buf.len, *deadline);
     }
     PyBuffer_Release(&buf);
-    if (rc < 0)
+    return rc;
+}
+
+static PyObject *
+sb_channel_send(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    int64_t deadline;
+    if (sb_send_from_args(self, args, kwds, "send", &deadline) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1033,21 +1041,10 @@ PyDoc_STRVAR(sb_call_doc,
 static PyObject *
 sb_channel_call(sb_channel *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"data", "timeout", NULL};
-    Py_buffer buf;
-    PyObject *tobj = Py_None;
-    int64_t timeout;   /* the deadline */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &buf, &tobj))
+    int64_t deadline;
+    if (sb_send_from_args(self, args, kwds, "call", &deadline) < 0)
         return NULL;
-    PyObject *out = NULL;
-    if (sb_parse_timeout(tobj, &timeout) == 0 && sb_check_usable(self) == 0) {
-        if (self->reserved)
-            PyErr_SetString(PyExc_RuntimeError, "call() while a reservation is open; commit() it first");
-        else if (sb_send_bytes(self, buf.buf, (uint64_t)buf.len, timeout) == 0)
-            out = sb_recv_message(self, timeout);
-    }
-    PyBuffer_Release(&buf);
-    return out;
+    return sb_recv_message(self, deadline);
 }
 
 /* --------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from shmbench.cache import make_once
 from shmbench.container.deffile import Definition, read_definition
 from shmbench.container.sif import read_sif
 from shmbench.errors import ImageError, RuntimeUnavailable
@@ -146,8 +147,6 @@ def build_cached(recipe: str | os.PathLike[str], cache_dir: str | os.PathLike[st
     ``shmbench.cache.cache_subdir("built")``). Concurrent callers are serialised by a file
     lock, so one builds and the others wait for its result; ``timeout`` bounds that wait.
     """
-    import filelock
-
     if cache_dir is None:
         from shmbench.cache import cache_subdir
 
@@ -157,20 +156,9 @@ def build_cached(recipe: str | os.PathLike[str], cache_dir: str | os.PathLike[st
         root.mkdir(parents=True, exist_ok=True)
     key = recipe_digest(recipe, build_args)
     target = root / f"{key}.sif"
-    if target.is_file():
-        return target
-    lock = filelock.FileLock(str(root / f"{key}.lock"))
-    try:
-        lock.acquire(timeout=-1 if timeout is None else timeout)
-    except filelock.Timeout:
-        raise ImageError(f"timed out after {timeout} s waiting for another build of "
-                         f"{recipe} (lock {lock.lock_file})") from None
-    try:
-        if not target.is_file():
-            build(recipe, target, build_args=build_args, builder=builder, quiet=quiet)
-        return target
-    finally:
-        lock.release()
+    return make_once(root / f"{key}.lock", lambda: target if target.is_file() else None,
+                     lambda: build(recipe, target, build_args=build_args, builder=builder, quiet=quiet),
+                     timeout=timeout, what=f"build {recipe}")
 
 
 def _hash_tree(h: "hashlib._Hash", path: Path) -> None:

@@ -38,6 +38,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from shmbench.cache import make_once
 from shmbench.errors import ImageError
 
 __all__ = [
@@ -390,24 +391,13 @@ def unpack_sif(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] |
     root = Path(cache_dir) if cache_dir is not None else _default_unpack_dir()
     root.mkdir(parents=True, exist_ok=True)
     dest = root / digest
-    if dest.is_dir():
-        return dest
 
-    import filelock
-
-    lock = filelock.FileLock(str(root / f"{digest}.lock"))
-    try:
-        lock.acquire(timeout=-1 if timeout is None else timeout)
-    except filelock.Timeout:
-        raise ImageError(f"timed out after {timeout} s waiting for another process to "
-                         f"unpack {path} (lock {lock.lock_file})") from None
-    try:
-        if dest.is_dir():       # another process finished while we waited
-            return dest
+    def unpack() -> Path:
         _unsquash(Path(path), offset, root, dest)
         return dest
-    finally:
-        lock.release()
+
+    return make_once(root / f"{digest}.lock", lambda: dest if dest.is_dir() else None, unpack,
+                     timeout=timeout, what=f"unpack {path}")
 
 
 def _unsquash(sif: Path, offset: int, root: Path, dest: Path) -> None:
