@@ -23,14 +23,15 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from shmbench.channel import Slab
 from shmbench.client import _build_tree, rebuild_spec
 from shmbench.errors import ProtocolError, ShmbenchError
-from shmbench.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode
+from shmbench.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status
 from shmbench.remote import RemoteBase
 from shmbench.spaces import layout, rebuild
-from shmbench.worker import START_TIMEOUT, Worker, wait_policy
+from shmbench.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
 
 __all__ = ["ShmVectorEnv", "make_vec", "default_num_workers"]
 
 _HEADER = VEC_REPLY.size
+_STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
 
 
 def default_num_workers(num_envs: int) -> int:
@@ -172,6 +173,25 @@ class ShmVectorEnv(VectorEnv):
         return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        batch = self._act_batch
+        if (len(self._workers) == 1 and type(actions) is np.ndarray and batch is not None
+                and actions.dtype == batch.dtype and actions.shape == batch.shape):
+            w = self._workers[0]
+            if w.state is WorkerState.READY:
+                # one worker: the step is one round trip, without the per-worker bookkeeping
+                batch[...] = actions
+                try:
+                    mv = w.channel.call(_STEP_SLAB, self.timeout)
+                except ShmbenchError as exc:
+                    raise w.failure(exc) from None
+                infos: dict = {}
+                env_obs: list | None = [] if not self._obs_in_slab else None
+                if len(mv) != _HEADER or mv[0] != Status.OK or mv[1] != ObsTag.SLAB_ARRAY:
+                    infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
+                if env_obs is not None:
+                    self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+                obs = _copy_tree(self._observations) if self.copy else self._observations
+                return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
         self.step_async(actions)
         return self.step_wait()
 
@@ -185,31 +205,38 @@ class ShmVectorEnv(VectorEnv):
             except ShmbenchError as exc:   # keep collecting so no reply is left behind
                 error = error or exc
                 continue
-            if len(mv) < _HEADER:
-                raise ProtocolError(f"{w.name} sent a short reply")
-            otag = VEC_REPLY.unpack_from(mv)[1]
-            extras = self._codec.decode(mv[_HEADER:]) if len(mv) > _HEADER else None
-            if extras is not None:
-                for i, info in extras.get("infos", ()):
-                    if type(i) is not int or not 0 <= i < len(rows) or not isinstance(info, dict):
-                        raise ProtocolError(f"{w.name} sent a malformed info entry")
-                    infos = self._add_info(infos, info, rows.start + i)
-            if otag == ObsTag.CODEC:
-                part = extras.get("obs") if isinstance(extras, dict) else None
-                if not isinstance(part, list) or len(part) != len(rows):
-                    raise ProtocolError(f"{w.name} sent no observations")
-                if env_obs is None:
-                    # a worker whose obs did not fit the slab: concatenate its rows here,
-                    # exactly as SyncVectorEnv would (and fail as it would)
-                    concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
-                else:
-                    env_obs.extend(part)
-            elif otag != ObsTag.SLAB_ARRAY:
-                raise ProtocolError(f"{w.name} sent observation tag {otag}")
+            infos = self._absorb(w, rows, mv, infos, env_obs)
         if error is not None:
             raise error
         if env_obs is not None:
             self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+        return infos
+
+    def _absorb(self, w: Worker, rows: range, mv: memoryview, infos: dict, env_obs: list | None) -> dict:
+        """Merge one worker's reply: its infos (in env order) and any codec observations."""
+        if len(mv) < _HEADER:
+            raise ProtocolError(f"{w.name} sent a short reply")
+        otag = VEC_REPLY.unpack_from(mv)[1]
+        extras = self._codec.decode(mv[_HEADER:]) if len(mv) > _HEADER else None
+        if extras is not None:
+            if not isinstance(extras, dict):
+                raise ProtocolError(f"{w.name} sent malformed extras")
+            for i, info in extras.get("infos", ()):
+                if type(i) is not int or not 0 <= i < len(rows) or not isinstance(info, dict):
+                    raise ProtocolError(f"{w.name} sent a malformed info entry")
+                infos = self._add_info(infos, info, rows.start + i)
+        if otag == ObsTag.CODEC:
+            part = extras.get("obs") if isinstance(extras, dict) else None
+            if not isinstance(part, list) or len(part) != len(rows):
+                raise ProtocolError(f"{w.name} sent no observations")
+            if env_obs is None:
+                # a worker whose obs did not fit the slab: concatenate its rows here,
+                # exactly as SyncVectorEnv would (and fail as it would)
+                concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
+            else:
+                env_obs.extend(part)
+        elif otag != ObsTag.SLAB_ARRAY:
+            raise ProtocolError(f"{w.name} sent observation tag {otag}")
         return infos
 
     def reset(self, *, seed: int | list[int | None] | None = None,

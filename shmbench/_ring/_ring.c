@@ -366,12 +366,13 @@ sb_cond(sb_channel *c, int space, uint64_t need, const char **why)
     return space ? sb_tx_room(c, need, why) : sb_rx_ready(c, &avail, why);
 }
 
-/* The adaptive spin budget. It learns only from waits that ended while spinning: a wait
- * that had to sleep also measured the peer's wake-up (tens of us on a halted vCPU), and
- * learning from it made both sides' estimates grow until neither spun any more. Spins that
- * keep failing (a slow peer, or one that shares our core) pause spinning for a number of
- * waits that doubles on every repeat; the last wait of a pause probes with the full budget,
- * and one success ends the pausing. */
+/* The adaptive spin budget: twice the typical wait, capped. It learns from waits that ended
+ * while spinning, and from waits whose spin gave up just too early (the data came within
+ * the cap); not from longer ones: those also measured wake-ups (tens of us on a halted vCPU)
+ * and learning from them made both sides' estimates grow until neither spun any more. Spins
+ * that keep failing (a slow peer, or one that shares our core) pause spinning for a number
+ * of waits that doubles on every repeat; the last wait of a pause probes with the full
+ * budget, and one success ends the pausing. */
 static int64_t
 sb_spin_budget(sb_wait_policy *w)
 {
@@ -467,7 +468,6 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             goto done;
         }
         c->n_spin_fail++;
-        sb_spin_learn(&c->wait, 0, 0);
     }
 
     /* block: FUTEX_WAIT in slices; between slices, liveness and signals. The rings are
@@ -521,6 +521,13 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             outcome = SB_W_SIGNAL;
             break;
         }
+    }
+    if (budget > 0 && outcome == SB_W_OK) {
+        /* the spin gave up, then the data came: soon after (within the cap), the budget was
+         * just too small -- learn the wait, as the spin would have; later, spinning could not
+         * have helped -- a failure */
+        int64_t elapsed = sb_now_ns() - t0;
+        sb_spin_learn(&c->wait, elapsed <= c->wait.spin_max_ns, elapsed);
     }
 done:
     PyEval_RestoreThread(ts);
