@@ -1,4 +1,4 @@
-"""Builds the C extension ``shmbench._ring``; everything else lives in pyproject.toml.
+"""Builds the C extension ``shmbench._ring._ring``; everything else lives in pyproject.toml.
 
 ``SHMBENCH_SANITIZE=1`` builds it with AddressSanitizer and UndefinedBehaviorSanitizer
 (run Python with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load the runtime);
@@ -22,7 +22,7 @@ else:
 setup(
     ext_modules=[
         Extension(
-            "shmbench._ring",
+            "shmbench._ring._ring",
             sources=["shmbench/_ring/_ring.c"],
             depends=["shmbench/_ring/ring.h"],
             extra_compile_args=cflags,

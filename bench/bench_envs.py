@@ -17,8 +17,9 @@ This module must keep working with the bookworm image's numpy 1.24 and gymnasium
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -177,7 +178,7 @@ def cartpole_batch_policy(obs) -> np.ndarray:
     return (obs[:, 2] + 0.5 * obs[:, 3] > 0).astype(np.int64)
 
 
-class cycle_policy:  # noqa: N801  (used like a function)
+class cycle_policy:
     """Actions 0, 1, 2, 3, 0, ... whatever the observation (the frame envs ignore it)."""
 
     def __init__(self, n: int = 4) -> None:

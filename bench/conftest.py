@@ -69,7 +69,7 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     info = {"usable_cpus": len(os.sched_getaffinity(0)), "quick": is_quick(),
             "loadavg_start": _LOAD_AT_START, "loadavg_end": _loadavg()}
     try:
-        from shmbench.container.select import probe_all
+        from shmbench.runtimes.select import probe_all
 
         info["runtimes"] = {name: {"ok": ok, "detail": why} for name, (ok, why) in probe_all().items()}
     except Exception as exc:   # the report still works without it
@@ -103,12 +103,12 @@ def require_runtime():
 def runtime_or_skip(name: str) -> None:
     """Skip unless runtime ``name`` exists in shmbench and works on this machine."""
     try:
-        from shmbench.container.select import RUNTIMES, probe_all
+        from shmbench.runtimes.select import RUNTIMES, probe_all
     except ImportError as exc:
-        pytest.skip(f"shmbench.container.select cannot be imported: {exc}")
+        pytest.skip(f"shmbench.runtimes.select cannot be imported: {exc}")
     if name not in RUNTIMES:
         if name == "bwrap":
-            pytest.skip("shmbench.container.bwrap is not available yet (BwrapRuntime missing)")
+            pytest.skip("shmbench.runtimes.bwrap is not available yet (BwrapRuntime missing)")
         if name == "apptainer":
             pytest.skip("shmbench has no apptainer runtime module here")
         pytest.skip(f"shmbench has no {name!r} runtime")
@@ -143,8 +143,9 @@ def bookworm_image(request: pytest.FixtureRequest) -> Path:
         helpers = _load_image_helpers()
     except Exception as exc:
         pytest.skip(f"tests/conftest_images.py cannot be loaded: {exc}")
-    from shmbench.cache import cache_subdir
-    from shmbench.container.build import find_apptainer, recipe_digest
+    from shmbench.images.build import recipe_digest
+    from shmbench.images.store import cache_subdir
+    from shmbench.runtimes.apptainer import find_binary as find_apptainer
 
     recipe = helpers.RECIPES / "bookworm-numpy124.def"
     wheels = sorted((cache_subdir("wheels") / helpers._source_hash()).glob("shmbench-*.whl"))
@@ -165,7 +166,7 @@ def bookworm_image(request: pytest.FixtureRequest) -> Path:
             if shutil.which(tool) is None:
                 pytest.skip(f"building the reference image needs {tool}")
     wheel = request.getfixturevalue("shmbench_wheel")
-    from shmbench.container.build import build_cached
+    from shmbench.images.build import build_cached
 
     print(f"\n[bench] building the reference image from {recipe.name} (once per source state)...",
           file=sys.stderr, flush=True)

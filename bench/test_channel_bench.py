@@ -84,8 +84,8 @@ def _spawn(func: str, *args, pass_fds=()) -> subprocess.Popen:
 
 
 def peer_channel(path: str, method: str, mode: str) -> None:
-    from shmbench.channel import Channel
-    from shmbench.semaphore import SemaphoreChannel
+    from shmbench.transport.channel import Channel
+    from shmbench.transport.semaphore import SemaphoreChannel
 
     ch = (SemaphoreChannel if method == "shmbench-posix_ipc" else Channel).attach(path)
     _configure(ch, method)
@@ -156,8 +156,8 @@ def _configure(ch, method: str) -> None:
 
 class ChannelDriver:
     def __init__(self, method: str, mode: str) -> None:
-        from shmbench.channel import Session
-        from shmbench.semaphore import SemaphoreChannel
+        from shmbench.transport.semaphore import SemaphoreChannel
+        from shmbench.transport.session import Session
 
         self.session = Session()
         path = self.session.channel_path("bench")

@@ -16,7 +16,6 @@ policy's action, ``env.step`` and, when an episode ends, ``reset`` -- an agent's
 from __future__ import annotations
 
 import pytest
-
 from peers import SINGLE_METHODS, check_trajectory, label, open_single
 
 #: (workload, method) pairs, quick ones marked

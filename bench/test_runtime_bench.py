@@ -24,7 +24,6 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 import pytest
-
 from peers import check_trajectory, label, open_single, shmbench_options
 
 CONTAINER_METHODS = ["shmbench-bwrap", "shmbench-bwrap-sif", "shmbench-apptainer"]

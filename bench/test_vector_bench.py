@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gymnasium
 import pytest
-
 from peers import label
 
 METHODS = {
@@ -71,7 +70,7 @@ def test_vector_step(benchmark, bench_envs, quick, workload_name: str, method: s
         driver = bench_envs.VecDriver(envs)
         driver.run(20 if "busy" in workload.name else (100 if quick else 500))
         if method.startswith("shmbench-"):
-            from shmbench.vector import default_num_workers
+            from shmbench.host.vector import default_num_workers
 
             workers = 2 if method.endswith("-w2") else default_num_workers(workload.num_envs)
         else:

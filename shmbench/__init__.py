@@ -13,17 +13,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from shmbench.errors import *  # noqa: F401,F403  (the error hierarchy is public)
+from shmbench.errors import *  # noqa: F403  (the error hierarchy is public)
 from shmbench.errors import __all__ as _error_names
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "make": "shmbench.client",
-    "make_vec": "shmbench.vector",
-    "RemoteEnvironmentClient": "shmbench.client",
-    "ShmVectorEnv": "shmbench.vector",
-    "Channel": "shmbench.channel",
+    "make": "shmbench.host.env",
+    "make_vec": "shmbench.host.vector",
+    "RemoteEnvironmentClient": "shmbench.host.env",
+    "ShmVectorEnv": "shmbench.host.vector",
+    "Channel": "shmbench.transport.channel",
 }
 
 __all__ = ["__version__", *_LAZY, *_error_names]

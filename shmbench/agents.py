@@ -26,11 +26,16 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["RandomAgent", "StaticAgent", "ActionSpaceHolder", "AGENT_TYPES", "make_agent"]
+__all__ = ["RandomAgent", "StaticAgent", "ActionSpaceHolder", "AGENT_TYPES", "derived_seed", "make_agent"]
 
 # Mixed into an env-derived seed so the agent's stream differs from the env's own stream
 # (both would otherwise be PCG64 seeded with the same integer).
 _AGENT_STREAM = 0x5EED_A6E7
+
+
+def derived_seed(env_seed: int) -> int:
+    """The seed ``RandomAgent(env)`` picks for an env seeded with ``env_seed``."""
+    return int(np.random.SeedSequence([env_seed, _AGENT_STREAM]).generate_state(1, np.uint32)[0])
 
 
 class RandomAgent:
@@ -49,12 +54,12 @@ class RandomAgent:
     As in DACBench, a one-dimensional Box action is returned as its single element.
     """
 
-    def __init__(self, env: gymnasium.Env, seed: int | None = None) -> None:
+    def __init__(self, env: gymnasium.Env | ActionSpaceHolder, seed: int | None = None) -> None:
         self._space = copy.deepcopy(env.action_space)
         if seed is None:
             env_seed = _env_seed(env)
             if env_seed is not None:
-                seed = int(np.random.SeedSequence([env_seed, _AGENT_STREAM]).generate_state(1, np.uint32)[0])
+                seed = derived_seed(env_seed)
         self.seed = seed
         self._space.seed(seed)
         self._scalar_box = isinstance(self._space, spaces.Box) and self._space.shape == (1,)
@@ -83,7 +88,7 @@ class StaticAgent:
             surface as an env error many steps into an experiment).
     """
 
-    def __init__(self, env: gymnasium.Env, action: Any) -> None:
+    def __init__(self, env: gymnasium.Env | ActionSpaceHolder, action: Any) -> None:
         if not env.action_space.contains(action):
             raise ValueError(f"static action {action!r} is not in the action space {env.action_space}")
         self.action = action
@@ -99,7 +104,7 @@ class StaticAgent:
         """Nothing to do at the end of an episode."""
 
 
-def _env_seed(env: gymnasium.Env) -> int | None:
+def _env_seed(env: gymnasium.Env | ActionSpaceHolder) -> int | None:
     """The env's integer seed when it has one; never seeds an unseeded env as a side effect."""
     base = getattr(env, "unwrapped", env)
     if getattr(base, "_np_random", None) is None:
@@ -109,7 +114,7 @@ def _env_seed(env: gymnasium.Env) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------
-# building agents from data (the container side of shmbench.remote_agent.RemoteAgent)
+# building agents from data (the container side of shmbench.host.agent.RemoteAgent)
 # ------------------------------------------------------------------------------------------
 
 #: The agents :func:`make_agent` builds, by the ``"type"`` of their description.
@@ -148,8 +153,8 @@ def make_agent(spec: Any) -> RandomAgent | StaticAgent:
     - ``{"type": "random", "action_space": SPACE, "seed": int | None}``
     - ``{"type": "static", "action_space": SPACE, "action": VALUE}``
 
-    Everything is strict JSON except ``SPACE``, which is :func:`shmbench.spaces.describe`'s
-    output (what crosses the channel; it is checked by :func:`shmbench.spaces.rebuild`) or,
+    Everything is strict JSON except ``SPACE``, which is :func:`shmbench.wire.spaces.describe`'s
+    output (what crosses the channel; it is checked by :func:`shmbench.wire.spaces.rebuild`) or,
     in-process, a gymnasium space. ``VALUE`` is a JSON value (a list for array actions)
     converted to the space's dtype, or an array.
 
@@ -176,7 +181,7 @@ def make_agent(spec: Any) -> RandomAgent | StaticAgent:
     if space is None:
         raise ExperimentError(f"{kind} agent: 'action_space' is required")
     if not isinstance(space, spaces.Space):
-        from shmbench.spaces import rebuild
+        from shmbench.wire.spaces import rebuild
 
         try:
             space = rebuild(space)

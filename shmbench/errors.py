@@ -15,6 +15,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelFull",
     "PeerDied",
+    "RequestPending",
     "RemoteEnvError",
     "SpaceNotSupported",
     "EncodeError",
@@ -80,6 +81,11 @@ class PeerDied(ShmbenchError, ConnectionError):
         if log_tail:
             text += "\n--- last lines of its log ---\n" + log_tail.rstrip()
         super().__init__(text)
+
+
+class RequestPending(ShmbenchError, RuntimeError):
+    """A request was made while an earlier one still waits for its reply (``step_async``
+    without ``step_wait``): the replies would be read out of order."""
 
 
 class RemoteEnvError(ShmbenchError, RuntimeError):

@@ -1,6 +1,6 @@
 """Run logs: one JSONL file per run, a header line, DACBench-shaped step rows, an end line.
 
-A log file written by :class:`shmbench.runner.Runner` reads like this (one JSON object per
+A log file written by :class:`shmbench.experiments.runner.Runner` reads like this (one JSON object per
 line)::
 
     {"type": "header", "format": "shmbench-log/1", "started_at": "...", "experiment": {...}, ...}
@@ -15,7 +15,7 @@ fields (``episode``, ``step``, ``instance``, ``seed``) at the top level, and eve
 quantity as ``{"values": [...], "times": [...]}``. So ``dacbench.logger.log2dataframe`` reads
 the rows of :func:`read_log` directly (the header, run and end records are not rows: skip them,
 as :func:`read_log` does). One ``run`` record precedes the rows of each
-:meth:`~shmbench.runner.Runner.run` call and names its agent.
+:meth:`~shmbench.experiments.runner.Runner.run` call and names its agent.
 
 Reproducibility contract: two runs of the same experiment with the same seeds and agent
 write files that differ only in :data:`VOLATILE_FIELDS` -- wall-clock timestamps

@@ -14,72 +14,41 @@ needs nothing else.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shmbench import codec as _codec
-from shmbench.channel import Slab, attach, reap_session
+from shmbench.benchmarks.factory import make_env
 from shmbench.errors import ChannelClosed, EncodeError, PeerDied, ProtocolError, ShmbenchError
-from shmbench.protocol import (
-    STEP_REPLY,
-    VEC_REPLY,
+from shmbench.transport.session import Slab, attach, reap_session
+from shmbench.wire.codec import Codec
+from shmbench.wire.protocol import (
     ActionTag,
     ObsTag,
     Opcode,
-    ScalarTag,
     Status,
-    encode_flag,
-    encode_scalar,
     error_payload,
+    reset_reply,
+    step_reply,
+    vector_reply,
 )
-from shmbench.spaces import SlabLayout, describe
+from shmbench.wire.spaces import SlabLayout, build_tree, describe, flatten_exact, leaf_kind
+from shmbench.wire.specs import describe_spec
 
-__all__ = ["RemoteEnvironmentServer", "make_env", "main"]
+__all__ = ["RemoteEnvironmentServer", "main"]
 
 _OK = bytes([Status.OK])
-
 _CODEC = ObsTag.CODEC
-
-
-def make_env(spec: dict) -> Any:
-    """Build one env from the host's MAKE spec.
-
-    In order: a cloudpickled factory (only ever sent by the host, which the server trusts),
-    a whitelisted benchmark description, ``module:attr`` (a class or factory, imported
-    here in the container), or a registered gymnasium id.
-    """
-    import gymnasium
-
-    kwargs = dict(spec.get("kwargs") or {})
-    if spec.get("agent") is not None:
-        from shmbench.agents import make_agent
-
-        return make_agent(spec["agent"])
-    if spec.get("factory") is not None:
-        import cloudpickle
-
-        return cloudpickle.loads(spec["factory"])()
-    if spec.get("benchmark") is not None:
-        from shmbench.benchmarks import make_benchmark_env
-
-        b = spec["benchmark"]
-        return make_benchmark_env(b["benchmark"], b.get("config"), b.get("seed"))
-    env_id = spec["env_id"]
-    if env_id.startswith("shmbench/"):
-        import shmbench.benchmarks  # noqa: F401  (registers the shmbench ids)
-    if ":" in env_id:
-        module_name, _, attr = env_id.partition(":")
-        module = importlib.import_module(module_name)
-        target = getattr(module, attr, None)
-        if target is not None and callable(target):
-            return target(**kwargs)
-    return gymnasium.make(env_id, **kwargs)
+# the opcodes and tags the hot path compares with, as plain ints (an IntEnum member is a
+# global plus an attribute lookup per comparison)
+_STEP = int(Opcode.STEP)
+_CLOSE = int(Opcode.CLOSE)
+_SLAB_INT = int(ActionTag.SLAB_INT)
 
 
 def _np_random_state(env: Any) -> dict:
@@ -96,40 +65,7 @@ def _set_np_random_state(env: Any, state: dict) -> None:
     env.np_random = np.random.Generator(bitgen)
 
 
-def _spec_fields(env: Any, codec: _codec.Codec) -> dict | None:
-    spec = getattr(env, "spec", None)
-    if spec is None:
-        return None
-
-    def plain(value: Any) -> Any:
-        try:
-            codec.encode(value)
-            return value
-        except EncodeError:
-            return None
-
-    ep = spec.entry_point
-    if callable(ep):
-        ep = f"{getattr(ep, '__module__', '?')}:{getattr(ep, '__qualname__', repr(ep))}"
-    return {
-        "id": spec.id,
-        "entry_point": ep,
-        "reward_threshold": plain(spec.reward_threshold),
-        "nondeterministic": bool(spec.nondeterministic),
-        "max_episode_steps": spec.max_episode_steps,
-        "order_enforce": bool(spec.order_enforce),
-        "disable_env_checker": bool(spec.disable_env_checker),
-        "kwargs": {k: v for k, v in spec.kwargs.items() if plain(v) is not None or v is None},
-        "additional_wrappers": [
-            [w.name, w.entry_point if isinstance(w.entry_point, str) else repr(w.entry_point),
-             {k: v for k, v in (w.kwargs or {}).items() if plain(v) is not None or v is None}]
-            for w in spec.additional_wrappers
-        ],
-        "vector_entry_point": spec.vector_entry_point if isinstance(spec.vector_entry_point, str) else None,
-    }
-
-
-def _plain_metadata(metadata: Any, codec: _codec.Codec) -> dict:
+def _plain_metadata(metadata: Any, codec: Codec) -> dict:
     out = {}
     for k, v in dict(metadata or {}).items():
         try:
@@ -151,13 +87,26 @@ class RemoteEnvironmentServer:
     def __init__(self, channel_path: os.PathLike | str) -> None:
         self.channel_path = Path(channel_path)
         self.channel = attach(self.channel_path)
-        self.codec = _codec.Codec()
+        self.codec = Codec()
         self.envs: list[Any] = []
         self.vector = False
-        self.autoreset_mode = None
+        self.autoreset_mode: Any = None
         self.slab: Slab | None = None
         self.layout: SlabLayout | None = None
         self.host_died = False
+        # Set by CONFIGURE. Which of these are None depends on the spaces (a space without
+        # slab leaves has none; a Dict action has no single action array), and every use is
+        # guarded by that: the leaf kind, the action tag the host chose, vector mode.
+        self._obs0: Any = None
+        self._act0: Any = None
+        self._obs_leaves: Any = None
+        self._obs_kind: str | None = None
+        self._obs_rows: Any = None
+        self._act_rows: Any = None
+        self._rewards: Any = None
+        self._terms: Any = None
+        self._truncs: Any = None
+        self._step: Callable[[memoryview], bytes | memoryview] = self._step_single
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -165,7 +114,7 @@ class RemoteEnvironmentServer:
         """Answer requests until the host closes or dies; returns the exit status."""
         ch = self.channel
         recv, send = ch.recv, ch.send
-        handlers = {
+        handlers: dict[int, Callable[[memoryview], bytes]] = {
             Opcode.RESET: self._reset,
             Opcode.MAKE: self._make,
             Opcode.CONFIGURE: self._configure,
@@ -185,7 +134,7 @@ class RemoteEnvironmentServer:
                     op = mv[0]
                 except IndexError:
                     raise ProtocolError("empty request") from None
-                if op == 4:   # Opcode.STEP, tested first: the hot path
+                if op == _STEP:   # tested first: the hot path
                     try:
                         reply = self._step(mv)
                     except (ChannelClosed, PeerDied):
@@ -195,7 +144,7 @@ class RemoteEnvironmentServer:
                     # the C fast path already sent the reply and received the next request
                     mv = reply if type(reply) is memoryview else call(reply)
                     continue
-                if op == Opcode.CLOSE:
+                if op == _CLOSE:
                     self._close_envs()
                     send(_OK)
                     break
@@ -259,7 +208,7 @@ class RemoteEnvironmentServer:
             raise RuntimeError("MAKE sent twice")
         spec = self.codec.decode(mv[2:])
         if spec.get("allow_pickle"):
-            self.codec = _codec.Codec(allow_pickle=True)
+            self.codec = Codec(allow_pickle=True)
         count = int(spec.get("num_envs", 1))
         self.vector = bool(spec.get("vector", False))
         if self.vector:
@@ -278,7 +227,7 @@ class RemoteEnvironmentServer:
             "action_space": describe(act_space) if act_space is not None else None,
             "metadata": _plain_metadata(getattr(env, "metadata", None), self.codec),
             "render_mode": getattr(env, "render_mode", None),
-            "spec": _spec_fields(env, self.codec),
+            "spec": describe_spec(env, self.codec),
             "server": {
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
@@ -306,7 +255,7 @@ class RemoteEnvironmentServer:
         act = layout.arrays(buf, "action")
         if self.vector:
             r = self.rows
-            self._obs_rows = None if obs is None else _unflatten(env.observation_space, [a[r] for a in obs])
+            self._obs_rows = None if obs is None else build_tree(env.observation_space, [a[r] for a in obs])
             self._act_rows = None if act is None else act[0][r] if len(act) == 1 else None
             self._rewards = layout.vector(buf, "rewards", np.float64)[r]
             self._terms = layout.vector(buf, "terminations", np.bool_)[r]
@@ -322,7 +271,7 @@ class RemoteEnvironmentServer:
             self._step = self._step_vector
         else:
             self._obs_leaves = obs
-            self._obs_kind = _leaf_kind(env.observation_space, obs)
+            self._obs_kind = None if obs is None else leaf_kind(env.observation_space)
             self._obs0 = obs[0] if obs else None
             # identity, not equality, of the dtype on the hot path (numpy hands out one
             # dtype object per builtin type); anything else takes _write_obs's full check
@@ -340,7 +289,7 @@ class RemoteEnvironmentServer:
 
     def _action(self, mv: memoryview) -> Any:
         tag = mv[1]
-        if tag == 1:    # ActionTag.SLAB_INT
+        if tag == _SLAB_INT:
             return int(self._act0)
         if tag == ActionTag.SLAB_ARRAY:
             return self._act0.copy()
@@ -369,19 +318,19 @@ class RemoteEnvironmentServer:
             elif t is np.int64:
                 self._obs0[()] = obs
                 return ObsTag.SLAB_SCALAR
-        elif kind is not None:
-            flat = _flatten_exact(obs, self.envs[0].observation_space, self._obs_leaves)
+        elif kind == "tree":
+            flat = flatten_exact(self.envs[0].observation_space, obs, self._obs_leaves)
             if flat is not None:
                 for dst, src in zip(self._obs_leaves, flat):
                     dst[...] = src
                 return ObsTag.SLAB_TREE
         return _CODEC
 
-    def _step(self, mv: memoryview) -> bytes | memoryview:
+    def _step_single(self, mv: memoryview) -> bytes | memoryview:
         """One single-env step: the reply, or (C fast path) the next request."""
         # the hot path: its state comes from one tuple, every attribute lookup costs tens of ns
         act0, env_step, reply_step, obs_dst = self._fast
-        action = int(act0) if mv[1] == 1 else self._action(mv)   # 1: ActionTag.SLAB_INT
+        action = int(act0) if mv[1] == _SLAB_INT else self._action(mv)
         obs, reward, terminated, truncated, info = env_step(action)
         if obs_dst is not None:
             # the common case (exact ndarray obs, float reward, bool flags, empty info) is
@@ -389,46 +338,19 @@ class RemoteEnvironmentServer:
             nxt = reply_step(obs, reward, terminated, truncated, info, obs_dst)
             if nxt is not None:
                 return nxt
-        otag = self._write_obs(obs)
-        rtag, raw = encode_scalar(reward)
-        tflag = encode_flag(terminated)
-        uflag = encode_flag(truncated)
-        header = STEP_REPLY.pack(0, otag, rtag, tflag, uflag, raw)
-        if otag != _CODEC and rtag != ScalarTag.CODEC and tflag != 255 and uflag != 255 and (
-                type(info) is dict and not info):
-            return header
-        extras: dict[str, Any] = {"info": info}
-        if otag == _CODEC:
-            extras["obs"] = obs
-        if rtag == ScalarTag.CODEC:
-            extras["reward"] = reward
-        if tflag == 255:
-            extras["terminated"] = terminated
-        if uflag == 255:
-            extras["truncated"] = truncated
-        return header + self.codec.encode(extras)
+        return step_reply(self._write_obs(obs), obs, reward, terminated, truncated, info, self.codec)
 
     def _reset(self, mv: memoryview) -> bytes:
         args = self.codec.decode(mv[2:])
         if self.vector:
             return self._reset_vector(args)
         obs, info = self.envs[0].reset(seed=args.get("seed"), options=args.get("options"))
-        otag = self._write_obs(obs)
-        extras: dict[str, Any] = {"info": info}
-        if otag == _CODEC:
-            extras["obs"] = obs
-        return STEP_REPLY.pack(0, otag, 0, 0, 0, b"\0" * 8) + self.codec.encode(extras)
+        return reset_reply(self._write_obs(obs), obs, info, self.codec)
 
     # -- vector mode: SyncVectorEnv's semantics, our rows of the batch ----------------------
 
     def _vector_reply(self, infos: list, obs_in_slab: bool) -> bytes:
-        header = VEC_REPLY.pack(0, ObsTag.SLAB_ARRAY if obs_in_slab else _CODEC)
-        if obs_in_slab and not infos:
-            return header
-        extras: dict[str, Any] = {"infos": infos}
-        if not obs_in_slab:
-            extras["obs"] = list(self._env_obs)
-        return header + self.codec.encode(extras)
+        return vector_reply(obs_in_slab, infos, self._env_obs, self.codec)
 
     def _write_obs_rows(self) -> bool:
         if self._obs_rows is None:
@@ -532,7 +454,7 @@ class RemoteEnvironmentServer:
 
 
 # ------------------------------------------------------------------------------------------
-# structure helpers for single-env observations
+# attribute access on the served envs
 # ------------------------------------------------------------------------------------------
 
 def _optional_attr(env: Any, name: str) -> Any:
@@ -549,62 +471,6 @@ def _get(obj: Any, name: str) -> Any:
         raise AttributeError(f"refusing to expose dunder attribute {name!r}")
     getter = getattr(obj, "get_wrapper_attr", None)
     return getter(name) if getter is not None else getattr(obj, name)
-
-
-def _leaf_kind(space, obs_leaves) -> str | None:
-    from gymnasium import spaces
-
-    if obs_leaves is None:
-        return None
-    if isinstance(space, spaces.Discrete):
-        return "discrete"
-    if isinstance(space, spaces.Dict):
-        return "dict"
-    if isinstance(space, spaces.Tuple):
-        return "tuple"
-    return "array"
-
-
-def _flatten_exact(obs: Any, space, dst_leaves) -> list | None:
-    """The leaves of a Dict/Tuple obs if it matches the space exactly, else None."""
-    from gymnasium import spaces
-
-    out: list = []
-
-    def walk(o: Any, s) -> bool:
-        if isinstance(s, spaces.Dict):
-            if type(o) is not dict or list(o) != list(s.spaces):
-                return False
-            return all(walk(o[k], sub) for k, sub in s.spaces.items())
-        if isinstance(s, spaces.Tuple):
-            if type(o) is not tuple or len(o) != len(s.spaces):
-                return False
-            return all(walk(x, sub) for x, sub in zip(o, s.spaces))
-        if isinstance(s, spaces.Discrete):
-            return False    # scalars inside trees keep their exact type via the codec
-        dst = dst_leaves[len(out)]
-        if type(o) is not np.ndarray or o.dtype != dst.dtype or o.shape != dst.shape:
-            return False
-        out.append(o)
-        return True
-
-    return out if walk(obs, space) else None
-
-
-def _unflatten(space, arrays: list) -> Any:
-    """Rebuild a Dict/Tuple structure of arrays (in leaf order) for ``space``."""
-    from gymnasium import spaces
-
-    it = iter(arrays)
-
-    def build(s):
-        if isinstance(s, spaces.Dict):
-            return {k: build(sub) for k, sub in s.spaces.items()}
-        if isinstance(s, spaces.Tuple):
-            return tuple(build(sub) for sub in s.spaces)
-        return next(it)
-
-    return build(space)
 
 
 def _shmbench_version() -> str:

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest_images import *  # noqa: F403  (image fixtures for any test module)
+from fake_apptainer import fake_apptainer  # noqa: F401  (the Apptainer test double, for any test module)
+from image_helpers import fake_sif
+from registry import REGISTRY_BINARY, FileServer, LocalRegistry, sha256_of
 
-from conftest_images import *  # noqa: F401,F403  (image fixtures for any test module)
-from shmbench.channel import channel_base
+from shmbench.transport.session import channel_base
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -85,7 +88,7 @@ def no_leaks():
 # ------------------------------------------------------------------------------------------
 
 def _bwrap_works() -> tuple[bool, str]:
-    from shmbench.container.bwrap import BwrapRuntime
+    from shmbench.runtimes.bwrap import BwrapRuntime
 
     return BwrapRuntime.probe()
 
@@ -111,3 +114,56 @@ def runtime_kwargs(name: str) -> dict:
 def runtime(request) -> dict:
     """make() keyword arguments for each runtime that runs here (bwrap, process)."""
     return runtime_kwargs(request.param)
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures shared by several test modules (modules opt in with pytestmark = usefixtures(...))
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """A private cache and config dir; no record dirs, index or runtime choice from outside."""
+    monkeypatch.setenv("SHMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("SHMBENCH_EXPERIMENTS", "SHMBENCH_EXPERIMENT_INDEX", "SHMBENCH_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SHMBENCH_CACHE_DIR", str(cache))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory):
+    if REGISTRY_BINARY is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    reg = LocalRegistry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield reg
+    finally:
+        process = reg.process
+        reg.close()
+        assert process is not None and process.poll() is not None  # no registry left running
+
+
+@pytest.fixture(scope="session")
+def light(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, bytes]:
+    """A SIF-like file pushed as shmbench/light:0.1; returns (ref, digest, bytes)."""
+    data = fake_sif(300_000, seed=1)
+    path = tmp_path_factory.mktemp("push") / "light.sif"
+    path.write_bytes(data)
+    registry.push_sif(path, "shmbench/light", "0.1")
+    return f"oras://{registry.host}/shmbench/light:0.1", sha256_of(data), data
+
+
+@pytest.fixture
+def server():
+    srv = FileServer()
+    yield srv
+    srv.close()
+

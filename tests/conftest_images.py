@@ -126,7 +126,7 @@ def shmbench_wheel() -> Path:
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the bookworm image runs Python 3.11; its shmbench wheel must be built "
                     f"by Python 3.11, not {sys.version.split()[0]}")
-    from shmbench.cache import cache_subdir
+    from shmbench.images.store import cache_subdir
 
     out = cache_subdir("wheels") / _source_hash()
     wheels = sorted(out.glob("shmbench-*.whl"))
@@ -158,7 +158,8 @@ def reference_images(shmbench_wheel: Path) -> dict[str, Path]:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from shmbench.container.build import build_cached, find_apptainer
+    from shmbench.images.build import build_cached
+    from shmbench.runtimes.apptainer import find_binary as find_apptainer
 
     if find_apptainer() is None:
         if os.geteuid() != 0:

@@ -174,7 +174,7 @@ class TextEnv(_Seeded):
         return self.observation_space.sample()
 
     def reset(self, *, seed=None, options=None):
-        obs, info = super().reset(seed=seed, options=options)
+        _obs, info = super().reset(seed=seed, options=options)
         if seed is not None:
             self.observation_space.seed(seed)
         return self.observation_space.sample(), info

@@ -98,7 +98,7 @@ class LocalRegistry:
         SIF media type, an empty ``{}`` config with the SIF config media type."""
         import oras.provider
 
-        from shmbench.images import SIF_CONFIG_MEDIA_TYPE, SIF_LAYER_MEDIA_TYPE
+        from shmbench.images.fetch import SIF_CONFIG_MEDIA_TYPE, SIF_LAYER_MEDIA_TYPE
 
         config = self.workdir / "sif-config.json"
         config.write_text("{}")
@@ -163,7 +163,7 @@ class FileServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 start = time.monotonic()
                 with server._lock:
                     server.gets[self.path] = server.gets.get(self.path, 0) + 1

@@ -71,7 +71,7 @@ class ExitingAgent:
 
 def crash_run(log_path: str, at_step: int) -> None:
     """Run exp:0.01 in this process and die at step ``at_step`` (for a subprocess)."""
-    from shmbench.runner import LocalRunner
+    from shmbench.experiments.runner import LocalRunner
 
     runner = LocalRunner(experiment_identifier="exp:0.01", seed=3, log_path=log_path)
     runner.run(ExitingAgent(at_step), 10)

@@ -1,45 +1,35 @@
-"""shmbench.container.apptainer.
+"""shmbench.runtimes.apptainer: versions, the exec argv, the probe, and the runtime's lifecycle.
 
 Apptainer and Singularity cannot be installed where these tests were written, so nothing
 here shows that Apptainer accepts what shmbench hands it. What is tested:
 
-* the parsers, against sample outputs in tests/data/apptainer (each file's format and
+* the version parser, against sample outputs in tests/data/apptainer (each file's format and
   its source are listed in that directory's README);
 * the argv the runtime builds, flag by flag against the documented CLI, and read back by
-  :func:`parse_exec_argv`, a model of how Apptainer's option parser (cobra/pflag) splits
-  ``--bind`` and ``--env`` values;
-* the spython helpers and the runtime's lifecycle against ``fake_apptainer``, a test double
-  installed as ``apptainer`` on PATH. It records its argv and answers from the sample files;
-  for ``exec`` it runs this host's ``python -I -m shmbench.server`` with ``/shmbench`` mapped
-  to the bound session directory, so a real env is stepped through a real channel. It is
-  never Apptainer: passing these tests counts for nothing about Apptainer support.
+  :func:`fake_apptainer.parse_exec_argv`, a model of how Apptainer's option parser
+  (cobra/pflag) splits ``--bind`` and ``--env`` values;
+* the probe and the runtime's lifecycle against ``fake_apptainer`` (tests/fake_apptainer.py),
+  a test double installed as ``apptainer`` on PATH. It is never Apptainer: passing these
+  tests counts for nothing about Apptainer support.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import gymnasium
 import pytest
+from fake_apptainer import FakeApptainer, install, parse_exec_argv
+from helpers import assert_same
 
 import shmbench
-from conftest_images import make_sif  # noqa: F401  (siftool-made SIF for pull)
-from shmbench.channel import HOST_LOCK, Session
-from shmbench.container import apptainer as app
-from shmbench.container.apptainer import (ApptainerRuntime, Instance, gc_instances, inspect_labels,
-                                          instance_name, list_instances, parse_inspect,
-                                          parse_instance_list, parse_version, pull,
-                                          session_of_instance, stale_instances, stop_instance,
-                                          stop_instances)
-from shmbench.container.runtime import Launch
 from shmbench.errors import ImageError, PeerDied, RuntimeUnavailable
-from helpers import assert_same
+from shmbench.runtimes import apptainer as app
+from shmbench.runtimes.apptainer import ApptainerRuntime, parse_version
+from shmbench.runtimes.apptainer_tools import gc_instances, list_instances
+from shmbench.runtimes.base import Launch
 
 DATA = Path(__file__).resolve().parent / "data" / "apptainer"
 
@@ -69,55 +59,6 @@ def test_version_minimums_follow_the_flags_used() -> None:
     # --env: Singularity 3.6.0; --contain without fatal /etc/hosts binds: 3.7.0
     assert app.MIN_SINGULARITY == (3, 7, 0)
     assert app.MIN_APPTAINER == (1, 0, 0)
-
-
-# ----------------------------------------------------------------- the exec argv, parsed
-
-def parse_exec_argv(argv: list[str]) -> dict:
-    """Read an ``apptainer exec`` argv the way Apptainer's option parser would.
-
-    Models spf13/pflag: ``--env`` is a string-to-string map (string_to_string.go: with one
-    '=' the text, surrounding double quotes trimmed, is the pair; with several it is read as
-    one CSV record of pairs); ``--bind`` is a string slice (read as a CSV record, one bind
-    per field), each bind ``src[:dst[:opts]]``. Flags must come before the image.
-    """
-    import csv as _csv
-
-    if argv[1:2] != ["exec"]:
-        raise ValueError(f"not an exec: {argv[:2]}")
-    booleans = {"--containall", "--cleanenv", "--nv", "--writable-tmpfs", "--no-home"}
-    out = {"flags": [], "binds": [], "env": {}, "pwd": None}
-    i = 2
-    while i < len(argv) and argv[i].startswith("-"):
-        flag = argv[i]
-        if flag in booleans:
-            out["flags"].append(flag)
-            i += 1
-            continue
-        if flag not in ("--bind", "--env", "--pwd") or i + 1 >= len(argv):
-            raise ValueError(f"unknown flag: {flag}")
-        value = argv[i + 1]
-        i += 2
-        if flag == "--pwd":
-            out["pwd"] = value
-        elif flag == "--bind":
-            for field in next(_csv.reader([value])):
-                parts = field.split(":")
-                out["binds"].append((parts[0], parts[1] if len(parts) > 1 else parts[0],
-                                     parts[2] if len(parts) > 2 else "rw"))
-        else:
-            n = value.count("=")
-            if n == 0:
-                raise ValueError(f"{value} must be formatted as key=value")
-            pairs = [value.strip('"')] if n == 1 else next(_csv.reader([value]))
-            for pair in pairs:
-                key, sep, val = pair.partition("=")
-                if not sep:
-                    raise ValueError(f"{pair} must be formatted as key=value")
-                out["env"][key] = val
-    out["image"] = argv[i]
-    out["command"] = argv[i + 1:]
-    return out
 
 
 def launch_for(tmp_path: Path, name: str = "w0") -> Launch:
@@ -262,113 +203,6 @@ def test_no_binary(sandbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         list_instances()
 
 
-# --------------------------------------------------------------------- fake_apptainer
-
-FAKE_APPTAINER = '''\
-#!{python}
-# fake_apptainer: a TEST DOUBLE standing in for the apptainer binary; never Apptainer.
-# It records its argv, answers from sample files, and for `exec` runs this host's
-# shmbench server with /shmbench mapped to the bound session directory.
-import csv, json, os, shutil, sys
-args = sys.argv[1:]
-env = os.environ
-with open({log!r}, "a") as f:
-    f.write(json.dumps({{"argv": sys.argv}}) + "\\n")
-
-def fatal(msg, code=255):
-    print("FATAL:   " + msg, file=sys.stderr)
-    sys.exit(code)
-
-def sample(var, default=""):
-    return open(env[var]).read() if env.get(var) else default
-
-{parser}
-
-if args[:1] == ["--version"]:
-    if env.get("FAKE_APPTAINER_VERSION_FAIL"):
-        fatal("broken installation", 1)
-    print(env.get("FAKE_APPTAINER_VERSION", "apptainer version 1.3.4"))
-elif args[:3] == ["instance", "list", "--json"]:
-    if env.get("FAKE_APPTAINER_FAIL"):
-        fatal("could not retrieve instance list: permission denied")
-    sys.stdout.write(sample("FAKE_APPTAINER_INSTANCES", '{{\\n\\t"instances": []\\n}}\\n'))
-elif args[:2] == ["instance", "stop"]:
-    name = args[-1]
-    if name in env.get("FAKE_APPTAINER_GONE", "").split():
-        fatal("no instance found")
-    if name in env.get("FAKE_APPTAINER_STOP_FAIL", "").split():
-        fatal("could not stop " + name + ": operation not permitted")
-    print("INFO:    Stopping " + name + " instance of /x.sif (PID=1)", file=sys.stderr)
-elif args[:1] == ["inspect"]:
-    if env.get("FAKE_APPTAINER_FAIL"):
-        fatal("could not open image " + args[-1] + ": failed to retrieve path")
-    sys.stdout.write(sample("FAKE_APPTAINER_INSPECT"))
-elif args[:1] == ["pull"]:
-    name = args[args.index("--name") + 1]
-    print("INFO:    Converting OCI blobs to SIF format", file=sys.stderr)
-    if env.get("FAKE_APPTAINER_FAIL"):
-        fatal("While making image from oci registry: manifest unknown")
-    if env.get("FAKE_APPTAINER_PULL_GARBAGE"):
-        open(name, "w").write("not a sif")
-    else:
-        shutil.copy(env["FAKE_APPTAINER_SIF"], name)
-    print("INFO:    Creating SIF file...", file=sys.stderr)
-elif args[:1] == ["exec"]:
-    if env.get("FAKE_APPTAINER_FAIL"):
-        fatal("could not open image " + args[-5] + ": image format not recognized")
-    try:
-        parsed = parse_exec_argv([sys.argv[0]] + args)
-    except ValueError as exc:
-        print("Error: " + str(exc), file=sys.stderr)
-        sys.exit(255)
-    binds = {{dst: src for src, dst, mode in parsed["binds"]}}
-    inner = dict(parsed["env"])
-    channel = inner["SHMBENCH_CHANNEL"]
-    inner["SHMBENCH_CHANNEL"] = binds["/shmbench"] + channel[len("/shmbench"):]
-    inner.update(PATH=env["PATH"], HOME=env.get("HOME", "/"), LANG="C.UTF-8")
-    command = parsed["command"]
-    if command[0] == "python3":
-        command[0] = sys.executable
-    os.execve(command[0], command, inner)
-else:
-    fatal("fake_apptainer does not know " + " ".join(args), 1)
-'''
-
-
-def _install(bindir: Path, name: str, log: Path) -> Path:
-    parser = textwrap.dedent(inspect.getsource(parse_exec_argv))
-    exe = bindir / name
-    exe.write_text(FAKE_APPTAINER.format(python=sys.executable, log=str(log), parser=parser))
-    exe.chmod(0o755)
-    return exe
-
-
-class FakeApptainer:
-    """The installed test double and its call log."""
-
-    def __init__(self, exe: Path, log: Path) -> None:
-        self.exe = exe
-        self.log = log
-
-    def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line)["argv"][1:] for line in self.log.read_text().splitlines()]
-
-
-@pytest.fixture
-def fake_apptainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeApptainer:
-    """fake_apptainer (a test double) first on PATH as ``apptainer``."""
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    log = tmp_path / "fake_apptainer.jsonl"
-    exe = _install(bindir, "apptainer", log)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    for var in [v for v in os.environ if v.startswith("FAKE_APPTAINER")]:
-        monkeypatch.delenv(var)
-    return FakeApptainer(exe, log)
-
-
 # ----------------------------------------------------------------- detection and probe
 
 def test_probe_reports_binary_and_version(fake_apptainer: FakeApptainer) -> None:
@@ -402,12 +236,12 @@ def test_apptainer_is_preferred_over_singularity(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    singularity = _install(bindir, "singularity", tmp_path / "log")
+    singularity = install(bindir, "singularity", tmp_path / "log")
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.setenv("FAKE_APPTAINER_VERSION", "singularity-ce version 3.11.4")
     assert app.find_binary() == str(singularity)
     assert ApptainerRuntime.probe() == (True, f"{singularity} (singularity-ce version 3.11.4)")
-    apptainer = _install(bindir, "apptainer", tmp_path / "log")
+    apptainer = install(bindir, "apptainer", tmp_path / "log")
     assert app.find_binary() == str(apptainer)
 
 
@@ -434,203 +268,3 @@ def test_a_failing_start_shows_apptainers_message(fake_apptainer: FakeApptainer,
     monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
     with pytest.raises(PeerDied, match="image format not recognized"):
         shmbench.make("CartPole-v1", runtime=ApptainerRuntime(image=sandbox))
-
-
-# ------------------------------------------------------------------------------ inspect
-
-LABELS = json.loads((DATA / "inspect.json").read_text())["data"]["attributes"]["labels"]
-
-
-@pytest.mark.parametrize("name, expect", [
-    ("inspect.json", LABELS),
-    ("inspect-3.0.json", {"org.label-schema.schema-version": "1.0",
-                          "org.label-schema.build-date": "Mon,_01_Oct_2018_12:00:00_+0000",
-                          "org.label-schema.usage.singularity.version": "3.0.0"}),
-    ("inspect-labels-string.json", {"org.label-schema.schema-version": "1.0",
-                                    "Author": "someone@example.org"}),
-])
-def test_parse_inspect_samples(name: str, expect: dict) -> None:
-    assert parse_inspect((DATA / name).read_text()) == expect
-
-
-@pytest.mark.parametrize("text", ['[]', 'WARNING: x', '{"data": {}}', '{"attributes": {"labels": "{oops"}}',
-                                  '{"attributes": {"labels": [1]}}'])
-def test_parse_inspect_rejects(text: str) -> None:
-    with pytest.raises(ImageError):
-        parse_inspect(text)
-
-
-def test_inspect_labels_through_spython(fake_apptainer: FakeApptainer, sandbox: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_INSPECT", str(DATA / "inspect.json"))
-    assert inspect_labels(sandbox) == LABELS
-    call = fake_apptainer.calls()[-1]
-    assert call[0] == "inspect" and call[-2:] == ["--json", str(sandbox)] and "-l" in call
-
-
-def test_inspect_failure_carries_the_message(fake_apptainer: FakeApptainer, sandbox: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
-    with pytest.raises(ImageError, match="failed to retrieve path"):
-        inspect_labels(sandbox)
-
-
-def test_inspect_garbage_output(fake_apptainer: FakeApptainer, sandbox: Path, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = tmp_path / "bad.txt"
-    bad.write_text("WARNING: not json\n")
-    monkeypatch.setenv("FAKE_APPTAINER_INSPECT", str(bad))
-    with pytest.raises(ImageError, match="unreadable output"):
-        inspect_labels(sandbox)
-
-
-def test_spython_sys_exit_becomes_an_error(fake_apptainer: FakeApptainer) -> None:
-    # spython itself calls sys.exit ("Please provide an image to inspect.") for an empty
-    # image; that must surface as an ImageError, not end the interpreter
-    with pytest.raises(ImageError, match="Please provide an image"):
-        inspect_labels("")
-
-
-# ---------------------------------------------------------------------------------- pull
-
-@pytest.fixture
-def prepared_sif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    sif = make_sif(tmp_path / "prepared.sif", None)
-    monkeypatch.setenv("FAKE_APPTAINER_SIF", str(sif))
-    return sif
-
-
-def test_pull_writes_the_image_atomically(fake_apptainer: FakeApptainer, prepared_sif: Path,
-                                          tmp_path: Path) -> None:
-    dest = tmp_path / "images" / "py.sif"
-    assert pull("docker://python:3.11-slim", dest) == dest
-    assert dest.read_bytes() == prepared_sif.read_bytes()
-    (call,) = fake_apptainer.calls()
-    assert call[0] == "pull" and call[-1] == "docker://python:3.11-slim"
-    part = Path(call[call.index("--name") + 1])
-    assert part.parent == dest.parent and part.name.startswith(".py.sif.") and not part.exists()
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["py.sif"]
-    with pytest.raises(ImageError, match="exists"):
-        pull("docker://python:3.11-slim", dest)
-    pull("docker://python:3.11-slim", dest, force=True)
-
-
-def test_pull_failure(fake_apptainer: FakeApptainer, prepared_sif: Path, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
-    dest = tmp_path / "out" / "x.sif"
-    with pytest.raises(ImageError, match="manifest unknown"):
-        pull("oras://ghcr.io/o/missing:1", dest)
-    assert list(dest.parent.iterdir()) == []
-    capfd.readouterr()
-
-
-def test_pull_rejects_what_is_not_a_sif(fake_apptainer: FakeApptainer, prepared_sif: Path,
-                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_PULL_GARBAGE", "1")
-    dest = tmp_path / "out" / "x.sif"
-    with pytest.raises(ImageError, match="did not write a SIF image.*truncated"):
-        pull("docker://x", dest)
-    assert list(dest.parent.iterdir()) == []
-
-
-def test_pull_rejects_unknown_references(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cannot pull"):
-        pull("/local/file.sif", tmp_path / "x.sif", binary="apptainer")
-
-
-# ----------------------------------------------------------------------------- instances
-
-def test_parse_instance_list_samples() -> None:
-    got = parse_instance_list((DATA / "instance-list.json").read_text())
-    assert got == [
-        Instance("shmbench-4242-0a1b2c3d-w0", 1838401, "/scratch/u/images/cartpole.sif", "",
-                 "/home/u/.apptainer/instances/logs/node017/u/shmbench-4242-0a1b2c3d-w0.err",
-                 "/home/u/.apptainer/instances/logs/node017/u/shmbench-4242-0a1b2c3d-w0.out"),
-        Instance("postgres", 1838502, "/home/u/containers/postgres_16.sif", "10.22.0.4",
-                 "/home/u/.apptainer/instances/logs/node017/u/postgres.err",
-                 "/home/u/.apptainer/instances/logs/node017/u/postgres.out"),
-    ]
-    assert parse_instance_list((DATA / "instance-list-empty.json").read_text()) == []
-    assert parse_instance_list("") == []
-
-
-@pytest.mark.parametrize("text", ["not json", '{"instances": {}}', '{"instances": [{"pid": 1}]}'])
-def test_parse_instance_list_rejects(text: str) -> None:
-    with pytest.raises(RuntimeUnavailable):
-        parse_instance_list(text)
-
-
-def test_list_and_stop_through_spython(fake_apptainer: FakeApptainer,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_INSTANCES", str(DATA / "instance-list.json"))
-    assert [i.name for i in list_instances()] == ["shmbench-4242-0a1b2c3d-w0", "postgres"]
-    stop_instance("postgres", timeout=3)
-    assert fake_apptainer.calls() == [["instance", "list", "--json"],
-                                      ["instance", "stop", "-t", "3", "postgres"]]
-    with pytest.raises(ValueError):
-        stop_instance("bad name; rm -rf /")
-
-
-def test_list_failure_is_an_error_not_an_empty_list(fake_apptainer: FakeApptainer,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
-    with pytest.raises(RuntimeUnavailable, match="permission denied"):
-        list_instances()
-
-
-def test_stop_instances_tries_all_then_reports(fake_apptainer: FakeApptainer,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_APPTAINER_GONE", "b")
-    monkeypatch.setenv("FAKE_APPTAINER_STOP_FAIL", "c")
-    assert stop_instances(["a", "b"]) == ["a", "b"]         # b: already gone
-    with pytest.raises(RuntimeUnavailable, match="could not stop c: operation not permitted"):
-        stop_instances(["c", Instance("d", 1, "/x.sif")])
-    stopped = [c[-1] for c in fake_apptainer.calls()]
-    assert stopped == ["a", "b", "c", "d"]                 # d was tried after c failed
-
-
-def test_instance_names_carry_the_session() -> None:
-    assert instance_name("4242-0a1b2c3d", 0) == "shmbench-4242-0a1b2c3d-0"
-    assert session_of_instance("shmbench-4242-0a1b2c3d-w0") == "4242-0a1b2c3d"
-    for other in ("shmbench-notours", "postgres", "shmbench-4242-0a1b2c3d",
-                  "xshmbench-1-0a1b2c3d-w"):
-        assert session_of_instance(other) is None
-    with pytest.raises(ValueError):
-        instance_name("not-a-session", 0)
-    with pytest.raises(ValueError):
-        instance_name("4242-0a1b2c3d", "a/b")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_stale_instances_and_gc(fake_apptainer: FakeApptainer, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    base = tmp_path / "channels"
-    live = Session(base)                            # holds its host.lock
-    dead = base / "999999-0badf00d"                 # a host.lock nobody holds
-    dead.mkdir()
-    (dead / HOST_LOCK).write_text("")
-    gone_dead = f"{_dead_pid()}-1234abcd"           # not under base, host pid dead
-    gone_live = f"{os.getpid()}-5678abcd"           # not under base, host pid alive
-    names = [instance_name(live.name, "w0"), instance_name(dead.name, "w0"),
-             instance_name(gone_dead, "w1"), instance_name(gone_live, "w2"),
-             "shmbench-notours", "postgres"]
-    listing = tmp_path / "instances.json"
-    listing.write_text(json.dumps({"instances": [
-        {"instance": n, "pid": 100 + i, "img": "/x.sif", "ip": "", "logErrPath": "",
-         "logOutPath": ""} for i, n in enumerate(names)]}, indent="\t") + "\n")
-    monkeypatch.setenv("FAKE_APPTAINER_INSTANCES", str(listing))
-    try:
-        stale = [i.name for i in stale_instances(base=base)]
-        assert stale == [names[1], names[2]]
-        assert gc_instances(base=base) == [names[1], names[2]]
-        stops = [c for c in fake_apptainer.calls() if c[:2] == ["instance", "stop"]]
-        assert [c[-1] for c in stops] == [names[1], names[2]]
-        assert (base / live.name).is_dir()          # gc of instances touches no directory
-    finally:
-        live.close()

@@ -4,7 +4,6 @@ strict-JSON checks and the DACBench config filter (which needs no DACBench insta
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import gymnasium
@@ -18,17 +17,20 @@ import shmbench.benchmarks as benchmarks
 from shmbench.benchmarks import (
     LubyBenchmark,
     SigmoidBenchmark,
+    _config,
+    luby,
     make_benchmark_env,
+    sigmoid,
 )
-from shmbench.benchmarks import _config, luby, sigmoid
 from shmbench.benchmarks.dacbench_ids import filter_dacbench_config, make_dacbench_env
 from shmbench.benchmarks.luby import LubyEnv
 from shmbench.benchmarks.sigmoid import SigmoidEnv
 from shmbench.errors import ExperimentError
-from shmbench.strict_json import MAX_DEPTH, loads, strict_json
 
 # 1 / (1 + e^4) and 1 - that, worked out independently of the code under test.
 SIG_MINUS_4 = 0.01798620996209156
+
+
 SIG_PLUS_4 = 0.9820137900379085
 
 
@@ -39,52 +41,6 @@ def run_episode(env, actions):
         obs, reward, terminated, truncated, _ = env.step(action)
         out.append((obs, reward, terminated, truncated))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# strict JSON
-# ---------------------------------------------------------------------------------------------
-
-
-def test_strict_json_normalises_tuples_and_numpy():
-    value = {"a": (1, 2), "b": np.int64(3), "c": np.float32(0.5), "d": np.array([1.5, 2.0]),
-             "e": [None, True, "x", {"f": np.bool_(False)}]}
-    out = strict_json(value)
-    assert out == {"a": [1, 2], "b": 3, "c": 0.5, "d": [1.5, 2.0], "e": [None, True, "x", {"f": False}]}
-    assert type(out["b"]) is int and type(out["e"][3]["f"]) is bool
-
-
-@pytest.mark.parametrize("bad", [
-    float("nan"), float("inf"), {1: "x"}, {"k": {2, 3}}, b"bytes", object(), print, int,
-    {"nested": [[np.array(["s"])]]}, np.float64("-inf"),
-])
-def test_strict_json_refuses_non_json(bad):
-    with pytest.raises(ExperimentError):
-        strict_json({"key": bad})
-
-
-def test_strict_json_names_the_offending_path():
-    with pytest.raises(ExperimentError, match=r"config\['a'\]\[1\]\['b'\]"):
-        strict_json({"a": [0, {"b": math.nan}]})
-
-
-def test_strict_json_refuses_deep_nesting():
-    value: list = []
-    for _ in range(MAX_DEPTH + 5):
-        value = [value]
-    with pytest.raises(ExperimentError, match="deeper"):
-        strict_json(value)
-
-
-@pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": Infinity}', '{"a": 1, "a": 2}', '{"a": ', "[" * 100000])
-def test_loads_refuses_non_strict_text(text):
-    with pytest.raises(ExperimentError):
-        loads(text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sigmoid
-# ---------------------------------------------------------------------------------------------
 
 
 def one_dim(shift=5.0, slope=1.0, **extra):
@@ -295,11 +251,6 @@ def test_observations_have_the_declared_dtype_along_random_episodes(env_id):
             pytest.fail("the episode never ended")
 
 
-# ---------------------------------------------------------------------------------------------
-# Luby
-# ---------------------------------------------------------------------------------------------
-
-
 def test_luby_sequence():
     assert [luby.luby(i) for i in range(1, 16)] == [1, 1, 2, 1, 1, 2, 4, 1, 1, 2, 1, 1, 2, 4, 8]
     assert luby.luby(127) == 64 and luby.luby(128) == 1
@@ -395,18 +346,13 @@ def test_luby_step_checks_actions():
             env.step(bad)
 
 
-# ---------------------------------------------------------------------------------------------
-# host-side benchmarks
-# ---------------------------------------------------------------------------------------------
-
-
 def test_config_has_attribute_access():
     bench = SigmoidBenchmark()
     assert bench.config.cutoff == 10
     bench.config.cutoff = 20
     assert bench.config["cutoff"] == 20 and bench.get_config() is bench.config
     with pytest.raises(AttributeError):
-        bench.config.no_such_key
+        _ = bench.config.no_such_key
     copied = bench.config.copy()
     copied.cutoff = 5
     assert bench.config.cutoff == 20
@@ -518,11 +464,6 @@ def test_set_action_values_switches_to_generated_instances():
     assert bench.config.instance_set_path is None
 
 
-# ---------------------------------------------------------------------------------------------
-# factory and registration
-# ---------------------------------------------------------------------------------------------
-
-
 def test_register_is_idempotent_and_uses_string_entry_points():
     benchmarks.register()
     benchmarks.register()
@@ -582,11 +523,6 @@ def test_factory_never_imports_a_module_named_in_the_id(tmp_path, monkeypatch):
 def test_factory_checks_config_and_seed(config, seed):
     with pytest.raises(ExperimentError):
         make_benchmark_env("shmbench/Sigmoid", config, seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# DACBench ids (DACBench itself is not needed: the filter runs before it is imported)
-# ---------------------------------------------------------------------------------------------
 
 
 def test_dacbench_filter_passes_plain_overrides():

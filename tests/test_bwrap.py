@@ -15,15 +15,15 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
-
-import shmbench
 from conftest import TESTS, runtime_kwargs
 from helpers import assert_same
-from shmbench.channel import channel_base, gc
-from shmbench.container.bwrap import BwrapRuntime
-from shmbench.container.runtime import Launch
+from test_env import actions_for, run_trajectory, server_pid
+
+import shmbench
 from shmbench.errors import PeerDied
-from test_client import actions_for, run_trajectory, server_pid
+from shmbench.runtimes.base import Launch, server_command
+from shmbench.runtimes.bwrap import BwrapRuntime
+from shmbench.transport.session import channel_base, gc
 
 pytestmark = pytest.mark.usefixtures("bwrap_ok")
 
@@ -43,7 +43,8 @@ def test_argv_isolates_and_binds_only_the_channel_dir(tmp_path):
                  f"--ro-bind {tmp_path} /data", "--setenv SHMBENCH_CHANNEL /shmbench/w0.chan",
                  "--setenv A 1"):
         assert flag in joined, flag
-    assert argv[-3:] == ["-s", "-m", "shmbench.server"]
+    # the host's own shmbench.server, whatever the working directory holds (server_command)
+    assert argv[argv.index("--") + 1:] == server_command(rt.python, "-s")
     assert "--bind / /" not in joined and "--ro-bind /dev " not in joined
     assert set(env) <= {"PATH", "LANG"}
 
@@ -95,7 +96,7 @@ def test_kill_of_the_sandboxed_server_gives_peer_died_and_leaves_nothing():
 HOST_SCRIPT = """
 import os, sys, time, shmbench
 sys.path.insert(0, {tests!r})
-from test_client import server_pid
+from test_env import server_pid
 env = shmbench.make("CartPole-v1", runtime={runtime!r}, **{extra!r})
 env.reset(seed=0)
 print(env._owned.session.path, server_pid(env), flush=True)

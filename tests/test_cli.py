@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shmbench.channel import channel_base
+from shmbench.transport.session import channel_base
 
 
 def shmbench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def test_gc_removes_sessions_whose_host_died_and_keeps_live_ones():
     # a host that creates a session and dies without cleaning up (kill -9 of itself)
     script = textwrap.dedent("""
         import os, signal
-        from shmbench.channel import Session
+        from shmbench.transport.session import Session
         s = Session()
         (s.path / "w0.chan").write_bytes(b"x")
         print(s.path, flush=True)
@@ -45,7 +45,7 @@ def test_gc_removes_sessions_whose_host_died_and_keeps_live_ones():
     dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     stale = Path(dead.stdout.strip())
     assert stale.is_dir()
-    from shmbench.channel import Session
+    from shmbench.transport.session import Session
 
     with Session() as live:
         out = shmbench("gc")
@@ -56,7 +56,7 @@ def test_gc_removes_sessions_whose_host_died_and_keeps_live_ones():
 
 
 def test_build_refuses_other_bootstrap_agents_without_apptainer(tmp_path):
-    from shmbench.container.build import find_apptainer
+    from shmbench.runtimes.apptainer import find_binary as find_apptainer
 
     if find_apptainer() is not None:
         pytest.skip("Apptainer is installed here: it builds every bootstrap agent")

@@ -1,4 +1,4 @@
-"""shmbench.codec: exact round trips (hypothesis), zero-copy decoding, and hostile input.
+"""shmbench.wire.codec: exact round trips (hypothesis), zero-copy decoding, and hostile input.
 
 "Exact" means: the same Python types all the way down (a tuple stays a tuple, np.float32
 stays np.float32, True stays a bool), the same dtypes including byte order, and floats
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shmbench import codec
-from shmbench.codec import Codec, decode, encode
 from shmbench.errors import DecodeError, EncodeError, ProtocolError, ShmbenchError
+from shmbench.wire import codec
+from shmbench.wire.codec import Codec, decode, encode
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

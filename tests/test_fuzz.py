@@ -32,13 +32,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmbench import codec
-from shmbench.channel import Channel, Session, Slab
-from shmbench.errors import ChannelClosed, ChannelTimeout, PeerDied, ProtocolError, ShmbenchError
+from shmbench.errors import (
+    ChannelClosed,
+    ChannelTimeout,
+    PeerDied,
+    ProtocolError,
+    ShmbenchError,
+)
+from shmbench.transport.channel import Channel
+from shmbench.transport.session import Session, Slab
+from shmbench.wire import codec
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from test_channel import (  # noqa: E402
+from channel_peers import (  # noqa: E402
     CTRL_DATA_SEQ,
     CTRL_DATA_SLEEPERS,
     CTRL_HEAD,
@@ -316,7 +323,7 @@ def peer_scribbler(session_dir: str, strategy: str, seed: str, duration: str) ->
                 mm[off:off + k] = rng.randbytes(k)
         if strategy == "server":
             # between the scribbles, behave: send real messages (codec documents, big ones)
-            for name, ch in list(attached.items()):
+            for ch in list(attached.values()):
                 try:
                     if rng.random() < 0.5:
                         ch.send(cd.encode({"obs": np.arange(rng.randrange(0, 5000), dtype=np.float32),

@@ -1,9 +1,9 @@
-"""shmbench.report and shmbench.benchrun.
+"""shmbench.perf.report and shmbench.perf.bench.
 
 ``tests/data/bench-sample.json`` is the pytest-benchmark JSON of a real full run of the
 suites on the 2-vCPU development VM::
 
-    python -m shmbench.benchrun -o /tmp/bench-full     # = shmbench bench
+    python -m shmbench.perf.bench -o /tmp/bench-full     # = shmbench bench
     python -c "import json, sys; sys.path.insert(0, 'tests'); import test_report as t; \\
         t.dump_sample(t.prune(json.load(open('/tmp/bench-full/bench.json'))))"
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from shmbench import report as rep
+from shmbench.perf import report as rep
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA / "bench-sample.json"
@@ -40,7 +40,7 @@ def prune(data: dict) -> dict:
         machine["cpu"] = {k: v for k, v in machine["cpu"].items() if k in ("brand_raw", "count", "arch", "hz_advertised_friendly")}
     return {
         "_note": data.get("_note") or (
-            "A real run of `shmbench bench` (python -m shmbench.benchrun) on the 2-vCPU "
+            "A real run of `shmbench bench` (python -m shmbench.perf.bench) on the 2-vCPU "
             "development VM, pruned by tests/test_report.py:prune (raw timings, options, "
             "nested extra_info and CPU flags dropped)."),
         "machine_info": machine,
@@ -223,20 +223,22 @@ def test_generic_groups_get_tables(tmp_path):
     assert not (tmp_path / "out" / "vector-throughput.png").exists()
 
 
-def test_main(tmp_path, capsys):
-    assert rep.main([str(SAMPLE), "-o", str(tmp_path / "r")]) == 0
+def test_report_command(tmp_path, capsys):
+    from shmbench.cli import main
+
+    assert main(["report", str(SAMPLE), "-o", str(tmp_path / "r")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "report.md")
-    assert rep.main([str(tmp_path / "missing.json"), "-o", str(tmp_path / "r2")]) == 2
+    assert main(["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "r2")]) == 2
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    assert rep.main([str(bad), "-o", str(tmp_path / "r3")]) == 2
+    assert main(["report", str(bad), "-o", str(tmp_path / "r3")]) == 2
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_bench_quick(tmp_path):
     """``shmbench bench --quick`` end to end (about 30 s idle; see the module docstring)."""
-    from shmbench import benchrun
+    from shmbench.perf import bench as benchrun
 
     status = benchrun.run(quick=True, out_dir=tmp_path)
     assert status == 0

@@ -1,4 +1,4 @@
-"""shmbench.semaphore: the posix_ipc named-semaphore wake-up backend, between processes."""
+"""shmbench.transport.semaphore: the posix_ipc named-semaphore wake-up backend, between processes."""
 
 from __future__ import annotations
 
@@ -13,13 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmbench.channel import Channel, Session, gc
-from shmbench.errors import ChannelClosed, ChannelMismatch, ChannelTimeout, PeerDied, ShmbenchError
-from shmbench.semaphore import SemaphoreChannel, sweep
+from shmbench.errors import (
+    ChannelClosed,
+    ChannelMismatch,
+    ChannelTimeout,
+    PeerDied,
+    ShmbenchError,
+)
+from shmbench.transport.channel import Channel
+from shmbench.transport.semaphore import SemaphoreChannel, sweep
+from shmbench.transport.session import Session, channel_base, gc
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from test_channel import PEER_TAG, finish, read_line, reaped, say  # noqa: E402
+from channel_peers import PEER_TAG, finish, read_line, reaped, say  # noqa: E402
 
 
 def spawn(func: str, *args, stdin=subprocess.PIPE, prefix=()) -> subprocess.Popen:
@@ -144,7 +151,7 @@ def peer_blocked(path: str) -> None:
 
 
 def test_ctrl_c_interrupts_a_semaphore_wait():
-    with host_and_peer("blocked") as (ch, peer):
+    with host_and_peer("blocked") as (_ch, peer):
         assert read_line(peer) == "waiting"
         time.sleep(0.3)
         t = time.monotonic()
@@ -187,12 +194,12 @@ def test_killed_host_semaphores_are_swept_after_gc():
     with reaped(spawn("host", stdin=subprocess.DEVNULL)) as host:
         path = Path(read_line(host))
         assert len(our_semaphores() - before) == 2
-        assert sweep() == []                      # its session lives: hands off
+        assert sweep(channel_base()) == []                      # its session lives: hands off
         host.kill()
         host.wait(10)
     assert len(our_semaphores() - before) == 2     # a killed host cannot unlink them
     assert path.parent in gc()
-    swept = sweep()
+    swept = sweep(channel_base())
     assert len(swept) == 2 and all(name.startswith("/shmbench-") for name in swept)
     assert our_semaphores() <= before
 
@@ -225,9 +232,9 @@ def test_attach_to_a_plain_channel_is_refused():
 CONTAIN_SCRIPT = r"""
 import subprocess, sys
 from pathlib import Path
-from shmbench.channel import Channel
+from shmbench.transport.channel import Channel
 from shmbench.errors import ChannelMismatch
-from shmbench.semaphore import SemaphoreChannel
+from shmbench.transport.semaphore import SemaphoreChannel
 session, bound = sys.argv[1], Path(sys.argv[2])
 # what `apptainer exec --containall --bind SESSION:/shmbench` does to the server's view:
 # the channel directory is bound in, /dev/shm is a fresh, private tmpfs

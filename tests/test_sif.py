@@ -1,4 +1,4 @@
-"""shmbench.container.sif: parsing real SIF files (made by siftool from real squashfs
+"""shmbench.images.sif: parsing real SIF files (made by siftool from real squashfs
 images), rejecting broken ones, and unpacking once into the cache."""
 
 from __future__ import annotations
@@ -12,14 +12,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest_images import make_sif, make_squashfs, make_tree, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest_images import make_sif, make_squashfs, make_tree, require_tool
-from shmbench.container import sif as sifmod
-from shmbench.container.sif import (DataType, FsType, PartType, find_squashfs, read_sif,
-                                    unpack_sif)
 from shmbench.errors import ImageError
+from shmbench.images.sif import (
+    DataType,
+    FsType,
+    PartType,
+    find_squashfs,
+    read_sif,
+    unpack_sif,
+)
+from shmbench.images.store import file_digest
 
 
 def siftool_offsets(path: Path) -> dict[int, tuple[int, int]]:
@@ -186,7 +192,7 @@ def _runs(log: Path) -> int:
 def test_unpack_makes_a_usable_harmless_tree(small_sif: Path, tmp_path: Path) -> None:
     rootfs = unpack_sif(small_sif, tmp_path / "cache")
     assert rootfs.parent == tmp_path / "cache"
-    assert rootfs.name == sifmod.sif_digest(small_sif)
+    assert rootfs.name == file_digest(small_sif).split(":", 1)[1]
     assert (rootfs / "etc" / "hello.txt").read_text() == "hello from the image\n"
     secret = rootfs / "root" / "secret"
     assert stat.S_IMODE(secret.stat().st_mode) & 0o044 == 0o044
@@ -216,7 +222,7 @@ def test_default_cache_dir_follows_the_environment(small_sif: Path, tmp_path: Pa
 
 _UNPACK_CHILD = """
 import sys
-from shmbench.container.sif import unpack_sif
+from shmbench.images.sif import unpack_sif
 print(unpack_sif(sys.argv[1], sys.argv[2]))
 """
 
@@ -230,7 +236,7 @@ def test_concurrent_unpacks_unpack_once(small_sif: Path, tmp_path: Path,
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    assert outputs[0] == outputs[1] == str(cache / sifmod.sif_digest(small_sif))
+    assert outputs[0] == outputs[1] == str(cache / file_digest(small_sif).split(":", 1)[1])
     assert _runs(counting_unsquashfs) == 1
 
 

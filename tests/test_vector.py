@@ -10,10 +10,10 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from helpers import assert_same
+from test_env import native, server_pid
 
 import shmbench
-from helpers import assert_same
-from test_client import native, server_pid
 from shmbench.errors import ChannelClosed, PeerDied, RemoteEnvError
 
 VECTOR_ENVS = ["CartPole-v1", "envs:DictTupleEnv", "envs:WrongDtypeEnv", "envs:InfoEnv", "envs:TextEnv"]

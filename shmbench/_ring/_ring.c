@@ -1,7 +1,7 @@
 /*
  * shmbench/_ring/_ring.c -- shared-memory rings with futex wake-ups in one mapped file.
  *
- * The narrow API (see shmbench/_ring.pyi): a Channel maps a channel file (ring.h describes
+ * The narrow API (see shmbench/_ring/_ring.pyi): a Channel maps a channel file (ring.h describes
  * its layout), sends and receives variable-length records on two SPSC rings, and waits
  * adaptively: spin for a bounded, learned budget, then FUTEX_WAIT in short slices, checking
  * between slices that the peer is still alive and that no signal is pending.
@@ -1523,7 +1523,7 @@ static PyMethodDef sb_module_methods[] = {
 
 static struct PyModuleDef sb_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "shmbench._ring",
+    .m_name = "shmbench._ring._ring",
     .m_doc = "Shared-memory rings with futex wake-ups in one mapped file (see ring.h).",
     .m_size = -1,
     .m_methods = sb_module_methods,

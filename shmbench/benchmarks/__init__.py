@@ -27,7 +27,7 @@ from gymnasium.utils import seeding
 from shmbench.benchmarks.dacbench_ids import DACBENCH_IDS, make_dacbench_env
 from shmbench.benchmarks.host import ConfigDict, DACBenchmark, LubyBenchmark, SigmoidBenchmark
 from shmbench.errors import ExperimentError
-from shmbench.strict_json import strict_json
+from shmbench.wire.strict_json import strict_json
 
 __all__ = [
     "SHMBENCH_IDS",

@@ -1,7 +1,7 @@
 """Checked configuration fields of the shmbench benchmarks, and where their data lives.
 
 A benchmark description crosses a trust boundary: the host writes it, the container turns it
-into an environment. Its configuration is strict JSON (:mod:`shmbench.strict_json`) on both
+into an environment. Its configuration is strict JSON (:mod:`shmbench.wire.strict_json`) on both
 sides; on top of that, each benchmark validates every field up front with the typed getters
 here (:func:`get_int`, :func:`get_number`, ...), so that a bad value names its key on the
 host -- with the message the container would give -- instead of failing somewhere inside
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shmbench.errors import ExperimentError
-from shmbench.strict_json import strict_json
+from shmbench.wire.strict_json import strict_json
 
 __all__ = [
     "DATA_DIR",

@@ -205,8 +205,8 @@ class InstanceSetEnv(gymnasium.Env[ObsType, ActType]):
 
     #: The benchmark id, for messages.
     benchmark: ClassVar[str]
-    _resolve_config: ClassVar[Callable[[Mapping[str, Any] | None], dict[str, Any]]]
-    _load_instances: ClassVar[Callable[[Mapping[str, Any]], Mapping[int, Any]]]
+    _resolve_config: ClassVar[staticmethod[[Mapping[str, Any] | None], dict[str, Any]]]
+    _load_instances: ClassVar[staticmethod[[Mapping[str, Any]], Mapping[int, Any]]]
 
     def __init__(self, config: Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
         if render_mode is not None:

@@ -38,7 +38,7 @@ from typing import Any
 import gymnasium
 
 from shmbench.errors import ExperimentError
-from shmbench.strict_json import dumps, strict_json
+from shmbench.wire.strict_json import dumps, strict_json
 
 __all__ = ["DACBENCH_IDS", "SPACE_CLASSES", "DTYPES", "filter_dacbench_config", "make_dacbench_env"]
 

@@ -8,7 +8,7 @@ A researcher used to DACBench writes::
     env = bench.get_environment()          # in-process
     spec = bench.spec()                    # what a RemoteRunner sends into a container
 
-Unlike DACBench, the config holds only strict JSON (see :mod:`shmbench.strict_json`):
+Unlike DACBench, the config holds only strict JSON (see :mod:`shmbench.wire.strict_json`):
 no callables, classes or import paths, so :meth:`DACBenchmark.to_json` and
 :meth:`DACBenchmark.from_json` are inert data round trips and a spec can safely cross into
 the container. Unknown keys and bad values fail on the host, with the message the container
@@ -27,7 +27,7 @@ import gymnasium
 from shmbench.benchmarks import luby, sigmoid
 from shmbench.benchmarks._config import is_shipped
 from shmbench.errors import ExperimentError
-from shmbench.strict_json import dumps, loads, strict_json
+from shmbench.wire.strict_json import dumps, loads, strict_json
 
 __all__ = ["ConfigDict", "DACBenchmark", "SigmoidBenchmark", "LubyBenchmark"]
 
@@ -75,9 +75,9 @@ class DACBenchmark:
     #: The whitelisted id the container resolves (``shmbench/...-v0``).
     benchmark_id: ClassVar[str]
     _defaults: ClassVar[Mapping[str, Any]]
-    _resolve: ClassVar[Callable[[Mapping[str, Any] | None], dict[str, Any]]]
+    _resolve: ClassVar[staticmethod[[Mapping[str, Any] | None], dict[str, Any]]]
     _env_class: ClassVar[Callable[..., gymnasium.Env]]
-    _read_csv: ClassVar[Callable[[str | Path], dict[int, list[float]]]]
+    _read_csv: ClassVar[staticmethod[[str | Path], dict[int, list[float]]]]
 
     def __init__(self, config_path: str | Path | None = None, config: Mapping[str, Any] | None = None) -> None:
         if config_path is not None and config is not None:
@@ -172,9 +172,10 @@ class DACBenchmark:
         return {"benchmark": self.benchmark_id, "config": cfg, "seed": cfg["seed"]}
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.serialize_config() == other.serialize_config()  # type: ignore[attr-defined]
+        return isinstance(other, DACBenchmark) and type(self) is type(other) and (
+            self.serialize_config() == other.serialize_config())
 
-    __hash__ = None  # type: ignore[assignment]  (mutable, like a dict)
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dict
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(config={dict(self.config)!r})"

@@ -184,7 +184,8 @@ class LubyEnv(_instances.InstanceSetEnv[np.ndarray, np.int64]):
         self._seq = luby_log2_sequence(2 * self.config["cutoff"] + 1)
         self._seq.setflags(write=False)
 
-        self.action_space = spaces.Discrete(self.config["cutoff"].bit_length())
+        self._n_actions = self.config["cutoff"].bit_length()
+        self.action_space = spaces.Discrete(self._n_actions)
         high = max(2.0 ** (self._seq.max() + 1), float(self._min_steps))
         self.observation_space = spaces.Box(-1.0, high, shape=(self._hist + 1,), dtype=np.float32)
 
@@ -229,10 +230,10 @@ class LubyEnv(_instances.InstanceSetEnv[np.ndarray, np.int64]):
         """Reward the prediction, advance along the (shifted, drifting) sequence."""
         if not self._running:
             raise ResetNeeded(f"{BENCHMARK}: call reset() before step() (and after an episode ends)")
-        act = np.asarray(action)
-        if act.shape != () or act.dtype.kind not in "iu" or not 0 <= int(act) < self.action_space.n:
+        given = np.asarray(action)
+        if given.shape != () or given.dtype.kind not in "iu" or not 0 <= int(given) < self._n_actions:
             raise ValueError(f"{BENCHMARK}: action {action!r} is not in {self.action_space}")
-        act = int(act)
+        act = int(given)
         self._t += 1
         truncated = self._t >= self._min_steps
         previous = list(self._state)

@@ -1,8 +1,9 @@
-"""Containers: runtimes that start servers, images, and the seed's class names.
+"""The seed's class names, where the seed's code imports them: a compatibility face.
 
-``RemoteEnvironmentServer`` runs in the container, ``RemoteEnvironmentClient`` on the host;
-``RemoteRunner`` / ``RemoteRunnerServer`` run whole experiments. Imported lazily, so the
-container side pulls in nothing it does not need.
+``from shmbench.container import RemoteRunner`` (and the other names below) keeps working;
+new code imports from the layers themselves (``shmbench.experiments.runner``,
+``shmbench.runtimes``...). Imported lazily, so the container side pulls in nothing it does
+not need.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Any
 
 _LAZY = {
     "RemoteEnvironmentServer": "shmbench.server",
-    "RemoteEnvironmentClient": "shmbench.client",
-    "RemoteRunner": "shmbench.runner",
-    "RemoteRunnerServer": "shmbench.runner",
-    "Runtime": "shmbench.container.runtime",
-    "ProcessRuntime": "shmbench.container.runtime",
-    "BwrapRuntime": "shmbench.container.bwrap",
-    "ApptainerRuntime": "shmbench.container.apptainer",
-    "get_runtime": "shmbench.container.select",
-    "probe_all": "shmbench.container.select",
+    "RemoteEnvironmentClient": "shmbench.host.env",
+    "RemoteRunner": "shmbench.experiments.runner",
+    "RemoteRunnerServer": "shmbench.experiments.runner",
+    "Runtime": "shmbench.runtimes.base",
+    "ProcessRuntime": "shmbench.runtimes.process",
+    "BwrapRuntime": "shmbench.runtimes.bwrap",
+    "ApptainerRuntime": "shmbench.runtimes.apptainer",
+    "get_runtime": "shmbench.runtimes.select",
+    "probe_all": "shmbench.runtimes.select",
 }
 
 __all__ = list(_LAZY)

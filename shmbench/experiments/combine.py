@@ -40,13 +40,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium
 
 from shmbench.errors import ExperimentError
 from shmbench.experiments import ExperimentRecord, SeedPolicy, resolve
-from shmbench.images import ImageSpec
+from shmbench.images.refs import ImageSpec
 
 __all__ = ["Experiment", "resolve_experiment", "slug"]
 
@@ -119,7 +119,7 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
         ImageError: a bad image reference or digest.
     """
     from shmbench.benchmarks import canonical_id
-    from shmbench.strict_json import strict_json
+    from shmbench.wire.strict_json import strict_json
 
     record = resolve(experiment_identifier) if experiment_identifier is not None else None
     obj = None
@@ -193,7 +193,7 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
             raise ExperimentError(
                 "an ad-hoc run needs an integer seed (runs are logged to be reproducible): "
                 "call benchmark.set_seed(n) or pass seed=n")
-        bench_canonical = canonical_id(bench_id)
+        bench_canonical = canonical_id(cast(str, bench_id))    # without a record there is a benchmark: checked above
         effective = ExperimentRecord(
             identifier=f"adhoc:{slug(bench_canonical.replace('/', '.'))}", benchmark=bench_canonical,
             config=config_changes, image=image_spec, seed=SeedPolicy(base_seed, "once"), log=_ADHOC_LOG)

@@ -14,8 +14,9 @@ import atheris
 
 with atheris.instrument_imports(include=["shmbench", "numpy.lib.format"]):
     import numpy as np
-    from shmbench import codec
+
     from shmbench.errors import DecodeError
+    from shmbench.wire import codec
 
 SEEDS = [codec.encode(x) for x in (
     None, [1, 2.5, "x", b"y", (1,), {"k": None}], 2**80, np.float32(1.5),

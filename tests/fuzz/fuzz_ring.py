@@ -22,8 +22,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["shmbench"]):
-    from shmbench import _ring, codec
+    from shmbench import _ring
     from shmbench.errors import ShmbenchError
+    from shmbench.wire import codec
 
 CAP = 4096
 REQ, REP = 4096, 4096 + CAP                          # ring offsets

@@ -1,0 +1,52 @@
+"""The ``shmbench`` command line.
+
+    shmbench run --experiment exp:0.01 --agent random --episodes 10 --seed 42 --out DIR
+    shmbench experiments | pull ID | images | build RECIPE -o IMAGE.sif
+    shmbench demo | doctor | gc
+    shmbench bench [--quick] | report BENCH.json ... -o DIR
+
+One module per group of commands registers its own parsers (:mod:`~shmbench.cli.run`,
+:mod:`~shmbench.cli.images`, :mod:`~shmbench.cli.system`, :mod:`~shmbench.cli.perf`); each
+command imports what it needs only when it runs, so ``shmbench gc`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shmbench.cli import images, perf, run, system
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shmbench import __version__
+
+    parser = argparse.ArgumentParser(prog="shmbench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"shmbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    system.register_demo(sub)
+    run.register(sub)
+    images.register(sub)
+    system.register(sub)
+    perf.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shmbench.errors import ShmbenchError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ShmbenchError as exc:
+        print(f"shmbench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shmbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

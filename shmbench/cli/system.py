@@ -1,0 +1,150 @@
+"""``shmbench demo``, ``doctor`` and ``gc``: the main job and the machine's state."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from shmbench.cli.util import free_space, human_size, tree_size
+
+__all__ = ["register", "register_demo", "cmd_demo", "cmd_doctor", "cmd_gc"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Step an env in the best runtime here, check it against the native env, time both."""
+    import time
+    import warnings
+
+    import gymnasium
+    import numpy as np
+
+    import shmbench
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        env = shmbench.make(args.env, runtime=args.runtime, image=args.image)
+    for w in caught:
+        print(f"note: {w.message}")
+    with env:
+        info = env.server_info
+        print(f"{args.env} runs in a server started by the {env.runtime.name} runtime "
+              f"(image: {env.runtime.describe_image()}); server pid {info.get('pid')} "
+              f"python {info.get('python')} numpy {info.get('numpy')}")
+        ref = gymnasium.make(args.env)
+        ref.action_space.seed(0)
+        actions = [ref.action_space.sample() for _ in range(args.check)]
+        mismatches = 0
+        for e in (env, ref):
+            e.reset(seed=0)
+        for a in actions:
+            got, want = env.step(a), ref.step(a)
+            same = all(np.array_equal(x, y) and type(x) is type(y) for x, y in zip(got[:4], want[:4]))
+            mismatches += not same
+            if got[2] or got[3]:
+                env.reset()
+                ref.reset()
+        print(f"{args.check} steps compared with the native env: "
+              + ("identical" if not mismatches else f"{mismatches} MISMATCHES"))
+        timings = {}
+        for name, e in (("native", ref), ("shmbench", env)):
+            e.reset(seed=1)
+            samples = []
+            for a in actions[: args.steps]:
+                t0 = time.perf_counter_ns()
+                _, _, term, trunc, _ = e.step(a)
+                samples.append(time.perf_counter_ns() - t0)
+                if term or trunc:
+                    e.reset()
+            timings[name] = float(np.median(samples)) / 1000
+        print(f"median step: native {timings['native']:.2f} us, shmbench {timings['shmbench']:.2f} us "
+              f"({timings['shmbench'] / timings['native']:.2f}x)")
+    print("closed: server stopped, channel files removed")
+    return 0 if not mismatches else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Which runtimes work here and why not; where channels and caches live."""
+    import gymnasium
+    import numpy
+
+    from shmbench import __version__
+    from shmbench.images.store import cache_root
+    from shmbench.runtimes.select import AUTO_ORDER, probe_all
+    from shmbench.transport.session import channel_base
+
+    print(f"shmbench {__version__} (python {sys.version.split()[0]}, numpy {numpy.__version__}, "
+          f"gymnasium {gymnasium.__version__})")
+    print(f"cores usable: {len(os.sched_getaffinity(0))}")
+    print("\nruntimes:")
+    probes = probe_all()
+    chosen = None
+    for name in AUTO_ORDER:
+        if name in probes:
+            ok, why = probes[name]
+            print(f"  {'ok ' if ok else 'no '} {name:10s} {why}")
+            if ok and chosen is None:
+                chosen = name
+    print(f"  runtime='auto' picks: {chosen}")
+    base = channel_base()
+    print("\nchannels:")
+    print(f"  base directory: {base} ({free_space(base)})")
+    if str(base).startswith("/dev/shm"):
+        print("  on /dev/shm (tmpfs): memory-backed")
+    else:
+        print("  not on /dev/shm: /dev/shm is missing or not writable here")
+    try:
+        sessions = [e for e in os.listdir(base) if not e.startswith(".")]
+    except FileNotFoundError:
+        sessions = []
+    print(f"  sessions now: {len(sessions)} (stale ones are removed by 'shmbench gc')")
+    root = cache_root()
+    print("\ncaches:")
+    print(f"  cache root: {root} ({free_space(root)})")
+    for sub in ("images", "unpacked", "built"):
+        d = root / sub
+        if d.exists():
+            size = tree_size(d)
+            print(f"  {sub:9s} {d} ({human_size(size)})")
+    return 0 if chosen is not None else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove channel directories (and Apptainer instances) whose owner is dead."""
+    from shmbench.transport.session import channel_base, gc
+
+    removed = gc(min_age=args.min_age)
+    for path in removed:
+        print(f"removed {path}")
+    from shmbench.transport.semaphore import sweep
+
+    for name in sweep(channel_base()):
+        print(f"unlinked semaphore {name}")
+    from shmbench.runtimes.apptainer_tools import gc_instances
+
+    stopped = gc_instances()
+    for name in stopped:
+        print(f"stopped instance {name}")
+    print(f"{len(removed)} channel director{'y' if len(removed) == 1 else 'ies'} removed from "
+          f"{channel_base()}" + (f", {len(stopped)} instance(s) stopped" if stopped else ""))
+    return 0
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="step an env in the best runtime here and compare it with native")
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--runtime", default="auto")
+    p.add_argument("--image", default=None)
+    p.add_argument("--check", type=int, default=2000, help="steps compared with the native env")
+    p.add_argument("--steps", type=int, default=2000, help="steps timed per side")
+    p.set_defaults(func=cmd_demo)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="which runtimes work here, where channels and caches live")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("gc", help="remove channel directories whose owner is dead")
+    p.add_argument("--min-age", type=float, default=60.0,
+                   help="seconds before a directory without a lock counts as abandoned")
+    p.set_defaults(func=cmd_gc)

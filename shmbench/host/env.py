@@ -1,0 +1,237 @@
+"""RemoteEnvironmentClient: a gymnasium.Env whose env lives in another process or container.
+
+>>> env = shmbench.make("CartPole-v1", runtime="process")     # doctest: +SKIP
+>>> obs, info = env.reset(seed=0)                             # doctest: +SKIP
+>>> obs, reward, terminated, truncated, info = env.step(0)    # doctest: +SKIP
+>>> env.close()                                               # doctest: +SKIP
+
+For the same seeds and actions it returns exactly what the env returns natively: the same
+Python and numpy types, dtypes, shapes and values. Observations, actions and the step's
+scalars cross through a shared slab and a fixed reply header (no serialisation); whatever
+does not fit them (infos, odd observations, render frames) crosses through the codec.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import gymnasium
+import numpy as np
+
+from shmbench.errors import ProtocolError, ShmbenchError
+from shmbench.host.proxy import RemoteBase
+from shmbench.host.worker import START_TIMEOUT, Worker, wait_policy
+from shmbench.transport.session import Slab
+from shmbench.wire.protocol import ActionTag, ObsTag, Opcode, codec_obs, read_step_reply
+from shmbench.wire.spaces import build_tree, layout, rebuild
+from shmbench.wire.specs import rebuild_spec
+
+__all__ = ["RemoteEnvironmentClient", "make"]
+
+_STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
+_STEP_INT = bytes((Opcode.STEP, ActionTag.SLAB_INT))
+_STEP_SCALAR = bytes((Opcode.STEP, ActionTag.SLAB_SCALAR))
+_STEP_CODEC = bytes((Opcode.STEP, ActionTag.CODEC))
+
+
+class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
+    """A gymnasium.Env proxy for an env served by ``python -m shmbench.server``.
+
+    Args:
+        env_id: a registered gymnasium id, or ``"module:attr"`` (a class or factory
+            imported inside the server).
+        runtime: ``"auto"``, ``"apptainer"``, ``"bwrap"``, ``"process"`` or a Runtime.
+        image: a SIF file or sandbox directory (None: the host's root, read-only).
+        binds: extra binds, Apptainer syntax ``src[:dst[:ro|rw]]``.
+        environment: extra environment variables inside the server.
+        copy: return owned observations (True) or views into the shared slab that are
+            valid until the next call (False).
+        wait: ``"auto"``, ``"spin"``, ``"block"`` or a spin budget in seconds.
+        timeout: seconds any call may take (None: no limit; a dead server is noticed
+            either way). A timed-out env is broken and must be closed.
+        factory: a callable building the env, shipped with cloudpickle (trusted code only).
+        benchmark: a benchmark description ``{"benchmark", "config", "seed"}``.
+        allow_pickle: let values the codec cannot carry travel as pickles (both ways).
+        start_timeout: seconds the server may take to start and build the env.
+        wakeup: ``"futex"`` (default; works across every container boundary) or
+            ``"posix_ipc"`` (named semaphores, the measured alternative; process runtime only).
+        **env_kwargs: passed to ``gymnasium.make`` (or the factory) in the server.
+    """
+
+    def __init__(self, env_id: str | None = None, *, runtime="auto", image=None, binds=(),
+                 environment=None, copy: bool = True, wait="auto", timeout: float | None = None,
+                 factory=None, benchmark: dict | None = None, allow_pickle: bool = False,
+                 start_timeout: float = START_TIMEOUT, wakeup: str = "futex", **env_kwargs) -> None:
+        if env_id is None and factory is None and benchmark is None:
+            raise TypeError("give an env_id, a factory or a benchmark")
+        self.copy = copy
+        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
+                   allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
+        self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
+
+    def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
+        import cloudpickle
+
+        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout,
+                        wakeup=self.wakeup)
+        self._owned.workers.append(worker)
+        self._worker = worker
+        info = worker.make({
+            "env_id": env_id, "kwargs": env_kwargs, "num_envs": 1, "vector": False,
+            "factory": cloudpickle.dumps(factory) if factory is not None else None,
+            "benchmark": benchmark, "allow_pickle": allow_pickle,
+        }, start_timeout)
+        self.observation_space = rebuild(info["observation_space"])
+        self.action_space = rebuild(info["action_space"])
+        self.metadata = dict(info.get("metadata") or {})
+        self.render_mode = info.get("render_mode")
+        self.spec = rebuild_spec(info.get("spec"))
+        self.server_info = worker.server_info
+
+        lay = layout(self.observation_space, self.action_space, None)
+        slab = Slab.create(self._owned.session.path / "slab", lay.size)
+        self._owned.slabs.append(slab)
+        obs = lay.arrays(slab.buffer, "obs")
+        act = lay.arrays(slab.buffer, "action")
+        # None when the space has no slab leaf (its values always travel through the codec);
+        # every use is guarded by the observation tag or the action's type
+        self._obs_leaves: Any = obs
+        self._obs0: Any = obs[0] if obs else None
+        self._act: Any = act[0] if act is not None and len(act) == 1 else None
+        self._act_discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        spin_ns, adaptive = wait_policy(wait, 2)
+        worker.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
+        worker.request(Opcode.CONFIGURE, self._codec.encode({
+            "slab": slab.path.name, "layout": lay.to_wire(), "rows": [0, 1],
+            "spin_ns": spin_ns, "adaptive": adaptive,
+        }))
+        # a slab array is handed out by the C fast path only for spaces whose obs IS one array
+        array_obs = isinstance(self.observation_space, (gymnasium.spaces.Box, gymnasium.spaces.MultiDiscrete,
+                                                        gymnasium.spaces.MultiBinary))
+        self._fast: tuple[Any, ...] = (worker.channel.call_step, self._act, self._act_discrete,
+                      self._obs0 if array_obs else None, self.copy, self.timeout)
+
+    # -- the fast path -------------------------------------------------------------------
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict]:
+        # The hot path. Everything it needs is unpacked from one tuple (each attribute
+        # lookup costs tens of ns); a broken or dead worker has its channel closed, so
+        # the C call itself refuses and failure() explains why.
+        call, act, discrete, obs0, copy, timeout = self._fast
+        t = type(action)
+        if t is int and discrete and -(1 << 63) <= action < (1 << 63):
+            act[()] = action
+            req = _STEP_INT
+        elif t is np.ndarray and act is not None and action.dtype == act.dtype and action.shape == act.shape:
+            act[...] = action
+            req = _STEP_SLAB
+        elif discrete and t is np.int64:
+            act[()] = action
+            req = _STEP_SCALAR
+        else:
+            req = _STEP_CODEC + self._codec.encode(action)
+        try:
+            # the common reply (array obs in the slab, float reward, bool flags, no info) comes
+            # back from C as the finished tuple; anything else as the raw reply to parse here
+            out = call(req, obs0, copy, timeout)
+            if type(out) is tuple:
+                return out
+            mv = cast(memoryview, out)
+            if not mv or mv[0]:
+                self._worker.check(mv)      # an error reply: the env's exception, raised here
+            otag, reward, terminated, truncated, info, extras = read_step_reply(mv, self._codec)
+            return self._read_obs(otag, extras), reward, terminated, truncated, info
+        except ShmbenchError as exc:
+            raise self._worker.failure(exc) from None
+
+    def _read_obs(self, otag: int, extras: Any) -> Any:
+        if otag == ObsTag.SLAB_ARRAY:
+            return self._obs0.copy() if self.copy else self._obs0
+        if otag == ObsTag.SLAB_INT and self._obs0 is not None and self._obs0.shape == ():
+            return int(self._obs0)
+        if otag == ObsTag.SLAB_SCALAR and self._obs0 is not None:
+            return self._obs0[()]
+        if otag == ObsTag.SLAB_TREE and self._obs_leaves is not None:
+            arrays = [a.copy() for a in self._obs_leaves] if self.copy else list(self._obs_leaves)
+            return build_tree(self.observation_space, arrays)
+        if otag == ObsTag.CODEC:
+            return codec_obs(extras)
+        raise ProtocolError(f"bad observation tag {otag}")
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        mv = self._worker.request(Opcode.RESET, self._codec.encode({"seed": seed, "options": options}))
+        try:
+            otag, _, _, _, info, extras = read_step_reply(mv, self._codec)
+            return self._read_obs(otag, extras), info
+        except ShmbenchError as exc:
+            raise self._worker.failure(exc) from None
+
+    # -- the slow path -------------------------------------------------------------------
+
+    def render(self) -> Any:
+        return self._worker.call(Opcode.RENDER)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the env's method ``name`` in the server (or read it, if not callable)."""
+        return self._worker.call(Opcode.CALL, (name, list(args), kwargs))
+
+    def get_attr(self, name: str) -> Any:
+        return self._worker.call(Opcode.GET_ATTR, name)
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self._worker.call(Opcode.SET_ATTR, (name, value))
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        return self.get_attr(name)
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        self.set_attr(name, value)
+        return True
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        """A snapshot of the remote env's generator (drawing from it does not advance the
+        remote one); assign a Generator to replace the remote generator's state."""
+        state = self.get_attr("np_random")
+        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen.state = state
+        return np.random.Generator(bitgen)
+
+    @np_random.setter
+    def np_random(self, value: np.random.Generator) -> None:
+        self.set_attr("np_random", value.bit_generator.state)
+
+    # gymnasium's env checker reads the private attribute: the same remote snapshot
+    _np_random = np_random
+
+    @property
+    def np_random_seed(self) -> int:
+        return self.get_attr("np_random_seed")
+
+    @property
+    def unwrapped(self) -> RemoteEnvironmentClient:
+        return self
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def log_path(self):
+        return self._worker.log_path
+
+    def __repr__(self) -> str:
+        env_id = self.spec.id if self.spec is not None else "?"
+        return f"<RemoteEnvironmentClient {env_id} via {self.runtime.name}{' closed' if self.closed else ''}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+def make(env_id: str, *, runtime="auto", image=None, binds=(), environment=None, copy: bool = True,
+         wait="auto", timeout: float | None = None, **env_kwargs) -> RemoteEnvironmentClient:
+    """Start ``env_id`` in a server (a container where one is available) and return its proxy.
+
+    See :class:`RemoteEnvironmentClient` for the arguments.
+    """
+    return RemoteEnvironmentClient(env_id, runtime=runtime, image=image, binds=binds,
+                                   environment=environment, copy=copy, wait=wait, timeout=timeout,
+                                   **env_kwargs)

@@ -1,0 +1,340 @@
+"""ShmVectorEnv: a gymnasium VectorEnv whose envs run in worker processes or containers.
+
+>>> envs = shmbench.make_vec("CartPole-v1", 8, runtime="process")   # doctest: +SKIP
+>>> obs, infos = envs.reset(seed=0)                                  # doctest: +SKIP
+
+Each worker serves a contiguous group of envs and steps them exactly as
+``gymnasium.vector.SyncVectorEnv`` would (autoreset included), writing its rows of ONE
+shared batch slab: the observations, rewards and done flags the host returns were never
+concatenated, only (with ``copy=True``) copied once. Workers step in parallel while the
+host waits. Given the same seeds and actions the results equal SyncVectorEnv's, infos
+included (merged with the same ``_add_info`` in the same order).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from shmbench.errors import ProtocolError, ShmbenchError
+from shmbench.host.proxy import RemoteBase
+from shmbench.host.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
+from shmbench.transport.session import Slab
+from shmbench.wire.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status, read_vector_reply
+from shmbench.wire.spaces import build_tree, layout, rebuild
+from shmbench.wire.specs import rebuild_spec
+
+__all__ = ["ShmVectorEnv", "make_vec", "default_num_workers"]
+
+_HEADER = VEC_REPLY.size
+_STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
+
+
+def default_num_workers(num_envs: int) -> int:
+    """One worker per core but one (the host's), at most one per env.
+
+    Few workers suit cheap envs (each extra worker is another wake-up per step); expensive
+    envs want more: pass ``num_workers`` to choose.
+    """
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(num_envs, cores - 1))
+
+
+def _split(n: int, parts: int) -> list[range]:
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def _copy_tree(x: Any) -> Any:
+    if type(x) is np.ndarray:
+        return x.copy()
+    if type(x) is dict:
+        return {k: _copy_tree(v) for k, v in x.items()}
+    if type(x) is tuple:
+        return tuple(_copy_tree(v) for v in x)
+    from copy import deepcopy
+
+    return deepcopy(x)
+
+
+class ShmVectorEnv(RemoteBase, VectorEnv):
+    """A VectorEnv over shmbench workers (see :func:`make_vec` for the arguments)."""
+
+    def __init__(self, env_id: str | None, num_envs: int, *, num_workers: int | None = None,
+                 runtime="auto", image=None, binds=(), environment=None,
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, copy: bool = True,
+                 wait="auto", timeout: float | None = None, factory=None, benchmark: dict | None = None,
+                 allow_pickle: bool = False, start_timeout: float = START_TIMEOUT, wakeup: str = "futex",
+                 **env_kwargs) -> None:
+        if num_envs < 1:
+            raise ValueError("num_envs must be at least 1")
+        num_workers = default_num_workers(num_envs) if num_workers is None else num_workers
+        if not 1 <= num_workers <= num_envs:
+            raise ValueError(f"num_workers must be between 1 and num_envs={num_envs}")
+        self.num_envs = num_envs
+        self.copy = copy
+        self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self._rows = _split(num_envs, num_workers)
+        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
+                   allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
+        self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
+
+    def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
+        import cloudpickle
+
+        owned = self._owned
+        workers = owned.workers
+        for i in range(len(self._rows)):
+            workers.append(Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout,
+                                  wakeup=self.wakeup))
+        self._workers = workers
+        pickled = cloudpickle.dumps(factory) if factory is not None else None
+        # MAKE everywhere first, then collect: the servers build their envs in parallel
+        for w, rows in zip(workers, self._rows):
+            w.send(Opcode.MAKE, self._codec.encode({
+                "env_id": env_id, "kwargs": env_kwargs, "num_envs": len(rows), "vector": True,
+                "autoreset_mode": self.autoreset_mode.value, "factory": pickled, "benchmark": benchmark,
+                "allow_pickle": allow_pickle,
+            }))
+        infos = []
+        for w in workers:
+            infos.append(self._codec.decode(w.receive(timeout=max(start_timeout, self.timeout or 0))[1:]))
+            w.make_done(infos[-1])
+        info = infos[0]
+        self.single_observation_space = rebuild(info["observation_space"])
+        self.single_action_space = rebuild(info["action_space"])
+        for other in infos[1:]:
+            if (rebuild(other["observation_space"]) != self.single_observation_space
+                    or rebuild(other["action_space"]) != self.single_action_space):
+                raise ProtocolError("the workers' envs have different spaces")
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = dict(info.get("metadata") or {})
+        self.metadata["autoreset_mode"] = self.autoreset_mode
+        self.render_mode = info.get("render_mode")
+        self.spec = rebuild_spec(info.get("spec"))
+        self.server_info = workers[0].server_info
+
+        lay = layout(self.single_observation_space, self.single_action_space, self.num_envs)
+        slab = Slab.create(owned.session.path / "slab", lay.size)
+        owned.slabs.append(slab)
+        obs = lay.arrays(slab.buffer, "obs")
+        act = lay.arrays(slab.buffer, "action")
+        if obs is not None:
+            self._observations = build_tree(self.single_observation_space, obs)
+            self._obs_in_slab = True
+        else:
+            self._observations = create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.zeros)
+            self._obs_in_slab = False
+        self._act_batch = act[0] if act is not None and len(act) == 1 else None
+        self._rewards = lay.vector(slab.buffer, "rewards", np.float64)
+        self._terminations = lay.vector(slab.buffer, "terminations", np.uint8)
+        self._truncations = lay.vector(slab.buffer, "truncations", np.uint8)
+        spin_ns, adaptive = wait_policy(wait, 1 + len(workers))
+        for w, rows in zip(workers, self._rows):
+            w.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
+            w.request(Opcode.CONFIGURE, self._codec.encode({
+                "slab": slab.path.name, "layout": lay.to_wire(), "rows": [rows.start, rows.stop],
+                "spin_ns": spin_ns, "adaptive": adaptive,
+            }))
+
+    # -- stepping --------------------------------------------------------------------------
+
+    def step_async(self, actions: Any) -> None:
+        """Send the actions to every worker; they step while the host does other work."""
+        batch = self._act_batch
+        if (type(actions) is np.ndarray and batch is not None and actions.dtype == batch.dtype
+                and actions.shape == batch.shape):
+            batch[...] = actions
+            for w in self._workers:
+                w.send(Opcode.STEP, flag=ActionTag.SLAB_ARRAY)
+            return
+        # anything else is split exactly as SyncVectorEnv splits it, and sent per env
+        items = list(iterate(self.action_space, actions))
+        if len(items) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions, got {len(items)}")
+        for w, rows in zip(self._workers, self._rows):
+            w.send(Opcode.STEP, self._codec.encode(items[rows.start:rows.stop]), flag=ActionTag.CODEC)
+
+    def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Collect the workers' results (each waits at most ``timeout``, default the env's)."""
+        infos = self._collect(self.timeout if timeout is None else timeout)
+        obs = _copy_tree(self._observations) if self.copy else self._observations
+        return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        batch = self._act_batch
+        if (len(self._workers) == 1 and type(actions) is np.ndarray and batch is not None
+                and actions.dtype == batch.dtype and actions.shape == batch.shape):
+            w = self._workers[0]
+            if w.state is WorkerState.READY:
+                # one worker: the step is one round trip, without the per-worker bookkeeping
+                batch[...] = actions
+                try:
+                    mv = w.channel.call(_STEP_SLAB, self.timeout)
+                except ShmbenchError as exc:
+                    raise w.failure(exc) from None
+                infos: dict = {}
+                env_obs: list | None = [] if not self._obs_in_slab else None
+                if len(mv) != _HEADER or mv[0] != Status.OK or mv[1] != ObsTag.SLAB_ARRAY:
+                    infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
+                if env_obs is not None:
+                    self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+                obs = _copy_tree(self._observations) if self.copy else self._observations
+                return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
+        self.step_async(actions)
+        return self.step_wait()
+
+    def _collect(self, timeout: float | None) -> dict:
+        infos: dict = {}
+        env_obs: list | None = [] if not self._obs_in_slab else None
+        error: BaseException | None = None
+        for w, rows in zip(self._workers, self._rows):
+            try:
+                mv = w.receive(timeout)
+            except ShmbenchError as exc:   # keep collecting so no reply is left behind
+                error = error or exc
+                continue
+            infos = self._absorb(w, rows, mv, infos, env_obs)
+        if error is not None:
+            raise error
+        if env_obs is not None:
+            self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+        return infos
+
+    def _absorb(self, w: Worker, rows: range, mv: memoryview, infos: dict, env_obs: list | None) -> dict:
+        """Merge one worker's reply: its infos (in env order) and any codec observations."""
+        try:
+            part, entries = read_vector_reply(mv, self._codec, len(rows))
+        except ProtocolError as exc:
+            raise w.failure(exc) from None
+        for i, info in entries:
+            infos = self._add_info(infos, info, rows.start + i)
+        if part is not None:
+            if env_obs is None:
+                # a worker whose obs did not fit the slab: concatenate its rows here,
+                # exactly as SyncVectorEnv would (and fail as it would)
+                concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
+            else:
+                env_obs.extend(part)
+        return infos
+
+    def reset(self, *, seed: int | list[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        if seed is None:
+            seed = [None for _ in range(self.num_envs)]
+        elif isinstance(seed, int):
+            seed = [seed + i for i in range(self.num_envs)]
+        if len(seed) != self.num_envs:
+            raise ValueError(f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
+                             f"but got length={len(seed)}.")
+        mask = None
+        if options is not None and "reset_mask" in options:
+            mask = options.pop("reset_mask")   # popped, as SyncVectorEnv does
+            if not isinstance(mask, np.ndarray):
+                raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {mask.shape}")
+            if mask.dtype != np.bool_:
+                raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+            if not np.any(mask):
+                raise ValueError(f"`options['reset_mask']` must contain a boolean array with at least one True "
+                                 f"value, got reset_mask={mask}")
+        for w, rows in zip(self._workers, self._rows):
+            if mask is not None and not mask[rows.start:rows.stop].any():
+                continue
+            w.send(Opcode.RESET, self._codec.encode({
+                "seeds": list(seed[rows.start:rows.stop]), "options": options,
+                "mask": None if mask is None else [bool(m) for m in mask[rows.start:rows.stop]],
+            }))
+        if mask is None:
+            infos = self._collect(self.timeout)
+        else:
+            infos = self._collect_some(mask)
+        obs = _copy_tree(self._observations) if self.copy else self._observations
+        return obs, infos
+
+    def _collect_some(self, mask: np.ndarray) -> dict:
+        workers, rows = self._workers, self._rows
+        try:
+            keep = [i for i, r in enumerate(rows) if mask[r.start:r.stop].any()]
+            self._workers = [workers[i] for i in keep]
+            self._rows = [rows[i] for i in keep]
+            return self._collect(self.timeout)
+        finally:
+            self._workers, self._rows = workers, rows
+
+    # -- slow path -------------------------------------------------------------------------
+
+    def _each(self, op: int, per_worker: list) -> list:
+        """Send one slow-path request per worker, then gather their per-env results."""
+        for w, value in zip(self._workers, per_worker):
+            w.send(op, self._codec.encode(value))
+        out: list = []
+        error = None
+        for w in self._workers:
+            try:
+                result = self._codec.decode(w.receive(self.timeout)[1:])
+                if result is not None:
+                    out.extend(result)
+            except ShmbenchError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
+
+    def render(self) -> tuple | None:
+        return tuple(self._each(Opcode.RENDER, [None] * len(self._workers)))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple:
+        return tuple(self._each(Opcode.CALL, [(name, list(args), kwargs)] * len(self._workers)))
+
+    def get_attr(self, name: str) -> tuple:
+        return tuple(self._each(Opcode.GET_ATTR, [name] * len(self._workers)))
+
+    def set_attr(self, name: str, values: list | tuple | Any) -> None:
+        if not isinstance(values, (list, tuple)):
+            values = [values for _ in range(self.num_envs)]
+        if len(values) != self.num_envs:
+            raise ValueError("Values must be a list or tuple with length equal to the number of environments. "
+                             f"Got `{len(values)}` values for {self.num_envs} environments.")
+        self._each(Opcode.SET_ATTR, [(name, list(values[r.start:r.stop])) for r in self._rows])
+
+    @property
+    def np_random_seed(self) -> tuple:  # type: ignore[override]  # a tuple of the envs' seeds, as SyncVectorEnv's
+        return self.get_attr("np_random_seed")
+
+    def __repr__(self) -> str:
+        env_id = self.spec.id if self.spec is not None else "?"
+        return (f"<ShmVectorEnv {env_id} x{self.num_envs} in {len(self._rows)} workers via "
+                f"{self.runtime.name}{' closed' if self.closed else ''}>")
+
+
+def _rows_of(tree: Any, rows: range) -> Any:
+    if type(tree) is dict:
+        return {k: _rows_of(v, rows) for k, v in tree.items()}
+    if type(tree) is tuple:
+        return tuple(_rows_of(v, rows) for v in tree)
+    return tree[rows.start:rows.stop]
+
+
+def make_vec(env_id: str, num_envs: int, *, num_workers: int | None = None, runtime="auto", image=None,
+             autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP, copy: bool = True,
+             **env_kwargs) -> ShmVectorEnv:
+    """``num_envs`` copies of ``env_id`` in ``num_workers`` servers, as one VectorEnv.
+
+    Keyword arguments of :class:`~shmbench.host.env.RemoteEnvironmentClient` (``binds``,
+    ``environment``, ``wait``, ``timeout``, ``factory``, ``benchmark``, ``allow_pickle``) are
+    accepted too; everything else goes to ``gymnasium.make`` in the servers.
+    """
+    return ShmVectorEnv(env_id, num_envs, num_workers=num_workers, runtime=runtime, image=image,
+                        autoreset_mode=autoreset_mode, copy=copy, **env_kwargs)

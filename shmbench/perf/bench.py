@@ -1,0 +1,107 @@
+"""``shmbench bench [--quick]``: run the benchmark suites, then write the report.
+
+>>> from shmbench.perf.bench import run
+>>> run(quick=True, out_dir="bench-report")              # doctest: +SKIP
+0
+
+The suites are the pytest files in the source checkout's ``bench/`` directory; they run in
+a child ``python -m pytest`` (the checkout's pytest configuration applies, and a caller
+that is itself a pytest run is not disturbed), which streams its progress -- one line per
+benchmark, skips with their reasons -- and writes ``OUT/bench.json``. Then
+:func:`shmbench.perf.report.write_report` turns it into ``OUT/report.md`` and plots.
+
+Full mode: every benchmark, at least 20 rounds and up to 2 s each, and the reference image
+is built if it is not cached (a few minutes, once per source state). Quick mode
+(``SHMBENCH_BENCH_QUICK=1`` for the suites): the benchmarks marked ``quick``, at least 5
+rounds and up to 1 s each, no image build -- about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["run", "find_bench_dir", "pytest_args", "QUICK_ENV", "BENCH_DIR_ENV"]
+
+#: read by bench/conftest.py: keep the quick subset, fewer rounds, build no image
+QUICK_ENV = "SHMBENCH_BENCH_QUICK"
+#: where the suites are, when not in the checkout this package was imported from
+BENCH_DIR_ENV = "SHMBENCH_BENCH_DIR"
+
+_FULL = {"min_rounds": 20, "max_time": 2.0}
+_QUICK = {"min_rounds": 5, "max_time": 1.0}
+
+
+def find_bench_dir() -> Path:
+    """The directory of the benchmark suites: ``$SHMBENCH_BENCH_DIR``, else ``bench/`` next
+    to this package in a source checkout."""
+    override = os.environ.get(BENCH_DIR_ENV)
+    candidates = [Path(override)] if override else []
+    candidates.append(Path(__file__).resolve().parents[2] / "bench")
+    for path in candidates:
+        if (path / "conftest.py").is_file():
+            return path.resolve()
+    raise FileNotFoundError(
+        "the benchmark suites live in a shmbench source checkout's bench/ directory, which "
+        f"was not found (looked in {', '.join(map(str, candidates))}); set {BENCH_DIR_ENV}")
+
+
+def pytest_args(bench_dir: Path, json_path: Path, quick: bool, extra_args: Sequence[str] = ()) -> list[str]:
+    """The child pytest's command line."""
+    opts = _QUICK if quick else _FULL
+    return [
+        sys.executable, "-m", "pytest", str(bench_dir),
+        "-v", "-rfEs",                       # a line per benchmark; failures, errors, skip reasons
+        "-p", "no:cacheprovider",
+        "--benchmark-enable",                # the checkout's addopts disable benchmarks
+        f"--benchmark-json={json_path}",
+        f"--benchmark-min-rounds={opts['min_rounds']}",
+        f"--benchmark-max-time={opts['max_time']}",
+        "--benchmark-group-by=group",
+        "--benchmark-sort=min",
+        "--benchmark-columns=median,iqr,ops,rounds",
+        *extra_args,
+    ]
+
+
+def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()) -> int:
+    """Run the suites (the quick subset if ``quick``) and write the report into ``out_dir``.
+
+    Returns pytest's exit status (0: every benchmark ran or skipped with a reason), or 2
+    when the suites cannot be found. A report is written whenever the run produced JSON,
+    also after failures, so that what was measured is not lost.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        bench_dir = find_bench_dir()
+    except FileNotFoundError as exc:
+        print(f"shmbench bench: {exc}", file=sys.stderr)
+        return 2
+    json_path = (out / "bench.json").resolve()
+    if json_path.exists():
+        json_path.unlink()       # a stale file must not be reported as this run
+    env = dict(os.environ)
+    if quick:
+        env[QUICK_ENV] = "1"
+    else:
+        env.pop(QUICK_ENV, None)
+    args = pytest_args(bench_dir, json_path, quick, extra_args)
+    mode = "quick subset" if quick else "full suite"
+    print(f"shmbench bench: running the {mode} from {bench_dir}\n  $ {' '.join(args[1:])}", flush=True)
+    start = time.monotonic()
+    status = subprocess.run(args, cwd=bench_dir.parent, env=env).returncode
+    elapsed = time.monotonic() - start
+    print(f"shmbench bench: pytest exited with status {status} after {elapsed:.0f} s", flush=True)
+    if not json_path.is_file():
+        print("shmbench bench: no benchmark results were written; no report", file=sys.stderr)
+        return status or 1
+    from shmbench.perf.report import write_report
+
+    report = write_report([json_path], out)
+    print(f"shmbench bench: results {json_path}\nshmbench bench: report  {report}", flush=True)
+    return status

@@ -1,0 +1,85 @@
+"""shmbench.cli.run: ``shmbench run``, its options, messages and exit statuses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from run_helpers import (
+    parse,
+)
+
+from shmbench.agents import RandomAgent
+from shmbench.benchmarks import SigmoidBenchmark
+from shmbench.cli.run import run_command, runner_from_args
+from shmbench.errors import ExperimentError
+from shmbench.experiments.runner import (
+    LocalRunner,
+    RemoteRunner,
+)
+from shmbench.logs import read_log, strip_volatile
+
+pytestmark = pytest.mark.usefixtures("isolated")
+
+
+def test_run_command_runs_logs_and_summarises(tmp_path, capsys):
+    out = tmp_path / "out"
+    status = run_command(parse("--experiment", "exp:0.01", "--benchmark", "shmbench/Sigmoid-v0",
+                               "--config", "cutoff=4", "--agent", "random", "--episodes", "3",
+                               "--seed", "42", "--out", str(out), "--runtime", "process"))
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    (path,) = out.iterdir()
+    log = read_log(path)
+    assert log.complete and log.header["overrides"] == {"seed": 42, "config": {"cutoff": 4}}
+    assert len(log.rows) == 12
+    lines = printed.out.splitlines()
+    assert lines[0].split() == ["episode", "seed", "instance", "steps", "reward"]
+    assert [line.split()[:4] for line in lines[2:5]] == [["0", "42", "0", "4"], ["1", "-", "1", "4"],
+                                                         ["2", "-", "2", "4"]]
+    assert f"log {path}" in printed.out and "mean reward" in printed.out
+    for e, line in enumerate(lines[2:5]):
+        assert float(line.split()[4]) == pytest.approx(log.end["episode_rewards"][e], rel=1e-5)
+
+    # the agent is the one RandomAgent(env) would be on the seeded env; local runs agree
+    status = run_command(parse("--experiment", "exp:0.01", "--config", "cutoff=4", "--episodes", "3",
+                               "--seed", "42", "--out", str(tmp_path / "local"), "--runtime", "local", "--quiet"))
+    assert status == 0
+    (local_path,) = (tmp_path / "local").iterdir()
+    local_log = read_log(local_path)
+    assert strip_volatile(local_log.rows) == strip_volatile(log.rows)
+    assert local_log.runs[0]["agent"]["seed"] == RandomAgent(
+        SigmoidBenchmark(config={"seed": 42}).get_environment()).seed
+
+
+def test_run_command_static_and_remote_agents(tmp_path, capsys):
+    status = run_command(parse("--experiment", "exp:0.01", "--agent", "static", "--action", "[1, 2]",
+                               "--episodes", "2", "--out", str(tmp_path / "s"), "--runtime", "process",
+                               "--remote-agent", "--quiet"))
+    assert status == 0, capsys.readouterr().err
+    (path,) = (tmp_path / "s").iterdir()
+    log = read_log(path)
+    assert {json.dumps(r["action"]["values"]) for r in log.rows} == {"[[1, 2]]"}
+    assert log.runs[0]["agent"]["class"] == "shmbench.host.agent.RemoteAgent"
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (("--experiment", "exp:0.01", "--benchmark", "shmbench/Luby"), 2, "does not match"),
+    (("--benchmark", "shmbench/Sigmoid", "--config", "cutoff"), 2, "KEY=VALUE"),
+    (("--experiment", "exp:0.01", "--agent", "static"), 2, "--action"),
+    (("--experiment", "nope:1",), 2, "unknown experiment"),
+    ((), 2, "--experiment, --benchmark"),
+])
+def test_run_command_reports_bad_arguments(tmp_path, capsys, argv, status, message):
+    assert run_command(parse(*argv, "--runtime", "process", "--out", str(tmp_path), "--quiet", "--episodes", "1")) == status
+    assert message in capsys.readouterr().err
+
+
+def test_runner_from_args_picks_the_runner(tmp_path):
+    args = parse("--benchmark", "shmbench/Luby", "--seed", "3", "--runtime", "local", "--out", str(tmp_path))
+    with runner_from_args(args) as runner:
+        assert type(runner) is LocalRunner
+        assert runner.experiment.record.benchmark == "shmbench/Luby-v0" and runner.experiment.seed_policy.base == 3
+    with pytest.raises(ExperimentError, match="LocalRunner"):
+        runner_from_args(args, RemoteRunner)

@@ -1,0 +1,98 @@
+"""shmbench.host.worker: the host's handle on one real server, its states and its errors.
+
+Every worker here runs a real ``python -m shmbench.server`` through the process runtime; the
+bare protocol (PING, ECHO) is enough to drive the state machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from shmbench.errors import ChannelClosed, ChannelTimeout, PeerDied, RemoteEnvError, RequestPending
+from shmbench.host.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
+from shmbench.runtimes.process import ProcessRuntime
+from shmbench.transport.session import Session
+from shmbench.wire.codec import Codec
+from shmbench.wire.protocol import Opcode, Status
+
+
+@pytest.fixture
+def worker():
+    session = Session()
+    w = Worker(session, 0, ProcessRuntime(), codec=Codec(), timeout=30.0)
+    try:
+        yield w
+    finally:
+        w.close()
+        session.close()
+
+
+def test_requests_move_the_worker_between_ready_and_pending(worker):
+    assert worker.state is WorkerState.READY
+    worker.send(Opcode.ECHO, b"hello")
+    assert worker.state is WorkerState.PENDING
+    with pytest.raises(RequestPending, match="in flight"):
+        worker.send(Opcode.PING)
+    assert bytes(worker.receive(START_TIMEOUT)) == bytes((Status.OK,)) + b"hello"
+    assert worker.state is WorkerState.READY
+    assert bytes(worker.request(Opcode.PING)) == bytes((Status.OK,))
+
+
+def test_an_env_error_is_raised_and_the_worker_stays_usable(worker):
+    with pytest.raises(RemoteEnvError, match="NoSuchEnv"):
+        worker.make({"env_id": "NoSuchEnv-v9", "kwargs": {}, "num_envs": 1, "vector": False})
+    assert worker.state is WorkerState.READY
+    assert worker.make({"env_id": "CartPole-v1", "kwargs": {}, "num_envs": 1, "vector": False})["server"]["pid"] > 0
+
+
+def test_a_timeout_breaks_the_worker_and_names_the_wait(worker):
+    worker.request(Opcode.PING)                       # the server is up...
+    os.kill(worker.process.pid, signal.SIGSTOP)       # ...and now cannot answer
+    try:
+        worker.send(Opcode.PING)
+        with pytest.raises(ChannelTimeout, match=r"did not answer within 0.2 s; the worker is now marked broken"):
+            worker.receive(0.2)
+        assert worker.state is WorkerState.BROKEN
+        with pytest.raises(ChannelTimeout, match="broken after an earlier timeout"):
+            worker.request(Opcode.PING)               # a late reply is never read as the next one
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)
+
+
+def test_a_dead_server_becomes_peer_died_with_status_and_log(worker):
+    worker.request(Opcode.PING)
+    os.kill(worker.process.pid, signal.SIGKILL)
+    with pytest.raises(PeerDied) as info:
+        worker.request(Opcode.PING)
+    assert info.value.exit_status == -signal.SIGKILL and "worker 0 (process runtime" in str(info.value)
+    assert "shmbench server pid" in info.value.log_tail         # the server's first log line
+    assert worker.state is WorkerState.DEAD
+    with pytest.raises(PeerDied, match="is gone"):
+        worker.send(Opcode.PING)
+
+
+def test_close_is_idempotent_and_final(worker):
+    worker.request(Opcode.PING)
+    pid = worker.process.pid
+    worker.close()
+    worker.close()
+    assert worker.state is WorkerState.CLOSED and worker.process.exit_status() == 0
+    with pytest.raises(ChannelClosed, match="is closed"):
+        worker.send(Opcode.PING)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_wait_policies():
+    cores = len(os.sched_getaffinity(0))
+    assert wait_policy("auto", cores) == (100_000, True)
+    assert wait_policy("auto", cores + 1) == (0, False)
+    assert wait_policy("spin", 2) == (1_000_000, False)
+    assert wait_policy("block", 2) == (0, False)
+    assert wait_policy(0.00025, 2) == (250_000, False)
+    for bad in ("fast", -1, True):
+        with pytest.raises(ValueError):
+            wait_policy(bad, 2)
