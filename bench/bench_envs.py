@@ -147,16 +147,29 @@ def _register() -> None:
     # idempotent: gymnasium warns when an id is registered twice, and the suite turns
     # warnings into errors
     specs = {
-        "BenchFrames84-v0": dict(entry_point=f"{MODULE}:FrameEnv", max_episode_steps=1000,
-                                 kwargs={"shape": (84, 84, 4), "dtype": "uint8", "pool": 8}),
-        "BenchFloat1MiB-v0": dict(entry_point=f"{MODULE}:FrameEnv", max_episode_steps=1000,
-                                  kwargs={"shape": (512, 512), "dtype": "float32", "pool": 4}),
+        "BenchFrames84-v0": dict(
+            entry_point=f"{MODULE}:FrameEnv",
+            max_episode_steps=1000,
+            kwargs={"shape": (84, 84, 4), "dtype": "uint8", "pool": 8},
+        ),
+        "BenchFloat1MiB-v0": dict(
+            entry_point=f"{MODULE}:FrameEnv",
+            max_episode_steps=1000,
+            kwargs={"shape": (512, 512), "dtype": "float32", "pool": 4},
+        ),
         # in-place by design: gymnasium's checker would warn that reset and step share an object
-        "BenchInPlace1MiB-v0": dict(entry_point=f"{MODULE}:InPlaceEnv", max_episode_steps=1000,
-                                    disable_env_checker=True,
-                                    kwargs={"shape": (512, 512)}),
-        "BenchBusyCartPole-v0": dict(entry_point=f"{MODULE}:BusyCartPoleEnv", max_episode_steps=500,
-                                     reward_threshold=475.0, kwargs={"step_ms": 1.0}),
+        "BenchInPlace1MiB-v0": dict(
+            entry_point=f"{MODULE}:InPlaceEnv",
+            max_episode_steps=1000,
+            disable_env_checker=True,
+            kwargs={"shape": (512, 512)},
+        ),
+        "BenchBusyCartPole-v0": dict(
+            entry_point=f"{MODULE}:BusyCartPoleEnv",
+            max_episode_steps=500,
+            reward_threshold=475.0,
+            kwargs={"step_ms": 1.0},
+        ),
     }
     for env_id, kwargs in specs.items():
         if env_id not in gymnasium.registry:
@@ -167,6 +180,7 @@ _register()
 
 
 # ------------------------------------------------------------------------------ policies
+
 
 def cartpole_policy(obs) -> int:
     """A proportional controller that keeps the pole up for the full 500 steps, so resets
@@ -195,14 +209,15 @@ class Workload:
     """One single-env workload: what to make, how to drive it, how much data a step moves."""
 
     name: str
-    env_id: str              # "bench_envs:..." ids make a server import this module first
-    policy: Callable[[], Callable[[Any], Any]]     # a factory: policies may hold state
+    env_id: str  # "bench_envs:..." ids make a server import this module first
+    policy: Callable[[], Callable[[Any], Any]]  # a factory: policies may hold state
     payload_bytes: int
     check_steps: int
 
 
 WORKLOADS = {
-    w.name: w for w in (
+    w.name: w
+    for w in (
         Workload("cartpole", "CartPole-v1", lambda: cartpole_policy, 4 * 4, 300),
         Workload("frames-84x84x4-u8", f"{MODULE}:BenchFrames84-v0", cycle_policy, 84 * 84 * 4, 60),
         Workload("obs-1MiB-f32", f"{MODULE}:BenchFloat1MiB-v0", cycle_policy, 512 * 512 * 4, 20),
@@ -216,12 +231,13 @@ class VectorWorkload:
     name: str
     env_id: str
     num_envs: int
-    payload_bytes: int       # per env step
+    payload_bytes: int  # per env step
     check_steps: int
 
 
 VECTOR_WORKLOADS = {
-    w.name: w for w in (
+    w.name: w
+    for w in (
         VectorWorkload("vec4-cartpole", "CartPole-v1", 4, 16, 600),
         VectorWorkload("vec8-cartpole", "CartPole-v1", 8, 16, 600),
         VectorWorkload("vec8-busy1ms", f"{MODULE}:BenchBusyCartPole-v0", 8, 16, 15),
@@ -230,6 +246,7 @@ VECTOR_WORKLOADS = {
 
 
 # ------------------------------------------------------------------------------- drivers
+
 
 class Driver:
     """Steps a single env with a policy, resetting when an episode ends (the reset is part
@@ -281,6 +298,7 @@ class VecDriver:
 
 # --------------------------------------------------------------------------- correctness
 
+
 def record(env, policy, steps: int, seed: int = 0) -> list[tuple]:
     """The first ``steps`` transitions under ``policy`` from ``reset(seed=seed)``, as
     owned copies (a zero-copy view would change under us)."""
@@ -319,8 +337,15 @@ def record_vec(envs, steps: int, seed: int = 0, policy=cartpole_batch_policy) ->
     return out
 
 
-def assert_same(got: list[tuple], want: list[tuple], *, strict_dtype: bool = True, rtol: float = 0.0,
-                atol: float = 0.0, who: str = "") -> None:
+def assert_same(
+    got: list[tuple],
+    want: list[tuple],
+    *,
+    strict_dtype: bool = True,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    who: str = "",
+) -> None:
     """Fails unless two recorded trajectories agree step for step: values always (exactly,
     or for floats within ``rtol``/``atol`` when given), array dtypes and scalar types too
     unless ``strict_dtype`` is off (for peers whose wire format widens them)."""
@@ -339,9 +364,8 @@ def assert_same(got: list[tuple], want: list[tuple], *, strict_dtype: bool = Tru
                 if strict_dtype and a.dtype != b.dtype:
                     raise AssertionError(f"{who}: record {i} {field} dtype {a.dtype}, native {b.dtype}")
                 if a.shape != b.shape or not equal(a, b):
-                    raise AssertionError(f"{who}: record {i} {field} differs from the native env's: "
-                                         f"{a!r} vs {b!r}")
-            elif (not equal(a, b) if isinstance(b, float) else a != b) or (
-                    strict_dtype and type(a) is not type(b)):
-                raise AssertionError(f"{who}: record {i} {field} is {a!r} ({type(a).__name__}), "
-                                     f"native {b!r} ({type(b).__name__})")
+                    raise AssertionError(f"{who}: record {i} {field} differs from the native env's: {a!r} vs {b!r}")
+            elif (not equal(a, b) if isinstance(b, float) else a != b) or (strict_dtype and type(a) is not type(b)):
+                raise AssertionError(
+                    f"{who}: record {i} {field} is {a!r} ({type(a).__name__}), native {b!r} ({type(b).__name__})"
+                )

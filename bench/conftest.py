@@ -66,18 +66,23 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     """What the report needs to judge the numbers: usable cores, load, the runtimes."""
     # load averages (1, 5, 15 min) when the suite started and when it ended: other work
     # on a small machine moves the numbers more than many of the effects measured
-    info = {"usable_cpus": len(os.sched_getaffinity(0)), "quick": is_quick(),
-            "loadavg_start": _LOAD_AT_START, "loadavg_end": _loadavg()}
+    info = {
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "quick": is_quick(),
+        "loadavg_start": _LOAD_AT_START,
+        "loadavg_end": _loadavg(),
+    }
     try:
         from shmbench.runtimes.select import probe_all
 
         info["runtimes"] = {name: {"ok": ok, "detail": why} for name, (ok, why) in probe_all().items()}
-    except Exception as exc:   # the report still works without it
+    except Exception as exc:  # the report still works without it
         info["runtimes_error"] = repr(exc)
     machine_info["shmbench"] = info
 
 
 # ===================================================================== env-level suites
+
 
 @pytest.fixture(scope="session")
 def quick() -> bool:
@@ -157,8 +162,10 @@ def bookworm_image(request: pytest.FixtureRequest) -> Path:
         return cached
     build = os.environ.get(BUILD_ENV, "0" if is_quick() else "1") not in ("", "0")
     if not build:
-        pytest.skip("no reference image is cached for this source tree; set "
-                    f"{BUILD_ENV}=1 (full runs build it: a few minutes with debootstrap)")
+        pytest.skip(
+            "no reference image is cached for this source tree; set "
+            f"{BUILD_ENV}=1 (full runs build it: a few minutes with debootstrap)"
+        )
     if find_apptainer() is None:
         if os.geteuid() != 0:
             pytest.skip("building the reference image without Apptainer needs root (debootstrap)")
@@ -168,8 +175,11 @@ def bookworm_image(request: pytest.FixtureRequest) -> Path:
     wheel = request.getfixturevalue("shmbench_wheel")
     from shmbench.images.build import build_cached
 
-    print(f"\n[bench] building the reference image from {recipe.name} (once per source state)...",
-          file=sys.stderr, flush=True)
+    print(
+        f"\n[bench] building the reference image from {recipe.name} (once per source state)...",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         return build_cached(recipe, build_args={"wheel": str(wheel)})
     except Exception as exc:

@@ -47,6 +47,7 @@ def _stop(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> No
 
 # ------------------------------------------------------------------------ Pipe worker
 
+
 def _pipe_worker(conn, env_id: str, kwargs: dict) -> None:
     env = gymnasium.make(env_id, **kwargs)
     try:
@@ -106,6 +107,7 @@ class PipeEnv:
 
 # ------------------------------------------------------------------- AsyncVectorEnv(1)
 
+
 class AsyncVectorEnv1:
     """``AsyncVectorEnv(num_envs=1, shared_memory=True)`` seen as a single env.
 
@@ -115,8 +117,7 @@ class AsyncVectorEnv1:
     """
 
     def __init__(self, env_id: str, **kwargs: Any) -> None:
-        self.envs = gymnasium.vector.AsyncVectorEnv(
-            [lambda: gymnasium.make(env_id, **kwargs)], shared_memory=True)
+        self.envs = gymnasium.vector.AsyncVectorEnv([lambda: gymnasium.make(env_id, **kwargs)], shared_memory=True)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.envs.reset(seed=seed, options=options)
@@ -137,6 +138,7 @@ class AsyncVectorEnv1:
 
 
 # -------------------------------------------------------------- Pyro4 + JSON (DACBench)
+
 
 def _hint(item: Any) -> Any:
     """Tag what JSON cannot carry, DACBench-style: tuples and arrays become typed objects,
@@ -333,18 +335,39 @@ def check_trajectory(env, workload, method: str) -> None:
     # image methods agree with the host's env closely (the gap grows chaotically: 8e-9 by
     # step 257), not bit for bit
     image = "-sif" in method or method.startswith("shmbench-apptainer")
-    envs.assert_same(got, want, strict_dtype=strict, rtol=1e-4 if image else 0.0,
-                     atol=1e-6 if image else 0.0, who=f"{method} on {workload.name}")
+    envs.assert_same(
+        got,
+        want,
+        strict_dtype=strict,
+        rtol=1e-4 if image else 0.0,
+        atol=1e-6 if image else 0.0,
+        who=f"{method} on {workload.name}",
+    )
 
 
-def label(benchmark, *, workload: str, method: str, payload_bytes: int, env_steps_per_round: int = 1,
-          native: bool = False, peer: bool = False, **extra: Any) -> None:
+def label(
+    benchmark,
+    *,
+    workload: str,
+    method: str,
+    payload_bytes: int,
+    env_steps_per_round: int = 1,
+    native: bool = False,
+    peer: bool = False,
+    **extra: Any,
+) -> None:
     """Group a benchmark by workload and record what the report needs to compare it."""
     benchmark.group = workload
-    benchmark.extra_info.update({
-        "workload": workload, "method": method, "payload_bytes": int(payload_bytes),
-        "env_steps_per_round": env_steps_per_round, "native": bool(native), "peer": bool(peer),
-        # an in-process env hands over a reference: no bytes move, no transfer rate
-        "transfers_payload": method not in ("native", "sync-vector"),
-        **extra,
-    })
+    benchmark.extra_info.update(
+        {
+            "workload": workload,
+            "method": method,
+            "payload_bytes": int(payload_bytes),
+            "env_steps_per_round": env_steps_per_round,
+            "native": bool(native),
+            "peer": bool(peer),
+            # an in-process env hands over a reference: no bytes move, no transfer rate
+            "transfers_payload": method not in ("native", "sync-vector"),
+            **extra,
+        }
+    )

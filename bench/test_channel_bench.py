@@ -56,15 +56,23 @@ WORKLOADS = {
     "roundtrip-1MiB": (1 << 20, "echo"),
     "oneway-1MiB": (1 << 20, "ack"),
 }
-METHODS = ["shmbench-spin", "shmbench-block", "shmbench-adaptive", "shmbench-posix_ipc",
-           "c-futex", "c-spin", "pipe", "posix_ipc-sem-pair"]
+METHODS = [
+    "shmbench-spin",
+    "shmbench-block",
+    "shmbench-adaptive",
+    "shmbench-posix_ipc",
+    "c-futex",
+    "c-spin",
+    "pipe",
+    "posix_ipc-sem-pair",
+]
 #: quick subset (SHMBENCH_BENCH_QUICK=1, see bench/conftest.py)
 QUICK = {("roundtrip-16B", m) for m in ("shmbench-spin", "shmbench-block", "c-futex", "pipe")}
 
-RING = 4 << 20            # both rings: a 1 MiB message fits one record (max_record = 2 MiB)
-SPIN_NS = 10_000_000      # "spin": never give up within a round trip
+RING = 4 << 20  # both rings: a 1 MiB message fits one record (max_record = 2 MiB)
+SPIN_NS = 10_000_000  # "spin": never give up within a round trip
 WARMUP_S = 0.3
-ACK = struct.Struct("<Q8s8s")   # length, first and last 8 bytes: the peer did read it
+ACK = struct.Struct("<Q8s8s")  # length, first and last 8 bytes: the peer did read it
 
 
 def ack_of(data) -> bytes:
@@ -76,11 +84,16 @@ def ack_of(data) -> bytes:
 # Peers (separate Python processes)
 # ======================================================================================
 
+
 def _spawn(func: str, *args, pass_fds=()) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import test_channel_bench as m; "
-            f"m.peer_{func}(*sys.argv[2:])")
-    return subprocess.Popen([sys.executable, "-c", code, "shmbench-bench-peer", *map(str, args)],
-                            stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import test_channel_bench as m; m.peer_{func}(*sys.argv[2:])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "shmbench-bench-peer", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        pass_fds=pass_fds,
+    )
 
 
 def peer_channel(path: str, method: str, mode: str) -> None:
@@ -124,8 +137,8 @@ def peer_sem(name: str, size: str, mode: str) -> None:
     view = memoryview(buf)
     size = int(size)
     lens = struct.Struct("<Q")
-    inbox, outbox = view[8:8 + size], view[16 + size:16 + 2 * size]
-    rep.release()                                  # ready
+    inbox, outbox = view[8 : 8 + size], view[16 + size : 16 + 2 * size]
+    rep.release()  # ready
     while True:
         req.acquire(60)
         (n,) = lens.unpack_from(view, 0)
@@ -136,7 +149,7 @@ def peer_sem(name: str, size: str, mode: str) -> None:
             lens.pack_into(view, 8 + size, n)
         else:
             a = ack_of(inbox[:n])
-            outbox[:len(a)] = a
+            outbox[: len(a)] = a
             lens.pack_into(view, 8 + size, len(a))
         rep.release()
     del inbox, outbox, view
@@ -153,6 +166,7 @@ def _configure(ch, method: str) -> None:
 # ======================================================================================
 # Host-side drivers: each gives roundtrip(payload) -> reply (bytes-like) and close()
 # ======================================================================================
+
 
 class ChannelDriver:
     def __init__(self, method: str, mode: str) -> None:
@@ -222,8 +236,8 @@ class SemPairDriver:
         self.shm.close_fd()
         self.view = memoryview(self.buf)
         self.size = size
-        self.inbox = self.view[8:8 + size]
-        self.outbox = self.view[16 + size:16 + 2 * size]
+        self.inbox = self.view[8 : 8 + size]
+        self.outbox = self.view[16 + size : 16 + 2 * size]
         self.peer = _spawn("sem", self.name, size, mode)
         self.rep.acquire(30)
         self._len = struct.Struct("<Q")
@@ -265,14 +279,15 @@ def pingpong_lib():
         pytest.skip("no C compiler: the C reference needs gcc")
     with tempfile.TemporaryDirectory(prefix="shmbench-pingpong-") as tmp:
         so = Path(tmp) / "libpingpong.so"
-        subprocess.run([gcc, "-O2", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror",
-                        str(BENCH / "pingpong.c"), "-o", str(so)], check=True)
+        subprocess.run(
+            [gcc, "-O2", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror", str(BENCH / "pingpong.c"), "-o", str(so)],
+            check=True,
+        )
         lib = ctypes.CDLL(str(so))
         lib.pp_start.argtypes = [ctypes.c_int, ctypes.c_size_t]
         lib.pp_roundtrip.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.pp_roundtrip.restype = ctypes.c_void_p
-        lib.pp_loop.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long,
-                                ctypes.POINTER(ctypes.c_int64)]
+        lib.pp_loop.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long, ctypes.POINTER(ctypes.c_int64)]
         lib.pp_stop.restype = ctypes.c_int
         yield lib
 
@@ -336,7 +351,7 @@ def test_channel_roundtrip(benchmark, pingpong_lib, workload, method):
     else:
         driver = CDriver(pingpong_lib, method, size)
     try:
-        _check(driver, payloads, mode)                 # correct before timed
+        _check(driver, payloads, mode)  # correct before timed
         payload = payloads[0]
         call = driver.timed_call if isinstance(driver, CDriver) else driver.roundtrip
         end = time.perf_counter() + WARMUP_S
@@ -347,13 +362,19 @@ def test_channel_roundtrip(benchmark, pingpong_lib, workload, method):
             samples = driver.c_loop(payload, 20000 if size < 1 << 20 else 2000)
             extra["c_loop_median_us"] = statistics.median(samples) / 1000
         benchmark.group = workload
-        benchmark.extra_info.update({
-            "workload": workload, "method": method, "payload_bytes": size,
-            "env_steps_per_round": 1, "native": method == "c-futex",
-            "peer": method in ("c-spin", "pipe", "posix_ipc-sem-pair"), **extra,
-        })
+        benchmark.extra_info.update(
+            {
+                "workload": workload,
+                "method": method,
+                "payload_bytes": size,
+                "env_steps_per_round": 1,
+                "native": method == "c-futex",
+                "peer": method in ("c-spin", "pipe", "posix_ipc-sem-pair"),
+                **extra,
+            }
+        )
         benchmark(call, payload)
-        _check(driver, payloads, mode)                 # and still correct after
+        _check(driver, payloads, mode)  # and still correct after
         if method.startswith("shmbench") and hasattr(driver, "ch"):
             benchmark.extra_info["wait_stats"] = driver.ch.stats()
     finally:

@@ -21,10 +21,11 @@ from peers import SINGLE_METHODS, check_trajectory, label, open_single
 #: (workload, method) pairs, quick ones marked
 _PROCESS = ["shmbench-process", "shmbench-process-spin", "shmbench-process-block"]
 _PEERS = ["pipe", "gym-async", "pyro4-json"]
-_QUICK = {
-    ("cartpole", m) for m in ["native", "shmbench-process", "shmbench-process-spin", *_PEERS]
-} | {("obs-1MiB-f32", m) for m in ["native", "shmbench-process", "shmbench-process-nocopy", "pipe"]
-} | {("obs-1MiB-f32-inplace", m) for m in ["native", "shmbench-process-nocopy"]}
+_QUICK = (
+    {("cartpole", m) for m in ["native", "shmbench-process", "shmbench-process-spin", *_PEERS]}
+    | {("obs-1MiB-f32", m) for m in ["native", "shmbench-process", "shmbench-process-nocopy", "pipe"]}
+    | {("obs-1MiB-f32-inplace", m) for m in ["native", "shmbench-process-nocopy"]}
+)
 
 
 def _cases():
@@ -49,10 +50,19 @@ def test_step(benchmark, bench_envs, quick, workload_name: str, method: str) -> 
         bench_envs.warm_up(driver, 200 if quick else 1000, 0.2 if quick else 0.5)
         extra = {}
         if method.startswith("shmbench-"):
-            extra["server"] = {k: v for k, v in getattr(env, "server_info", {}).items()
-                               if isinstance(v, (str, int, float, bool))}
-        label(benchmark, workload=workload.name, method=method, payload_bytes=workload.payload_bytes,
-              native=native, peer=peer, env_id=workload.env_id, **extra)
+            extra["server"] = {
+                k: v for k, v in getattr(env, "server_info", {}).items() if isinstance(v, (str, int, float, bool))
+            }
+        label(
+            benchmark,
+            workload=workload.name,
+            method=method,
+            payload_bytes=workload.payload_bytes,
+            native=native,
+            peer=peer,
+            env_id=workload.env_id,
+            **extra,
+        )
         benchmark(driver.step)
     finally:
         env.close()

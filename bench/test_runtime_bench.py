@@ -61,18 +61,27 @@ def test_runtime_step(benchmark, request, bench_envs, quick, workload_name: str,
         check_trajectory(env, workload, method)
         driver = bench_envs.Driver(env, workload.policy())
         bench_envs.warm_up(driver, 200 if quick else 1000, 0.2 if quick else 0.5)
-        label(benchmark, workload=workload.name, method=method, payload_bytes=workload.payload_bytes,
-              env_id=workload.env_id, runtime=_runtime_of(method),
-              image=None if image is None else str(image))
+        label(
+            benchmark,
+            workload=workload.name,
+            method=method,
+            payload_bytes=workload.payload_bytes,
+            env_id=workload.env_id,
+            runtime=_runtime_of(method),
+            image=None if image is None else str(image),
+        )
         benchmark(driver.step)
     finally:
         env.close()
 
 
-@pytest.mark.parametrize("method", [
-    pytest.param(m, marks=[pytest.mark.quick] if m in _QUICK_START else [], id=m)
-    for m in ["shmbench-process", *CONTAINER_METHODS]
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(m, marks=[pytest.mark.quick] if m in _QUICK_START else [], id=m)
+        for m in ["shmbench-process", *CONTAINER_METHODS]
+    ],
+)
 def test_startup(benchmark, request, quick, method: str) -> None:
     """make() to the end of the first reset(), CartPole-v1."""
     import shmbench
@@ -101,9 +110,15 @@ def test_startup(benchmark, request, quick, method: str) -> None:
         if obs.dtype != want.dtype or not np.array_equal(obs, want):
             raise AssertionError(f"{method}: first observation {obs!r}, native {want!r}")
         stop()
-        label(benchmark, workload="startup-cartpole", method=method, payload_bytes=0,
-              env_steps_per_round=0, runtime=_runtime_of(method),
-              image=None if image is None else str(image))
+        label(
+            benchmark,
+            workload="startup-cartpole",
+            method=method,
+            payload_bytes=0,
+            env_steps_per_round=0,
+            runtime=_runtime_of(method),
+            image=None if image is None else str(image),
+        )
         benchmark.pedantic(start, teardown=stop, rounds=3 if quick else 8, warmup_rounds=0)
     finally:
         stop()

@@ -41,8 +41,7 @@ def open_vector(method: str, env_id: str, num_envs: int):
     if method == "sync-vector":
         return gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs)
     if method == "async-vector":
-        return gymnasium.vector.AsyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs,
-                                               shared_memory=True)
+        return gymnasium.vector.AsyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs, shared_memory=True)
     import shmbench
 
     num_workers = 2 if method.endswith("-w2") else None
@@ -75,9 +74,18 @@ def test_vector_step(benchmark, bench_envs, quick, workload_name: str, method: s
             workers = 2 if method.endswith("-w2") else default_num_workers(workload.num_envs)
         else:
             workers = workload.num_envs if method == "async-vector" else 0
-        label(benchmark, workload=workload.name, method=method, payload_bytes=workload.payload_bytes,
-              env_steps_per_round=workload.num_envs, native=native, peer=peer, env_id=workload.env_id,
-              num_envs=workload.num_envs, processes=workers)
+        label(
+            benchmark,
+            workload=workload.name,
+            method=method,
+            payload_bytes=workload.payload_bytes,
+            env_steps_per_round=workload.num_envs,
+            native=native,
+            peer=peer,
+            env_id=workload.env_id,
+            num_envs=workload.num_envs,
+            processes=workers,
+        )
         benchmark(driver.step)
     finally:
         envs.close()

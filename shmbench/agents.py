@@ -120,8 +120,7 @@ def _env_seed(env: gymnasium.Env | ActionSpaceHolder) -> int | None:
 #: The agents :func:`make_agent` builds, by the ``"type"`` of their description.
 AGENT_TYPES = ("random", "static")
 
-_SPEC_KEYS = {"random": {"type", "action_space", "seed"},
-              "static": {"type", "action_space", "action"}}
+_SPEC_KEYS = {"random": {"type", "action_space", "seed"}, "static": {"type", "action_space", "action"}}
 
 
 class ActionSpaceHolder:
@@ -175,8 +174,7 @@ def make_agent(spec: Any) -> RandomAgent | StaticAgent:
         raise ExperimentError(f"unknown agent type {kind!r}; known: {', '.join(AGENT_TYPES)}")
     unknown = sorted(set(spec) - _SPEC_KEYS[kind])
     if unknown:
-        raise ExperimentError(f"{kind} agent: unknown key(s) {unknown}; "
-                              f"known: {sorted(_SPEC_KEYS[kind])}")
+        raise ExperimentError(f"{kind} agent: unknown key(s) {unknown}; known: {sorted(_SPEC_KEYS[kind])}")
     space = spec.get("action_space")
     if space is None:
         raise ExperimentError(f"{kind} agent: 'action_space' is required")
@@ -211,7 +209,8 @@ def _action_from_plain(space: spaces.Space, value: Any) -> Any:
     try:
         if isinstance(space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
             if isinstance(value, (list, np.ndarray)) or (
-                    isinstance(value, (int, float, np.number)) and not isinstance(value, bool)):
+                isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            ):
                 arr = np.asarray(value)
                 if arr.dtype.kind in "iufb" and (arr.dtype.kind != "f" or space.dtype.kind == "f"):
                     return arr.astype(space.dtype)
@@ -219,8 +218,7 @@ def _action_from_plain(space: spaces.Space, value: Any) -> Any:
         if isinstance(space, spaces.Discrete):
             return value
         if isinstance(space, spaces.Dict) and isinstance(value, dict):
-            return {k: _action_from_plain(space.spaces[k], v) if k in space.spaces else v
-                    for k, v in value.items()}
+            return {k: _action_from_plain(space.spaces[k], v) if k in space.spaces else v for k, v in value.items()}
         if isinstance(space, spaces.Tuple) and isinstance(value, (list, tuple)) and len(value) == len(space.spaces):
             return tuple(_action_from_plain(s, v) for s, v in zip(space.spaces, value))
     except (TypeError, ValueError, OverflowError):

@@ -64,8 +64,14 @@ class PeerDied(ShmbenchError, ConnectionError):
         log_tail: the last lines of its log when known.
     """
 
-    def __init__(self, message: str = "peer died", *, peer: str | None = None,
-                 exit_status: int | None = None, log_tail: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "peer died",
+        *,
+        peer: str | None = None,
+        exit_status: int | None = None,
+        log_tail: str | None = None,
+    ) -> None:
         self.peer = peer
         self.exit_status = exit_status
         self.log_tail = log_tail

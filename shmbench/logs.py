@@ -57,8 +57,7 @@ __all__ = [
 LOG_FORMAT = "shmbench-log/1"
 
 #: Fields whose values differ between two otherwise identical runs (clock readings).
-VOLATILE_FIELDS = frozenset({"times", "started_at", "finished_at", "step_duration",
-                             "episode_duration", "wall_time"})
+VOLATILE_FIELDS = frozenset({"times", "started_at", "finished_at", "step_duration", "episode_duration", "wall_time"})
 
 _MAX_DEPTH = 64
 
@@ -198,10 +197,10 @@ def read_log(path: str | os.PathLike[str]) -> LogFile:
             record = json.loads(line)
         except ValueError:
             if last and not whole:
-                break   # the line a crash cut short
+                break  # the line a crash cut short
             raise ValueError(f"{path}:{number}: not a JSON line") from None
         if last and not whole:
-            break       # parses, but was not finished with its newline: not trusted
+            break  # parses, but was not finished with its newline: not trusted
         if number == 1:
             if not isinstance(record, dict) or record.get("type") != "header":
                 raise ValueError(f"{path}: the first line is not a shmbench log header")

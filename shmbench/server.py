@@ -134,7 +134,7 @@ class RemoteEnvironmentServer:
                     op = mv[0]
                 except IndexError:
                     raise ProtocolError("empty request") from None
-                if op == _STEP:   # tested first: the hot path
+                if op == _STEP:  # tested first: the hot path
                     try:
                         reply = self._step(mv)
                     except (ChannelClosed, PeerDied):
@@ -156,9 +156,9 @@ class RemoteEnvironmentServer:
                     reply = handler(mv)
                 except (ChannelClosed, PeerDied):
                     raise
-                except Exception as exc:   # the env's error goes back; we keep serving
+                except Exception as exc:  # the env's error goes back; we keep serving
                     reply = self._error_reply(exc)
-                mv = call(reply)    # send the reply, then wait for the next request
+                mv = call(reply)  # send the reply, then wait for the next request
         except ChannelClosed:
             pass
         except PeerDied:
@@ -175,7 +175,8 @@ class RemoteEnvironmentServer:
             return bytes([Status.ERROR]) + self.codec.encode(error_payload(exc))
         except EncodeError:
             return bytes([Status.ERROR]) + self.codec.encode(
-                {"type": type(exc).__name__, "message": repr(exc), "traceback": ""})
+                {"type": type(exc).__name__, "message": repr(exc), "traceback": ""}
+            )
 
     def _ok(self, value: Any) -> bytes:
         return _OK + self.codec.encode(value)
@@ -237,8 +238,10 @@ class RemoteEnvironmentServer:
             },
         }
         for other in self.envs[1:]:
-            if (getattr(other, "observation_space", None) != obs_space
-                    or getattr(other, "action_space", None) != act_space):
+            if (
+                getattr(other, "observation_space", None) != obs_space
+                or getattr(other, "action_space", None) != act_space
+            ):
                 raise RuntimeError("the envs of one worker have different spaces")
         return self._ok(info)
 
@@ -276,8 +279,12 @@ class RemoteEnvironmentServer:
             # identity, not equality, of the dtype on the hot path (numpy hands out one
             # dtype object per builtin type); anything else takes _write_obs's full check
             self._act0 = act[0] if act is not None and len(act) == 1 else None
-            self._fast = (self._act0, env.step, self.channel.reply_step,
-                          self._obs0 if self._obs_kind == "array" else None)
+            self._fast = (
+                self._act0,
+                env.step,
+                self.channel.reply_step,
+                self._obs0 if self._obs_kind == "array" else None,
+            )
             if self._obs_kind == "array":
                 # zero copy for envs that can write their observations where we want them
                 setter = _optional_attr(env, "set_observation_buffer")
@@ -305,8 +312,9 @@ class RemoteEnvironmentServer:
             if type(obs) is np.ndarray:
                 dst = self._obs0
                 if obs.dtype == dst.dtype and obs.shape == dst.shape:
-                    if not (obs.base is dst.base and obs.ctypes.data == dst.ctypes.data
-                            and obs.strides == dst.strides):   # the env wrote into the slab
+                    if not (
+                        obs.base is dst.base and obs.ctypes.data == dst.ctypes.data and obs.strides == dst.strides
+                    ):  # the env wrote into the slab
                         dst[...] = obs
                     return ObsTag.SLAB_ARRAY
         elif kind == "discrete":
@@ -358,7 +366,7 @@ class RemoteEnvironmentServer:
         try:
             self._concatenate(self.envs[0].observation_space, self._env_obs, self._obs_rows)
         except (ValueError, TypeError):
-            return False   # an obs that does not fit: the host concatenates from the codec
+            return False  # an obs that does not fit: the host concatenates from the codec
         return True
 
     def _step_vector(self, mv: memoryview) -> bytes:
@@ -375,8 +383,13 @@ class RemoteEnvironmentServer:
 
         mode = self.autoreset_mode
         infos: list = []
-        rewards, terms, truncs, autoreset, env_obs = (self._rewards, self._terms, self._truncs,
-                                                      self._autoreset, self._env_obs)
+        rewards, terms, truncs, autoreset, env_obs = (
+            self._rewards,
+            self._terms,
+            self._truncs,
+            self._autoreset,
+            self._env_obs,
+        )
         for i, (env, action) in enumerate(zip(self.envs, actions)):
             if mode == AutoresetMode.NEXT_STEP:
                 if autoreset[i]:
@@ -433,8 +446,7 @@ class RemoteEnvironmentServer:
 
     def _get_attr(self, mv: memoryview) -> bytes:
         name = self.codec.decode(mv[2:])
-        values = [_np_random_state(env) if name == "np_random" else _get(env, name)
-                  for env in self.envs]
+        values = [_np_random_state(env) if name == "np_random" else _get(env, name) for env in self.envs]
         return self._ok(values if self.vector else values[0])
 
     def _set_attr(self, mv: memoryview) -> bytes:
@@ -456,6 +468,7 @@ class RemoteEnvironmentServer:
 # ------------------------------------------------------------------------------------------
 # attribute access on the served envs
 # ------------------------------------------------------------------------------------------
+
 
 def _optional_attr(env: Any, name: str) -> Any:
     """``env``'s attribute ``name`` through its wrappers, or None."""
@@ -496,8 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ShmbenchError, OSError) as exc:
         print(f"shmbench server: cannot attach to {path}: {exc}", file=sys.stderr)
         return 2
-    print(f"shmbench server pid {os.getpid()} python {sys.version.split()[0]} numpy {np.__version__} "
-          f"attached to {path} in {1e3 * (time.perf_counter() - t0):.1f} ms", file=sys.stderr, flush=True)
+    print(
+        f"shmbench server pid {os.getpid()} python {sys.version.split()[0]} numpy {np.__version__} "
+        f"attached to {path} in {1e3 * (time.perf_counter() - t0):.1f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
     return server.serve()
 
 

@@ -64,16 +64,19 @@ def ctrl_offset(ring: int, field: int) -> int:
     return RING_CTRL + ring * RING_CTRL_SIZE + field
 
 
-PEER_TAG = "shmbench-test-peer"   # in every peer's command line: the leak check sees them
+PEER_TAG = "shmbench-test-peer"  # in every peer's command line: the leak check sees them
 
 
 def spawn(func: str, *args, stdin=subprocess.DEVNULL, env=None) -> subprocess.Popen:
     """Start ``peer_<func>(*args)`` of this module in a fresh interpreter."""
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import channel_peers as m; "
-            f"m.peer_{func}(*sys.argv[2:])")
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import channel_peers as m; m.peer_{func}(*sys.argv[2:])"
     return subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-c", code, PEER_TAG, *map(str, args)],
-        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        env=env,
     )
 
 
@@ -85,12 +88,10 @@ def read_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
         left = deadline - time.monotonic()
         r, _, _ = select.select([proc.stdout], [], [], max(left, 0))
         if not r:
-            raise AssertionError(f"peer said nothing for {timeout} s (so far {out!r}); "
-                                 f"stderr: {_stderr(proc)}")
+            raise AssertionError(f"peer said nothing for {timeout} s (so far {out!r}); stderr: {_stderr(proc)}")
         b = proc.stdout.read(1)
         if not b:
-            raise AssertionError(f"peer exited ({proc.wait(5)}) before a full line {out!r}; "
-                                 f"stderr: {_stderr(proc)}")
+            raise AssertionError(f"peer exited ({proc.wait(5)}) before a full line {out!r}; stderr: {_stderr(proc)}")
         out += b
     return out.decode().strip()
 
@@ -131,7 +132,7 @@ def say(*words) -> None:
     sys.stdout.flush()
 
 
-HDR = struct.Struct("<QI")          # sequence number, length: in every message of >= 12 bytes
+HDR = struct.Struct("<QI")  # sequence number, length: in every message of >= 12 bytes
 
 
 END = b"END-OF-STREAM"
@@ -143,7 +144,7 @@ POOL_LEN = 10 << 20
 STREAM_SEED = 20240611
 
 
-STREAM_REQUEST_CAP = 1 << 16         # small rings: many wrap-arounds and fragments
+STREAM_REQUEST_CAP = 1 << 16  # small rings: many wrap-arounds and fragments
 
 
 STREAM_REPLY_CAP = 1 << 18
@@ -169,21 +170,42 @@ def stream_plan(seed: int, direction: int, n: int, cap: int) -> tuple[list[int],
         return np.exp(rng.uniform(np.log(lo), np.log(hi), n)).astype(np.int64)
 
     u = rng.random(n)
-    sizes = rng.integers(0, 64, n)                                          # 60 %
+    sizes = rng.integers(0, 64, n)  # 60 %
     pick = u >= 0.60
-    sizes[pick] = rng.integers(64, 2048, n)[pick]                           # 30 %
+    sizes[pick] = rng.integers(64, 2048, n)[pick]  # 30 %
     pick = u >= 0.90
-    sizes[pick] = loguniform(2048, 32 << 10)[pick]                          # 9 %
+    sizes[pick] = loguniform(2048, 32 << 10)[pick]  # 9 %
     pick = u >= 0.99
-    sizes[pick] = loguniform(16 << 10, 512 << 10)[pick]                     # 0.9 %: both rings'
-    pick = u >= 0.9999                                                      #   thresholds
-    sizes[pick] = loguniform(512 << 10, 4 << 20)[pick]                      # 0.01 %: MiBs
-    edges = np.array([0, 1, 7, 8, 9, 11, 12, 13, max_record - 1, max_record, max_record + 1,
-                      cap // 4 - 16, cap // 4 - 8, cap // 4, cap // 2, cap - 8, cap, cap + 1,
-                      3 * cap + 5, 4 << 20])
+    sizes[pick] = loguniform(16 << 10, 512 << 10)[pick]  # 0.9 %: both rings'
+    pick = u >= 0.9999  #   thresholds
+    sizes[pick] = loguniform(512 << 10, 4 << 20)[pick]  # 0.01 %: MiBs
+    edges = np.array(
+        [
+            0,
+            1,
+            7,
+            8,
+            9,
+            11,
+            12,
+            13,
+            max_record - 1,
+            max_record,
+            max_record + 1,
+            cap // 4 - 16,
+            cap // 4 - 8,
+            cap // 4,
+            cap // 2,
+            cap - 8,
+            cap,
+            cap + 1,
+            3 * cap + 5,
+            4 << 20,
+        ]
+    )
     pick = (u >= 0.9990) & (u < 0.9995)
-    sizes[pick] = rng.choice(edges, n)[pick]                                # 0.05 %
-    sizes[:len(edges)] = edges          # and each edge at least once, early
+    sizes[pick] = rng.choice(edges, n)[pick]  # 0.05 %
+    sizes[: len(edges)] = edges  # and each edge at least once, early
     offsets = (rng.random(n) * (POOL_LEN - sizes)).astype(np.int64)
     return sizes.tolist(), offsets.tolist()
 
@@ -197,16 +219,16 @@ def stream_send(ch, sizes, offsets, pool: bytes, timeout: float) -> None:
         size = sizes[i]
         off = offsets[i]
         if size < HDR.size:
-            send(pool_mv[off:off + size], timeout)
+            send(pool_mv[off : off + size], timeout)
         elif size <= max_record and i % 4 == 0:
             # reserve/commit: written in place, published as one record
             mv = ch.reserve(size, timeout)
-            mv[:HDR.size] = pack(i, size)
-            mv[HDR.size:] = pool_mv[off + HDR.size:off + size]
+            mv[: HDR.size] = pack(i, size)
+            mv[HDR.size :] = pool_mv[off + HDR.size : off + size]
             mv.release()
             ch.commit(size)
         else:
-            send(pack(i, size) + pool[off + HDR.size:off + size], timeout)
+            send(pack(i, size) + pool[off + HDR.size : off + size], timeout)
     send(END, timeout)
 
 
@@ -229,7 +251,7 @@ def stream_recv(ch, sizes, offsets, pool: bytes, timeout: float) -> str | None:
         seq, length = unpack(v)
         if seq != i or length != size:
             return f"message {i}: header says #{seq} of {length} bytes (lost/duplicated/reordered)"
-        if not startswith(v[HDR.size:], off + HDR.size):
+        if not startswith(v[HDR.size :], off + HDR.size):
             return f"message {i} ({size} bytes): corrupted payload"
     last = bytes(recv(timeout))
     if last != END:
@@ -259,8 +281,7 @@ def stream_run(ch, send_plan, recv_plan, pool) -> dict:
         problem = problem or "sender thread still blocked"
     if errors:
         problem = problem or f"sender: {type(errors[0]).__name__}: {errors[0]}"
-    return {"problem": problem, "seconds": time.perf_counter() - t0,
-            "received": len(recv_plan[0]), "stats": ch.stats()}
+    return {"problem": problem, "seconds": time.perf_counter() - t0, "received": len(recv_plan[0]), "stats": ch.stats()}
 
 
 def peer_stream(path: str, n: str) -> None:
@@ -278,7 +299,7 @@ def peer_stream(path: str, n: str) -> None:
     ch.close()
 
 
-N_STREAM = 10 ** 6
+N_STREAM = 10**6
 
 
 def peer_echo(path: str, spin_ns: str = "-1") -> None:
@@ -296,8 +317,7 @@ def peer_echo(path: str, spin_ns: str = "-1") -> None:
 
 
 @contextlib.contextmanager
-def host_and_peer(func: str, *args, request_capacity=1 << 16, reply_capacity=1 << 16,
-                  watch: str = "pidfd"):
+def host_and_peer(func: str, *args, request_capacity=1 << 16, reply_capacity=1 << 16, watch: str = "pidfd"):
     with Session() as s:
         ch = s.create_channel("w0", request_capacity=request_capacity, reply_capacity=reply_capacity)
         with ch, reaped(spawn(func, ch.path, *args, stdin=subprocess.PIPE)) as peer:
@@ -335,7 +355,7 @@ def peer_wait_close(path: str) -> None:
         ch.recv(timeout=30)
         say("got a message")
     except ChannelClosed:
-        say("closed", time.monotonic())       # CLOCK_MONOTONIC: one clock for all processes
+        say("closed", time.monotonic())  # CLOCK_MONOTONIC: one clock for all processes
     ch.close()
 
 
@@ -368,7 +388,7 @@ def peer_interruptible(path: str, what: str) -> None:
     count = [0]
     stop = threading.Event()
 
-    def busy():          # a pure-Python loop: it can run only while the wait drops the GIL
+    def busy():  # a pure-Python loop: it can run only while the wait drops the GIL
         while not stop.is_set():
             count[0] += 1
 
@@ -416,7 +436,7 @@ def peer_block(path: str, what: str) -> None:
         took = time.monotonic() - t
         ch.close()
         # the survivor cleans up after a dead host: its session goes once its lock is free
-        now = time.monotonic()                     # CLOCK_MONOTONIC: the test's clock too
+        now = time.monotonic()  # CLOCK_MONOTONIC: the test's clock too
         gone = reap_session(Path(path).parent)
         say("died", took, gone, type(exc).__name__, now)
     except ShmbenchError as exc:
@@ -441,7 +461,7 @@ def peer_sleeper(path: str) -> None:
     while bytes(ch.recv(timeout=10)) != b"last":
         n += 1
     ch.send(b"drained %d" % n)
-    msg = bytes(ch.recv(timeout=10))                 # sleeps: nothing is there
+    msg = bytes(ch.recv(timeout=10))  # sleeps: nothing is there
     ch.send(json.dumps({"msg": msg.decode(), "stats": ch.stats()}).encode())
     ch.recv(timeout=10)
     ch.close()

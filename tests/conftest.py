@@ -87,6 +87,7 @@ def no_leaks():
 # runtimes the remote-env tests run through
 # ------------------------------------------------------------------------------------------
 
+
 def _bwrap_works() -> tuple[bool, str]:
     from shmbench.runtimes.bwrap import BwrapRuntime
 
@@ -119,6 +120,7 @@ def runtime(request) -> dict:
 # ------------------------------------------------------------------------------------------
 # fixtures shared by several test modules (modules opt in with pytestmark = usefixtures(...))
 # ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
@@ -166,4 +168,3 @@ def server():
     srv = FileServer()
     yield srv
     srv.close()
-

@@ -37,8 +37,13 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 
-_PACKAGES = {"mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
-             "siftool": "siftool", "bwrap": "bubblewrap", "debootstrap": "debootstrap"}
+_PACKAGES = {
+    "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "siftool": "siftool",
+    "bwrap": "bubblewrap",
+    "debootstrap": "debootstrap",
+}
 
 
 def require_tool(name: str) -> str:
@@ -56,13 +61,13 @@ def make_tree(root: Path) -> Path:
     (root / "usr" / "bin").mkdir(parents=True)
     tool = root / "usr" / "bin" / "tool"
     tool.write_text("#!/bin/sh\necho tool\n")
-    tool.chmod(0o4755)                                  # set-uid: must be dropped
+    tool.chmod(0o4755)  # set-uid: must be dropped
     (root / "root").mkdir(mode=0o700)
     secret = root / "root" / "secret"
     secret.write_text("only root could read this\n")
-    secret.chmod(0o600)                                 # must become readable
-    (root / "bin").symlink_to("usr/bin")                # symlinks kept as they are
-    os.mkfifo(root / "etc" / "fifo")                    # must be removed
+    secret.chmod(0o600)  # must become readable
+    (root / "bin").symlink_to("usr/bin")  # symlinks kept as they are
+    os.mkfifo(root / "etc" / "fifo")  # must be removed
     (root / "dev").mkdir()
     (root / "shmbench").mkdir()
     return root
@@ -70,25 +75,53 @@ def make_tree(root: Path) -> Path:
 
 def make_squashfs(tree: Path, out: Path) -> Path:
     mksquashfs = require_tool("mksquashfs")
-    subprocess.run([mksquashfs, str(tree), str(out), "-noappend", "-no-progress", "-quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [mksquashfs, str(tree), str(out), "-noappend", "-no-progress", "-quiet"], check=True, stdout=subprocess.DEVNULL
+    )
     return out
 
 
-def make_sif(out: Path, partition: Path | None, *, deffile: str | None = "Bootstrap: scratch\n",
-             parttype: int = 2, partfs: int = 1, partarch: int = 2) -> Path:
+def make_sif(
+    out: Path,
+    partition: Path | None,
+    *,
+    deffile: str | None = "Bootstrap: scratch\n",
+    parttype: int = 2,
+    partfs: int = 1,
+    partarch: int = 2,
+) -> Path:
     """A SIF assembled by siftool: an optional definition file, an optional partition."""
     siftool = require_tool("siftool")
     subprocess.run([siftool, "new", str(out)], check=True, stdout=subprocess.DEVNULL)
     if deffile is not None:
         def_path = out.with_suffix(".def")
         def_path.write_text(deffile)
-        subprocess.run([siftool, "add", "--datatype", "1", "--groupid", "1", str(out),
-                        str(def_path)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [siftool, "add", "--datatype", "1", "--groupid", "1", str(out), str(def_path)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     if partition is not None:
-        subprocess.run([siftool, "add", "--datatype", "4", "--parttype", str(parttype),
-                        "--partfs", str(partfs), "--partarch", str(partarch), "--groupid", "1",
-                        str(out), str(partition)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                siftool,
+                "add",
+                "--datatype",
+                "4",
+                "--parttype",
+                str(parttype),
+                "--partfs",
+                str(partfs),
+                "--partarch",
+                str(partarch),
+                "--groupid",
+                "1",
+                str(out),
+                str(partition),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return out
 
 
@@ -101,6 +134,7 @@ def small_sif(tmp_path: Path) -> Path:
 
 
 # ----------------------------------------------------------------- the real image build
+
 
 def _source_hash() -> str:
     """What the wheel is built from: the package sources and the build configuration."""
@@ -124,8 +158,10 @@ def shmbench_wheel() -> Path:
     if not (REPO / "shmbench" / "_ring" / "_ring.c").exists():
         pytest.skip("shmbench/_ring/_ring.c does not exist yet: no wheel can be built")
     if sys.version_info[:2] != (3, 11):
-        pytest.skip("the bookworm image runs Python 3.11; its shmbench wheel must be built "
-                    f"by Python 3.11, not {sys.version.split()[0]}")
+        pytest.skip(
+            "the bookworm image runs Python 3.11; its shmbench wheel must be built "
+            f"by Python 3.11, not {sys.version.split()[0]}"
+        )
     from shmbench.images.store import cache_subdir
 
     out = cache_subdir("wheels") / _source_hash()
@@ -133,11 +169,12 @@ def shmbench_wheel() -> Path:
     if not wheels:
         staging = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                        str(staging), str(REPO)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(staging), str(REPO)], check=True
+        )
         try:
             os.rename(staging, out)
-        except OSError:                  # another session finished first
+        except OSError:  # another session finished first
             shutil.rmtree(staging, ignore_errors=True)
         wheels = sorted(out.glob("shmbench-*.whl"))
     return wheels[-1]
@@ -168,8 +205,10 @@ def reference_images(shmbench_wheel: Path) -> dict[str, Path]:
             require_tool(tool)
     start = time.monotonic()
     with ThreadPoolExecutor(len(REFERENCE_RECIPES)) as pool:
-        futures = {name: pool.submit(build_cached, RECIPES / recipe, build_args={"wheel": str(shmbench_wheel)})
-                   for name, recipe in REFERENCE_RECIPES.items()}
+        futures = {
+            name: pool.submit(build_cached, RECIPES / recipe, build_args={"wheel": str(shmbench_wheel)})
+            for name, recipe in REFERENCE_RECIPES.items()
+        }
         images = {name: f.result() for name, f in futures.items()}
     elapsed = time.monotonic() - start
     if elapsed > 5:

@@ -25,11 +25,13 @@ class _Seeded(gymnasium.Env):
 class DictTupleEnv(_Seeded):
     """Dict observations holding a Tuple, plus a Dict action space."""
 
-    observation_space = spaces.Dict({
-        "pos": spaces.Box(-1.0, 1.0, (3,), np.float32),
-        "pair": spaces.Tuple((spaces.MultiDiscrete([3, 4]), spaces.MultiBinary(5))),
-        "grid": spaces.Box(0, 255, (2, 2), np.uint8),
-    })
+    observation_space = spaces.Dict(
+        {
+            "pos": spaces.Box(-1.0, 1.0, (3,), np.float32),
+            "pair": spaces.Tuple((spaces.MultiDiscrete([3, 4]), spaces.MultiBinary(5))),
+            "grid": spaces.Box(0, 255, (2, 2), np.uint8),
+        }
+    )
     action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,), np.float32)))
 
     def _obs(self):
@@ -67,7 +69,7 @@ class WrongDtypeEnv(_Seeded):
     action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def _obs(self):
-        return self.np_random.normal(size=4)          # float64, not float32
+        return self.np_random.normal(size=4)  # float64, not float32
 
     def step(self, action):
         self.t += 1
@@ -148,18 +150,24 @@ class ProbeEnv(_Seeded):
     def step(self, action):
         with open("/proc/net/dev") as f:
             interfaces = [line.split(":")[0].strip() for line in f.readlines()[2:]]
-        return self._obs(), 0.0, False, False, {
-            "pid": os.getpid(),
-            "uid": os.getuid(),
-            "hostname": socket.gethostname(),
-            "dev": sorted(os.listdir("/dev")),
-            "shmbench": sorted(os.listdir("/shmbench")) if os.path.isdir("/shmbench") else None,
-            "interfaces": interfaces,
-            "env": sorted(os.environ),
-            "numpy": np.__version__,
-            "python": sys.version.split()[0],
-            "root_writable": os.access("/", os.W_OK),
-        }
+        return (
+            self._obs(),
+            0.0,
+            False,
+            False,
+            {
+                "pid": os.getpid(),
+                "uid": os.getuid(),
+                "hostname": socket.gethostname(),
+                "dev": sorted(os.listdir("/dev")),
+                "shmbench": sorted(os.listdir("/shmbench")) if os.path.isdir("/shmbench") else None,
+                "interfaces": interfaces,
+                "env": sorted(os.environ),
+                "numpy": np.__version__,
+                "python": sys.version.split()[0],
+                "root_writable": os.access("/", os.W_OK),
+            },
+        )
 
 
 class TextEnv(_Seeded):
@@ -232,5 +240,5 @@ class InPlaceEnv(_Seeded):
 
     def step(self, action):
         self.t += 1
-        self.buf[action] = self.np_random.uniform(-1, 1, 16).astype(np.float32)   # a small update
+        self.buf[action] = self.np_random.uniform(-1, 1, 16).astype(np.float32)  # a small update
         return self.buf, float(self.buf[action, 0]), False, self.t % 40 == 0, {}

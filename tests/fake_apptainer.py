@@ -22,6 +22,7 @@ import pytest
 
 __all__ = ["FakeApptainer", "fake_apptainer", "install", "parse_exec_argv"]
 
+
 def parse_exec_argv(argv: list[str]) -> dict:
     """Read an ``apptainer exec`` argv the way Apptainer's option parser would.
 
@@ -52,8 +53,9 @@ def parse_exec_argv(argv: list[str]) -> dict:
         elif flag == "--bind":
             for field in next(_csv.reader([value])):
                 parts = field.split(":")
-                out["binds"].append((parts[0], parts[1] if len(parts) > 1 else parts[0],
-                                     parts[2] if len(parts) > 2 else "rw"))
+                out["binds"].append(
+                    (parts[0], parts[1] if len(parts) > 1 else parts[0], parts[2] if len(parts) > 2 else "rw")
+                )
         else:
             n = value.count("=")
             if n == 0:
@@ -65,12 +67,11 @@ def parse_exec_argv(argv: list[str]) -> dict:
                     raise ValueError(f"{pair} must be formatted as key=value")
                 out["env"][key] = val
     out["image"] = argv[i]
-    out["command"] = argv[i + 1:]
+    out["command"] = argv[i + 1 :]
     return out
 
 
-
-FAKE_APPTAINER = '''\
+FAKE_APPTAINER = """\
 #!{python}
 # fake_apptainer: a TEST DOUBLE standing in for the apptainer binary; never Apptainer.
 # It records its argv, answers from sample files, and for `exec` runs this host's
@@ -138,7 +139,7 @@ elif args[:1] == ["exec"]:
     os.execve(command[0], command, inner)
 else:
     fatal("fake_apptainer does not know " + " ".join(args), 1)
-'''
+"""
 
 
 def install(bindir: Path, name: str, log: Path) -> Path:

@@ -1,5 +1,4 @@
-"""Helpers of the image tests: fake SIF bytes, a private cache, a real registry and HTTP server on 127.0.0.1.
-"""
+"""Helpers of the image tests: fake SIF bytes, a private cache, a real registry and HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -25,5 +24,3 @@ def image_files(cache: Path) -> list[str]:
     if not directory.exists():
         return []
     return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
-
-

@@ -73,8 +73,9 @@ class LocalRegistry:
             config = workdir / "config.yml"
             config.write_text(_CONFIG.format(storage=self.storage, port=self.port))
             with open(self.log_path, "wb") as log, open(workdir / "stderr.log", "wb") as err:
-                self.process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log,
-                                                stderr=err, stdin=subprocess.DEVNULL)
+                self.process = subprocess.Popen(
+                    [REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=err, stdin=subprocess.DEVNULL
+                )
             deadline = time.monotonic() + start_timeout
             while time.monotonic() < deadline and self.process.poll() is None:
                 try:
@@ -92,8 +93,15 @@ class LocalRegistry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def push_sif(self, path: Path, repository: str, tag: str, *,
-                 layer_media_type: str | None = None, extra_files: tuple[Path, ...] = ()) -> None:
+    def push_sif(
+        self,
+        path: Path,
+        repository: str,
+        tag: str,
+        *,
+        layer_media_type: str | None = None,
+        extra_files: tuple[Path, ...] = (),
+    ) -> None:
         """Push ``path`` the way ``apptainer push FILE oras://...`` does: one layer with the
         SIF media type, an empty ``{}`` config with the SIF config media type."""
         import oras.provider
@@ -106,17 +114,23 @@ class LocalRegistry:
         client.session.trust_env = False  # never through a proxy: this is loopback
         files = [f"{path}:{layer_media_type or SIF_LAYER_MEDIA_TYPE}"]
         files += [f"{extra}:application/octet-stream" for extra in extra_files]
-        response = client.push(target=f"{self.host}/{repository}:{tag}", files=files,
-                               manifest_config=f"{config}:{SIF_CONFIG_MEDIA_TYPE}",
-                               disable_path_validation=True, quiet=True)
+        response = client.push(
+            target=f"{self.host}/{repository}:{tag}",
+            files=files,
+            manifest_config=f"{config}:{SIF_CONFIG_MEDIA_TYPE}",
+            disable_path_validation=True,
+            quiet=True,
+        )
         client.session.close()
         if response.status_code not in (200, 201):
             raise RuntimeError(f"push failed: {response.status_code} {response.text}")
 
     def manifest_digest(self, repository: str, tag: str) -> str:
         request = urllib.request.Request(
-            f"http://{self.host}/v2/{repository}/manifests/{tag}", method="HEAD",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            f"http://{self.host}/v2/{repository}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.headers["Docker-Content-Digest"]
 
@@ -177,7 +191,7 @@ class FileServer:
                 self.end_headers()
                 step = max(1, -(-len(data) // server.chunks))
                 for i in range(0, len(data), step):
-                    self.wfile.write(data[i:i + step])
+                    self.wfile.write(data[i : i + step])
                     self.wfile.flush()
                     if server.delay:
                         time.sleep(server.delay)
@@ -191,8 +205,9 @@ class FileServer:
         # Handler threads are joined by server_close(), so counts and times are final after close().
         self._server.daemon_threads = False
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="FileServer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="FileServer", daemon=True
+        )
         self._thread.start()
 
     def url(self, path: str) -> str:

@@ -1,5 +1,4 @@
-"""Helpers shared by the runner, combine, logs, agent and ``shmbench run`` tests.
-"""
+"""Helpers shared by the runner, combine, logs, agent and ``shmbench run`` tests."""
 
 from __future__ import annotations
 
@@ -65,7 +64,8 @@ def user_record(tmp_path: Path, image_bytes: bytes, digest: str | None = None) -
     (records / "mine.toml").write_text(
         'identifier = "exp:0.01"\nbenchmark = "shmbench/Sigmoid-v0"\nlog = ["reward"]\n'
         f'[image]\nref = "{image.as_uri()}"\ndigest = "{digest}"\n'
-        '[config]\ncutoff = 3\n[seed]\nbase = 1\nper_episode = "fixed"\n')
+        '[config]\ncutoff = 3\n[seed]\nbase = 1\nper_episode = "fixed"\n'
+    )
     return records, digest
 
 

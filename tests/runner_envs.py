@@ -38,8 +38,14 @@ class NumpyInfoEnv(gymnasium.Env):
     def step(self, action):
         self._t += 1
         reward = np.float32("nan") if self._t == 2 else np.float32(self._t * 0.25 + int(action))
-        info = {"arr": np.arange(3, dtype=np.int16), "scalar": np.float64(0.5), "pair": (1, 2),
-                "raw": b"\x00\x01", 3: "int key", "inf": float("inf")}
+        info = {
+            "arr": np.arange(3, dtype=np.int16),
+            "scalar": np.float64(0.5),
+            "pair": (1, 2),
+            "raw": b"\x00\x01",
+            3: "int key",
+            "inf": float("inf"),
+        }
         obs = np.array([self._t, int(action)], dtype=np.float32)
         return obs, reward, False, self._t >= 4, info
 

@@ -1,5 +1,4 @@
-"""shmbench.host.agent: a baseline agent in its own server behaves like a local one.
-"""
+"""shmbench.host.agent: a baseline agent in its own server behaves like a local one."""
 
 from __future__ import annotations
 
@@ -32,17 +31,23 @@ def test_remote_random_agent_acts_like_a_local_one(runtime):
             assert remote.train(state, 0.5) is None and remote.end_episode(state, 0.5) is None
         other = RemoteAgent({"type": "random", "seed": 6}, action_space=env.action_space, runtime=runtime)
         with other:
-            assert [other.act(state, 0).tolist() for _ in range(10)] != [remote.act(state, 0).tolist() for _ in range(10)]
+            assert [other.act(state, 0).tolist() for _ in range(10)] != [
+                remote.act(state, 0).tolist() for _ in range(10)
+            ]
     assert remote.closed
 
 
 def test_a_remote_agent_drives_a_runner_like_a_local_one(tmp_path):
     rewards = []
     for remote_agent in (False, True):
-        with RemoteRunner(experiment_identifier="exp:0.01", runtime="process", log_dir=tmp_path / str(remote_agent)) as runner:
+        with RemoteRunner(
+            experiment_identifier="exp:0.01", runtime="process", log_dir=tmp_path / str(remote_agent)
+        ) as runner:
             env = runner.get_environment()
             if remote_agent:
-                with RemoteAgent({"type": "random", "seed": 3}, action_space=env.action_space, runtime="process") as agent:
+                with RemoteAgent(
+                    {"type": "random", "seed": 3}, action_space=env.action_space, runtime="process"
+                ) as agent:
                     result = runner.run(agent, 3)
                 assert read_log(result.log_path).runs[0]["agent"]["spec"] == {"type": "random", "seed": 3}
             else:

@@ -64,8 +64,12 @@ def test_version_minimums_follow_the_flags_used() -> None:
 def launch_for(tmp_path: Path, name: str = "w0") -> Launch:
     session = tmp_path / "sessions" / "123-deadbeef"
     session.mkdir(parents=True, exist_ok=True)
-    return Launch(session_dir=session, channel_name=f"{name}.chan",
-                  log_path=session / f"{name}.log", name=f"worker {name} (apptainer)")
+    return Launch(
+        session_dir=session,
+        channel_name=f"{name}.chan",
+        log_path=session / f"{name}.log",
+        name=f"worker {name} (apptainer)",
+    )
 
 
 @pytest.fixture
@@ -80,10 +84,21 @@ def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
     launch = launch_for(tmp_path)
     argv, env = rt.command(launch)
     assert argv == [
-        "/opt/apptainer/bin/apptainer", "exec", "--containall", "--cleanenv", "--pwd", "/tmp",
-        "--bind", f"{launch.session_dir}:/shmbench",
-        "--env", "SHMBENCH_CHANNEL=/shmbench/w0.chan",
-        str(sandbox), "python3", "-I", "-m", "shmbench.server",
+        "/opt/apptainer/bin/apptainer",
+        "exec",
+        "--containall",
+        "--cleanenv",
+        "--pwd",
+        "/tmp",
+        "--bind",
+        f"{launch.session_dir}:/shmbench",
+        "--env",
+        "SHMBENCH_CHANNEL=/shmbench/w0.chan",
+        str(sandbox),
+        "python3",
+        "-I",
+        "-m",
+        "shmbench.server",
     ]
     parsed = parse_exec_argv(argv)
     assert parsed["flags"] == ["--containall", "--cleanenv"]
@@ -91,7 +106,7 @@ def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
     assert parsed["env"] == {"SHMBENCH_CHANNEL": "/shmbench/w0.chan"}
     assert parsed["image"] == str(sandbox)
     assert parsed["command"] == ["python3", "-I", "-m", "shmbench.server"]
-    assert env["PATH"] == os.environ["PATH"]        # apptainer itself: the host's environment
+    assert env["PATH"] == os.environ["PATH"]  # apptainer itself: the host's environment
 
 
 def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,39 +114,54 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
     data.mkdir()
     monkeypatch.setenv("APPTAINERENV_SHMBENCH_CHANNEL", "/elsewhere")
     monkeypatch.setenv("APPTAINER_CACHEDIR", "/scratch/cache")
-    rt = ApptainerRuntime(image=str(sandbox), binds=[f"{data}:/data:ro", str(data)],
-                          environment={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0,1",
-                                       "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-                                       "SHMBENCH_CHANNEL": "/ignored"},
-                          nv=True, extra_args=["--writable-tmpfs"], python="/opt/py/bin/python",
-                          binary="apptainer")
+    rt = ApptainerRuntime(
+        image=str(sandbox),
+        binds=[f"{data}:/data:ro", str(data)],
+        environment={
+            "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": "0,1",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+            "SHMBENCH_CHANNEL": "/ignored",
+        },
+        nv=True,
+        extra_args=["--writable-tmpfs"],
+        python="/opt/py/bin/python",
+        binary="apptainer",
+    )
     launch = launch_for(tmp_path)
     launch.environment["RUN"] = "7"
     argv, env = rt.command(launch)
     parsed = parse_exec_argv(argv)
     assert parsed["flags"] == ["--containall", "--cleanenv", "--nv", "--writable-tmpfs"]
     assert parsed["pwd"] == "/tmp"
-    assert parsed["binds"] == [(str(launch.session_dir), "/shmbench", "rw"),
-                               (str(data), "/data", "ro"), (str(data), str(data), "rw")]
+    assert parsed["binds"] == [
+        (str(launch.session_dir), "/shmbench", "rw"),
+        (str(data), "/data", "ro"),
+        (str(data), str(data), "rw"),
+    ]
     # every value arrives literally, and SHMBENCH_CHANNEL is the runtime's
-    assert parsed["env"] == {"SHMBENCH_CHANNEL": "/shmbench/w0.chan", "OMP_NUM_THREADS": "1",
-                             "CUDA_VISIBLE_DEVICES": "0,1",
-                             "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "RUN": "7"}
+    assert parsed["env"] == {
+        "SHMBENCH_CHANNEL": "/shmbench/w0.chan",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "RUN": "7",
+    }
     assert parsed["command"] == ["/opt/py/bin/python", "-I", "-m", "shmbench.server"]
     assert argv.index("--nv") < argv.index("--writable-tmpfs") < argv.index(str(sandbox))
     assert "APPTAINERENV_SHMBENCH_CHANNEL" not in env
     assert env["APPTAINER_CACHEDIR"] == "/scratch/cache"
 
 
-@pytest.mark.parametrize("ref", ["docker://python:3.11-slim", "oras://ghcr.io/o/img:1",
-                                 "library://u/c/img:latest", "shub://u/img"])
+@pytest.mark.parametrize(
+    "ref", ["docker://python:3.11-slim", "oras://ghcr.io/o/img:1", "library://u/c/img:latest", "shub://u/img"]
+)
 def test_uri_images_pass_through(tmp_path: Path, ref: str) -> None:
     argv, _ = ApptainerRuntime(image=ref, binary="apptainer").command(launch_for(tmp_path))
     assert parse_exec_argv(argv)["image"] == ref
 
 
-def test_relative_image_becomes_absolute(tmp_path: Path, sandbox: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_image_becomes_absolute(tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     rt = ApptainerRuntime(image="sandbox", binary="apptainer")
     assert rt.image_ref == str(sandbox) and rt.describe_image() == str(sandbox)
@@ -148,8 +178,7 @@ def test_bad_images(tmp_path: Path) -> None:
         ApptainerRuntime(image="ftp://host/img.sif", binary="apptainer")
 
 
-@pytest.mark.parametrize("value", ["$HOME/x", "`id`", "a\\b", 'say "hi"', "it's", "a\nb",
-                                   "a=b,c"])
+@pytest.mark.parametrize("value", ["$HOME/x", "`id`", "a\\b", 'say "hi"', "it's", "a\nb", "a=b,c"])
 def test_env_values_apptainer_would_mangle_are_refused(sandbox: Path, value: str) -> None:
     with pytest.raises(ValueError, match="apptainer --env"):
         ApptainerRuntime(image=sandbox, environment={"V": value}, binary="apptainer")
@@ -205,6 +234,7 @@ def test_no_binary(sandbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 # ----------------------------------------------------------------- detection and probe
 
+
 def test_probe_reports_binary_and_version(fake_apptainer: FakeApptainer) -> None:
     ok, why = ApptainerRuntime.probe()
     assert ok, why
@@ -212,28 +242,30 @@ def test_probe_reports_binary_and_version(fake_apptainer: FakeApptainer) -> None
     assert fake_apptainer.calls() == [["--version"]]
 
 
-@pytest.mark.parametrize("output, ok, words", [
-    ("singularity-ce version 3.11.4", True, "singularity-ce version 3.11.4"),
-    ("singularity version 3.6.4", False, "too old"),
-    ("singularity-ce version a948062", True, "not a release number"),
-    ("something else", False, "not an Apptainer or Singularity version"),
-])
-def test_probe_judges_the_version(fake_apptainer: FakeApptainer, monkeypatch: pytest.MonkeyPatch,
-                                  output: str, ok: bool, words: str) -> None:
+@pytest.mark.parametrize(
+    "output, ok, words",
+    [
+        ("singularity-ce version 3.11.4", True, "singularity-ce version 3.11.4"),
+        ("singularity version 3.6.4", False, "too old"),
+        ("singularity-ce version a948062", True, "not a release number"),
+        ("something else", False, "not an Apptainer or Singularity version"),
+    ],
+)
+def test_probe_judges_the_version(
+    fake_apptainer: FakeApptainer, monkeypatch: pytest.MonkeyPatch, output: str, ok: bool, words: str
+) -> None:
     monkeypatch.setenv("FAKE_APPTAINER_VERSION", output)
     got, why = ApptainerRuntime.probe()
     assert got is ok and words in why, why
 
 
-def test_probe_when_version_fails(fake_apptainer: FakeApptainer,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_when_version_fails(fake_apptainer: FakeApptainer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_APPTAINER_VERSION_FAIL", "1")
     ok, why = ApptainerRuntime.probe()
     assert not ok and "broken installation" in why
 
 
-def test_apptainer_is_preferred_over_singularity(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apptainer_is_preferred_over_singularity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     singularity = install(bindir, "singularity", tmp_path / "log")
@@ -246,6 +278,7 @@ def test_apptainer_is_preferred_over_singularity(tmp_path: Path,
 
 
 # ---------------------------------------------------------- the lifecycle, through the fake
+
 
 def test_env_runs_through_the_fake(fake_apptainer: FakeApptainer, sandbox: Path) -> None:
     rt = ApptainerRuntime(image=sandbox, environment={"MARK": "a,b"})
@@ -263,8 +296,9 @@ def test_env_runs_through_the_fake(fake_apptainer: FakeApptainer, sandbox: Path)
     assert parsed["image"] == str(sandbox)
 
 
-def test_a_failing_start_shows_apptainers_message(fake_apptainer: FakeApptainer, sandbox: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_start_shows_apptainers_message(
+    fake_apptainer: FakeApptainer, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
     with pytest.raises(PeerDied, match="image format not recognized"):
         shmbench.make("CartPole-v1", runtime=ApptainerRuntime(image=sandbox))

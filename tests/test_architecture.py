@@ -86,18 +86,20 @@ def test_every_import_stays_within_the_layers():
         for module, imported in _imports(name):
             target = _unit(module)
             if target == "__init__" and imported in ("__version__", "__file__", ""):
-                continue        # the package itself: its version, its location
-            if (target in (unit, "errors") or "*" in allowed or target in allowed
-                    or (name, module) in EXCEPTIONS):
+                continue  # the package itself: its version, its location
+            if target in (unit, "errors") or "*" in allowed or target in allowed or (name, module) in EXCEPTIONS:
                 continue
             wrong.append(f"{name} imports {module}{'.' + imported if imported else ''}")
     assert not wrong, "imports across the layers of docs/architecture.md:\n" + "\n".join(wrong)
 
 
 def test_no_module_imports_another_modules_private_name():
-    reaches = [f"{name}: from {module} import {imported}"
-               for name in MODULES for module, imported in _imports(name)
-               if imported.startswith("_") and not imported.startswith("__")]
+    reaches = [
+        f"{name}: from {module} import {imported}"
+        for name in MODULES
+        for module, imported in _imports(name)
+        if imported.startswith("_") and not imported.startswith("__")
+    ]
     assert not reaches, "\n".join(reaches)
 
 
@@ -113,7 +115,7 @@ def test_no_import_cycle():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle.extend([*stack[stack.index(nxt):], nxt])
+                cycle.extend([*stack[stack.index(nxt) :], nxt])
                 return True
             if nxt not in state and visit(nxt, [*stack, nxt]):
                 return True

@@ -188,11 +188,14 @@ def test_dacbench_format_csv_loads(tmp_path):
     assert sigmoid.read_instance_csv(with_header) == {2: [1.0, -3.5]}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0,1.0,oops\n", "non-numeric"),
-    ("0,1.0,2.0\n0,3.0,4.0\n", "repeats"),
-    ("ID,shift,slope\n", "no instances"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0,1.0,oops\n", "non-numeric"),
+        ("0,1.0,2.0\n0,3.0,4.0\n", "repeats"),
+        ("ID,shift,slope\n", "no instances"),
+    ],
+)
 def test_bad_sigmoid_csv_is_refused(tmp_path, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -209,11 +212,22 @@ def test_sigmoid_instance_dimension_must_match_action_values(tmp_path):
         SigmoidEnv({"instance_set_path": str(tmp_path / "missing.csv")})
 
 
-@pytest.mark.parametrize("config", [
-    {"cuttoff": 10}, {"cutoff": 0}, {"cutoff": True}, {"action_values": [1, 3]},
-    {"action_values": []}, {"slope_multiplier": float("nan")}, {"reward_range": [1.0, 0.0]},
-    {"instance_update_func": "shuffle"}, {"seed": -1}, {"seed": 1.5}, {"instance_set": "rows"},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"cuttoff": 10},
+        {"cutoff": 0},
+        {"cutoff": True},
+        {"action_values": [1, 3]},
+        {"action_values": []},
+        {"slope_multiplier": float("nan")},
+        {"reward_range": [1.0, 0.0]},
+        {"instance_update_func": "shuffle"},
+        {"seed": -1},
+        {"seed": 1.5},
+        {"instance_set": "rows"},
+    ],
+)
 def test_sigmoid_config_is_checked(config):
     with pytest.raises(ExperimentError):
         SigmoidEnv(config)
@@ -273,8 +287,13 @@ def test_luby_rewards_history_and_final_observation():
     assert obs.tolist() == [-1] * 6 and obs.dtype == np.float32
     goals = [0, 0, 1, 0, 0, 1, 2, 0]  # log2 of 1, 1, 2, 1, 1, 2, 4, 1
     expected_obs = [
-        [0, -1, -1, -1, -1, 0], [0, 0, -1, -1, -1, 1], [0, 0, 1, -1, -1, 2], [0, 0, 1, 0, -1, 3],
-        [0, 0, 1, 0, 0, 4], [0, 1, 0, 0, 1, 5], [1, 0, 0, 1, 2, 6],
+        [0, -1, -1, -1, -1, 0],
+        [0, 0, -1, -1, -1, 1],
+        [0, 0, 1, -1, -1, 2],
+        [0, 0, 1, 0, -1, 3],
+        [0, 0, 1, 0, 0, 4],
+        [0, 1, 0, 0, 1, 5],
+        [1, 0, 0, 1, 2, 6],
         [1, 0, 0, 1, 2, 6],  # the final step returns the observation from before it (DACBench)
     ]
     for step, (goal, want) in enumerate(zip(goals, expected_obs), start=1):
@@ -297,12 +316,15 @@ def goals_of(instance, steps=8, **config):
     return goals
 
 
-@pytest.mark.parametrize("instance, goals", [
-    ((0, 0), [0, 0, 1, 0, 0, 1, 2, 0]),
-    ((2, 0), [1, 0, 0, 1, 2, 0, 0, 1]),           # log2 luby(3..10)
-    ((0, 0.5), [0, 1, 0, 1, 0, 0, 1, 0]),         # positions 2,3,4,6,8,9,10,12 (half to even)
-    ((-5, 0), [0, 0, 0, 0, 0, 0, 0, 1]),          # positions clamp to 1, then 2, 3
-])
+@pytest.mark.parametrize(
+    "instance, goals",
+    [
+        ((0, 0), [0, 0, 1, 0, 0, 1, 2, 0]),
+        ((2, 0), [1, 0, 0, 1, 2, 0, 0, 1]),  # log2 luby(3..10)
+        ((0, 0.5), [0, 1, 0, 1, 0, 0, 1, 0]),  # positions 2,3,4,6,8,9,10,12 (half to even)
+        ((-5, 0), [0, 0, 0, 0, 0, 0, 0, 1]),  # positions clamp to 1, then 2, 3
+    ],
+)
 def test_luby_start_and_sticky_shift(instance, goals):
     assert goals_of(instance) == goals
 
@@ -330,9 +352,16 @@ def test_luby_reads_dacbench_format_csv(tmp_path):
         LubyEnv({"instance_set_path": str(bad)})
 
 
-@pytest.mark.parametrize("config", [
-    {"min_steps": 65}, {"hist_length": 0}, {"cutoff": "64"}, {"reward_range": [0]}, {"colour": 1},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"min_steps": 65},
+        {"hist_length": 0},
+        {"cutoff": "64"},
+        {"reward_range": [0]},
+        {"colour": 1},
+    ],
+)
 def test_luby_config_is_checked(config):
     with pytest.raises(ExperimentError):
         LubyEnv(config)
@@ -369,8 +398,13 @@ def test_json_round_trip_is_strict(cls):
 
 
 def test_from_json_refuses_bad_text():
-    for text in ('[1, 2]', '{"cutoff": NaN}', '{"cutoff": 1, "cutoff": 2}', '{"steps": 3}',
-                 '{"action_values": ["function", "os", "system"]}'):
+    for text in (
+        "[1, 2]",
+        '{"cutoff": NaN}',
+        '{"cutoff": 1, "cutoff": 2}',
+        '{"steps": 3}',
+        '{"action_values": ["function", "os", "system"]}',
+    ):
         with pytest.raises(ExperimentError):
             SigmoidBenchmark.from_json(text)
 
@@ -472,8 +506,9 @@ def test_register_is_idempotent_and_uses_string_entry_points():
 
 
 def test_register_refuses_a_conflicting_registration(monkeypatch):
-    monkeypatch.setitem(gymnasium.registry, "shmbench/Luby-v0",
-                        EnvSpec(id="shmbench/Luby-v0", entry_point="elsewhere:Env"))
+    monkeypatch.setitem(
+        gymnasium.registry, "shmbench/Luby-v0", EnvSpec(id="shmbench/Luby-v0", entry_point="elsewhere:Env")
+    )
     with pytest.raises(ExperimentError, match="elsewhere"):
         benchmarks.register()
 
@@ -516,46 +551,67 @@ def test_factory_never_imports_a_module_named_in_the_id(tmp_path, monkeypatch):
     assert "shmbench_probe_module" not in sys.modules
 
 
-@pytest.mark.parametrize("config, seed", [
-    ({"cutoff": object()}, None), ([1, 2], None), ({"cutoff": float("inf")}, None),
-    ({}, -1), ({}, True), ({}, "7"), ({}, 2.0),
-])
+@pytest.mark.parametrize(
+    "config, seed",
+    [
+        ({"cutoff": object()}, None),
+        ([1, 2], None),
+        ({"cutoff": float("inf")}, None),
+        ({}, -1),
+        ({}, True),
+        ({}, "7"),
+        ({}, 2.0),
+    ],
+)
 def test_factory_checks_config_and_seed(config, seed):
     with pytest.raises(ExperimentError):
         make_benchmark_env("shmbench/Sigmoid", config, seed)
 
 
 def test_dacbench_filter_passes_plain_overrides():
-    config = {"cutoff": 32, "min_steps": 16, "instance_set_path": "luby_default.csv",
-              "observation_space_type": "<class 'numpy.float32'>", "action_space_class": "Discrete",
-              "config_space": {"hyperparameters": [], "conditions": [], "forbiddens": []},
-              "benchmark_info": {"name": "Luby"}, "wrappers": []}
+    config = {
+        "cutoff": 32,
+        "min_steps": 16,
+        "instance_set_path": "luby_default.csv",
+        "observation_space_type": "<class 'numpy.float32'>",
+        "action_space_class": "Discrete",
+        "config_space": {"hyperparameters": [], "conditions": [], "forbiddens": []},
+        "benchmark_info": {"name": "Luby"},
+        "wrappers": [],
+    }
     out = filter_dacbench_config("dacbench/Luby", config)
     assert "wrappers" not in out and out["cutoff"] == 32 and out is not config
     assert filter_dacbench_config("dacbench/Theory", {"problem": "LeadingOne"}) == {"problem": "LeadingOne"}
     assert filter_dacbench_config("dacbench/ToySGD", None) == {}
 
 
-@pytest.mark.parametrize("benchmark_id, config, message", [
-    ("dacbench/Luby", {"reward": ["function", "os", "system"]}, "function"),
-    ("dacbench/Luby", {"benchmark_info": {"x": [1, ["function", "os", "system"]]}}, "function"),
-    ("dacbench/Luby", {"wrappers": [["RewardNoiseWrapper", [["function", "f"]], {"f": ["os", "system"]}]]}, "wrappers"),
-    ("dacbench/Luby", {"wrappers": [["PerformanceTrackingWrapper", []]]}, "wrappers"),
-    ("dacbench/ToySGD", {"reward_function": "os.system"}, "reward_function"),
-    ("dacbench/ToySGD", {"state_method": None}, "state_method"),
-    ("dacbench/Luby", {"action_space": ["utils", [1]]}, "space class"),
-    ("dacbench/Luby", {"observation_space": ["Box", [[0], [1]], "numpy.ctypeslib"]}, "dtype"),
-    ("dacbench/Luby", {"action_space": "Discrete"}, "space must be"),
-    ("dacbench/Luby", {"action_space_class": "flatten"}, "action_space_class"),
-    ("dacbench/Luby", {"observation_space_class": "Tuple"}, "observation_space_class"),
-    ("dacbench/Luby", {"observation_space_type": "<class 'numpy.lib'>"}, "observation_space_type"),
-    ("dacbench/Luby", {"config_space": "{}"}, "config_space"),
-    ("dacbench/Theory", {"problem": "np"}, "problem"),
-    ("dacbench/Theory", {"env_class": "TheoryEnv"}, "env_class"),
-    ("dacbench/Theory", {"outdir": "/tmp"}, "outdir"),
-    ("dacbench/Luby", {"cutoff": float("nan")}, "finite"),
-    ("dacbench/Sigmoid", {}, "whitelisted"),
-])
+@pytest.mark.parametrize(
+    "benchmark_id, config, message",
+    [
+        ("dacbench/Luby", {"reward": ["function", "os", "system"]}, "function"),
+        ("dacbench/Luby", {"benchmark_info": {"x": [1, ["function", "os", "system"]]}}, "function"),
+        (
+            "dacbench/Luby",
+            {"wrappers": [["RewardNoiseWrapper", [["function", "f"]], {"f": ["os", "system"]}]]},
+            "wrappers",
+        ),
+        ("dacbench/Luby", {"wrappers": [["PerformanceTrackingWrapper", []]]}, "wrappers"),
+        ("dacbench/ToySGD", {"reward_function": "os.system"}, "reward_function"),
+        ("dacbench/ToySGD", {"state_method": None}, "state_method"),
+        ("dacbench/Luby", {"action_space": ["utils", [1]]}, "space class"),
+        ("dacbench/Luby", {"observation_space": ["Box", [[0], [1]], "numpy.ctypeslib"]}, "dtype"),
+        ("dacbench/Luby", {"action_space": "Discrete"}, "space must be"),
+        ("dacbench/Luby", {"action_space_class": "flatten"}, "action_space_class"),
+        ("dacbench/Luby", {"observation_space_class": "Tuple"}, "observation_space_class"),
+        ("dacbench/Luby", {"observation_space_type": "<class 'numpy.lib'>"}, "observation_space_type"),
+        ("dacbench/Luby", {"config_space": "{}"}, "config_space"),
+        ("dacbench/Theory", {"problem": "np"}, "problem"),
+        ("dacbench/Theory", {"env_class": "TheoryEnv"}, "env_class"),
+        ("dacbench/Theory", {"outdir": "/tmp"}, "outdir"),
+        ("dacbench/Luby", {"cutoff": float("nan")}, "finite"),
+        ("dacbench/Sigmoid", {}, "whitelisted"),
+    ],
+)
 def test_dacbench_filter_refuses_code(benchmark_id, config, message):
     with pytest.raises(ExperimentError, match=message):
         filter_dacbench_config(benchmark_id, config)

@@ -46,12 +46,10 @@ def test_other_bootstrap_agents_need_apptainer(tmp_path: Path, no_apptainer: Non
     assert not (tmp_path / "out.sif").exists()
 
 
-def test_native_build_needs_root(tmp_path: Path, no_apptainer: None,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_build_needs_root(tmp_path: Path, no_apptainer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = tmp_path / "r.def"
-    recipe.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\n"
-                      "MirrorURL: http://deb.debian.org/debian\n")
-    monkeypatch.setattr(buildmod.os, "geteuid", lambda: 1000)   # pretend: not root
+    recipe.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://deb.debian.org/debian\n")
+    monkeypatch.setattr(buildmod.os, "geteuid", lambda: 1000)  # pretend: not root
     with pytest.raises(ImageError, match="needs root.*apptainer build --fakeroot"):
         build(recipe, tmp_path / "out.sif")
 
@@ -95,33 +93,33 @@ def _calls(log: Path) -> list[dict]:
     return [c for c in map(json.loads, log.read_text().splitlines()) if c["recipe"] is not None]
 
 
-def test_apptainer_build_argv_through_spython(tmp_path: Path, fake_apptainer: Path,
-                                              capfd: pytest.CaptureFixture[str]) -> None:
+def test_apptainer_build_argv_through_spython(
+    tmp_path: Path, fake_apptainer: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     recipe_dir = tmp_path / "recipes"
     recipe_dir.mkdir()
     (recipe_dir / "payload.txt").write_text("payload")
     recipe = recipe_dir / "docker.def"
     recipe.write_text(DOCKER_RECIPE)
-    out = build(recipe, tmp_path / "images" / "out.sif", build_args={"base": "debian:12"},
-                fakeroot=True)
+    out = build(recipe, tmp_path / "images" / "out.sif", build_args={"base": "debian:12"}, fakeroot=True)
     assert out == tmp_path / "images" / "out.sif"
-    assert find_squashfs(out)                       # the SIF the double wrote, moved in place
+    assert find_squashfs(out)  # the SIF the double wrote, moved in place
     (call,) = _calls(fake_apptainer)
     argv = call["argv"]
-    assert argv[0] == str(tmp_path / "fakebin" / "apptainer")   # not "singularity", no sudo
+    assert argv[0] == str(tmp_path / "fakebin" / "apptainer")  # not "singularity", no sudo
     assert argv[1:3] == ["build", "--fakeroot"] and len(argv) == 5
     image_arg, recipe_arg = argv[3:]
-    assert Path(image_arg).parent.parent == out.parent          # built beside, then renamed
+    assert Path(image_arg).parent.parent == out.parent  # built beside, then renamed
     assert Path(image_arg).name == "image.sif" and Path(recipe_arg).name == "recipe.def"
-    assert "From: debian:12" in call["recipe"]                  # rendered by shmbench
+    assert "From: debian:12" in call["recipe"]  # rendered by shmbench
     assert f"{recipe_dir / 'payload.txt'} /opt/payload.txt" in call["recipe"]
     assert [p.name for p in out.parent.iterdir()] == ["out.sif"]  # temporaries gone
     capfd.readouterr()
 
 
-def test_apptainer_build_without_fakeroot_and_failure(tmp_path: Path, fake_apptainer: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capfd: pytest.CaptureFixture[str]) -> None:
+def test_apptainer_build_without_fakeroot_and_failure(
+    tmp_path: Path, fake_apptainer: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     recipe = tmp_path / "r.def"
     recipe.write_text("Bootstrap: docker\nFrom: debian:12\n")
     build(recipe, tmp_path / "a.sif", fakeroot=False, quiet=True)
@@ -151,8 +149,7 @@ def test_recipe_digest_tracks_every_input(tmp_path: Path) -> None:
     assert recipe_digest(recipe, {"base": "a"}) not in (base, changed_file)
 
 
-def test_build_cached_builds_once(tmp_path: Path, fake_apptainer: Path,
-                                  capfd: pytest.CaptureFixture[str]) -> None:
+def test_build_cached_builds_once(tmp_path: Path, fake_apptainer: Path, capfd: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "r.def"
     recipe.write_text("Bootstrap: docker\nFrom: {{ base }}\n")
     first = build_cached(recipe, tmp_path / "cache", {"base": "debian:12"})
@@ -174,11 +171,12 @@ def _native_ready() -> None:
 def test_native_build_failure_shows_the_log(tmp_path: Path, no_apptainer: None) -> None:
     _native_ready()
     recipe = tmp_path / "r.def"
-    recipe.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\n"
-                      "MirrorURL: http://127.0.0.1:9/debian\n")   # nothing listens there
+    recipe.write_text(
+        "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://127.0.0.1:9/debian\n"
+    )  # nothing listens there
     with pytest.raises(ImageError, match=r"(?s)debootstrap failed.*127\.0\.0\.1"):
         build(recipe, tmp_path / "out.sif", quiet=True)
-    assert os.listdir(tmp_path) == ["r.def"]      # no output, no build directory left
+    assert os.listdir(tmp_path) == ["r.def"]  # no output, no build directory left
 
 
 @pytest.mark.slow
@@ -229,9 +227,25 @@ MirrorURL: http://deb.debian.org/debian
     assert not (rootfs / ".shmbench-build").exists()
     assert (rootfs / "etc" / "resolv.conf").read_text() == ""
     bwrap = require_tool("bwrap")
-    run = subprocess.run([bwrap, "--ro-bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
-                          "--unshare-all", "/.singularity.d/actions/run", "x", "y"],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [
+            bwrap,
+            "--ro-bind",
+            str(rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--unshare-all",
+            "/.singularity.d/actions/run",
+            "x",
+            "y",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout == "run: env post x y\n"
 
 
@@ -248,8 +262,23 @@ def test_bookworm_numpy124_image(bookworm_sif: Path, tmp_path: Path) -> None:
     assert labels["org.shmbench.recipe"] == "bookworm-numpy124"
     bwrap = require_tool("bwrap")
     proc = subprocess.run(
-        [bwrap, "--ro-bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
-         "python3", "-c", "import numpy, gymnasium, shmbench; print(numpy.__version__)"],
-        capture_output=True, text=True, check=False)
+        [
+            bwrap,
+            "--ro-bind",
+            str(rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--unshare-all",
+            "python3",
+            "-c",
+            "import numpy, gymnasium, shmbench; print(numpy.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("1.24."), proc.stdout

@@ -30,21 +30,33 @@ pytestmark = pytest.mark.usefixtures("bwrap_ok")
 
 @pytest.fixture
 def bwrap_ok():
-    runtime_kwargs("bwrap")   # skips, with the reason, where bwrap cannot run
+    runtime_kwargs("bwrap")  # skips, with the reason, where bwrap cannot run
 
 
 def test_argv_isolates_and_binds_only_the_channel_dir(tmp_path):
     rt = BwrapRuntime(binds=[f"{tmp_path}:/data:ro"], environment={"A": "1"})
     argv, env = rt.command(Launch(tmp_path, "w0.chan", tmp_path / "w0.log", "w0"))
     joined = " ".join(argv)
-    for flag in ("--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
-                 "--unshare-ipc", "--unshare-net", "--unshare-uts", "--clearenv",
-                 "--dev /dev", "--proc /proc", "--tmpfs /tmp", f"--bind {tmp_path} /shmbench",
-                 f"--ro-bind {tmp_path} /data", "--setenv SHMBENCH_CHANNEL /shmbench/w0.chan",
-                 "--setenv A 1"):
+    for flag in (
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--clearenv",
+        "--dev /dev",
+        "--proc /proc",
+        "--tmpfs /tmp",
+        f"--bind {tmp_path} /shmbench",
+        f"--ro-bind {tmp_path} /data",
+        "--setenv SHMBENCH_CHANNEL /shmbench/w0.chan",
+        "--setenv A 1",
+    ):
         assert flag in joined, flag
     # the host's own shmbench.server, whatever the working directory holds (server_command)
-    assert argv[argv.index("--") + 1:] == server_command(rt.python, "-s")
+    assert argv[argv.index("--") + 1 :] == server_command(rt.python, "-s")
     assert "--bind / /" not in joined and "--ro-bind /dev " not in joined
     assert set(env) <= {"PATH", "LANG"}
 
@@ -60,8 +72,16 @@ def test_sandbox_sees_only_its_own_world():
     assert not info["root_writable"]
     # a clean environment: ours, plus what the server's own imports set (gymnasium sets
     # PYGAME_HIDE_SUPPORT_PROMPT); nothing of the host's
-    assert set(info["env"]) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "SHMBENCH_CHANNEL", "PWD", "LC_CTYPE",
-                                "PYGAME_HIDE_SUPPORT_PROMPT"}
+    assert set(info["env"]) <= {
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONPATH",
+        "SHMBENCH_CHANNEL",
+        "PWD",
+        "LC_CTYPE",
+        "PYGAME_HIDE_SUPPORT_PROMPT",
+    }
     assert not set(info["env"]) & {"SHMBENCH_CHANNEL_DIR", "PYTEST_CURRENT_TEST"}
 
 
@@ -180,12 +200,19 @@ def test_bwrap_path_as_an_unprivileged_user():
     mnt_repo.mkdir(exist_ok=True)
     rel = Path(sys.executable).resolve().relative_to(prefix)
     base = Path(f"/dev/shm/shmbench-{pw.pw_uid}")
-    cmd = (f"mount --bind {prefix} {mnt} && mount --bind {repo} {mnt_repo} && "
-           f"exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} --clear-groups env -i HOME=/tmp "
-           f"PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} PYTHONPATH={mnt_repo} "
-           f"{mnt / rel} -c \"$0\"")
-    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, USER_SCRIPT],
-                         capture_output=True, text=True, timeout=180, cwd="/tmp")
+    cmd = (
+        f"mount --bind {prefix} {mnt} && mount --bind {repo} {mnt_repo} && "
+        f"exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} --clear-groups env -i HOME=/tmp "
+        f"PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} PYTHONPATH={mnt_repo} "
+        f'{mnt / rel} -c "$0"'
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, USER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd="/tmp",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith(f"uid {pw.pw_uid} ok"), out.stdout
     left = os.listdir(base) if base.exists() else []
@@ -198,8 +225,7 @@ def _test_user() -> str:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                       check=True)
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
     return name
 
 
@@ -207,9 +233,14 @@ def _test_user() -> str:
 # conflicting dependencies, for real: images built from recipes with their own numpy
 # ------------------------------------------------------------------------------------------
 
+
 def _image_kwargs(image: Path) -> dict:
-    return {"runtime": "bwrap", "image": str(image), "binds": [f"{TESTS}:/tests:ro"],
-            "environment": {"PYTHONPATH": "/tests"}}
+    return {
+        "runtime": "bwrap",
+        "image": str(image),
+        "binds": [f"{TESTS}:/tests:ro"],
+        "environment": {"PYTHONPATH": "/tests"},
+    }
 
 
 @pytest.mark.slow
@@ -235,14 +266,16 @@ def test_two_images_side_by_side_in_one_loop(bookworm_sif, light_sif):
     ref = gymnasium.make("CartPole-v1")
     actions = actions_for(ref.action_space, 300, seed=3)
     expected = run_trajectory(ref, actions, seed=2)
-    with shmbench.make("CartPole-v1", **_image_kwargs(bookworm_sif)) as old, \
-            shmbench.make("CartPole-v1", **_image_kwargs(light_sif)) as new:
+    with (
+        shmbench.make("CartPole-v1", **_image_kwargs(bookworm_sif)) as old,
+        shmbench.make("CartPole-v1", **_image_kwargs(light_sif)) as new,
+    ):
         versions = {old.server_info["numpy"][:4], new.server_info["numpy"][:3], np.__version__[:3]}
         assert old.server_info["numpy"].startswith("1.24.") and new.server_info["numpy"].startswith("2.2.")
         assert len(versions) == 3, versions
         trace_old, trace_new = [old.reset(seed=2)], [new.reset(seed=2)]
         episode = 0
-        for a in actions:                        # one loop, both envs each step
+        for a in actions:  # one loop, both envs each step
             s_old, s_new = old.step(a), new.step(a)
             trace_old.append(s_old)
             trace_new.append(s_new)

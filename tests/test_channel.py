@@ -64,10 +64,9 @@ def test_million_messages_both_directions_concurrently():
     recv_plan = stream_plan(STREAM_SEED, REPLY, N_STREAM, STREAM_REPLY_CAP)
     total = sum(send_plan[0]) + sum(recv_plan[0])
     n_frag = sum(s > STREAM_REQUEST_CAP // 2 - 8 for s in send_plan[0])
-    assert n_frag > 1000 and max(send_plan[0]) >= 4 << 20   # the plan covers what it claims
+    assert n_frag > 1000 and max(send_plan[0]) >= 4 << 20  # the plan covers what it claims
     with Session() as s:
-        ch = s.create_channel("stream", request_capacity=STREAM_REQUEST_CAP,
-                              reply_capacity=STREAM_REPLY_CAP)
+        ch = s.create_channel("stream", request_capacity=STREAM_REQUEST_CAP, reply_capacity=STREAM_REPLY_CAP)
         with ch, reaped(spawn("stream", ch.path, N_STREAM, stdin=subprocess.PIPE)) as peer:
             ch.set_peer(death_fds=[os.pidfd_open(peer.pid)])
             assert bytes(ch.recv(timeout=30)) == b"ready"
@@ -79,8 +78,10 @@ def test_million_messages_both_directions_concurrently():
             assert mine["problem"] is None, mine
             assert theirs["problem"] is None, theirs
             assert not ch.poll()
-    print(f"\n{2 * N_STREAM} messages, {total / 2**30:.2f} GiB in {mine['seconds']:.1f} s "
-          f"(host stats {mine['stats']}, server stats {theirs['stats']})")
+    print(
+        f"\n{2 * N_STREAM} messages, {total / 2**30:.2f} GiB in {mine['seconds']:.1f} s "
+        f"(host stats {mine['stats']}, server stats {theirs['stats']})"
+    )
 
 
 def test_stream_detects_a_lost_message():
@@ -115,7 +116,7 @@ def test_header_offsets():
             assert struct.unpack_from("<Q", raw, OFF_FILE_SIZE)[0] == _ring.layout_size(1 << 14, 1 << 15)
             assert struct.unpack_from("<QQ", raw, OFF_RING_OFFSET) == (4096, 4096 + (1 << 14))
             assert struct.unpack_from("<QQ", raw, OFF_RING_CAPACITY) == (1 << 14, 1 << 15)
-            assert struct.unpack_from("<I", raw, OFF_STATE)[0] == 1       # host OPEN
+            assert struct.unpack_from("<I", raw, OFF_STATE)[0] == 1  # host OPEN
             h.send(b"x" * 13)
             with open(h.path, "rb") as g:
                 raw = g.read(_ring.HEADER_SIZE)
@@ -136,7 +137,7 @@ def test_default_capacities_fragment_in_both_directions():
     """A message between the two rings' max_record sizes (the host fragments it, the server
     could have sent it whole) is accepted: each side checks the PEER's threshold."""
     with Session() as s:
-        h = s.create_channel("caps")          # 1 MiB requests, 4 MiB replies
+        h = s.create_channel("caps")  # 1 MiB requests, 4 MiB replies
         sv = Channel.attach(h.path, watch_stdin=False)
         with h, sv:
             assert h.max_record < sv.max_record
@@ -194,8 +195,8 @@ def test_zero_copy_views_keep_the_mapping_alive_after_close():
         import gc as _gc
 
         _gc.collect()
-        assert bytes(v) == b"Jello, zero copy"          # still mapped
-        w[:4] = b"ok!!"                                   # still writable
+        assert bytes(v) == b"Jello, zero copy"  # still mapped
+        w[:4] = b"ok!!"  # still writable
         assert bytes(w[:4]) == b"ok!!"
         v.release()
         w.release()
@@ -206,10 +207,15 @@ def test_closed_channel_raises_clear_errors():
         h = s.create_channel("c")
         sv = Channel.attach(h.path, watch_stdin=False)
         h.close()
-        h.close()                                         # idempotent
+        h.close()  # idempotent
         assert h.closed and not sv.closed and sv.peer_closed
-        for call in (lambda: h.send(b"x"), lambda: h.recv(timeout=0), lambda: h.poll(),
-                     lambda: h.reserve(1), lambda: h.call(b"x")):
+        for call in (
+            lambda: h.send(b"x"),
+            lambda: h.recv(timeout=0),
+            lambda: h.poll(),
+            lambda: h.reserve(1),
+            lambda: h.call(b"x"),
+        ):
             with pytest.raises(ChannelClosed, match="closed"):
                 call()
         with pytest.raises(ChannelClosed, match="peer closed"):
@@ -259,14 +265,14 @@ def test_poll_and_release():
             h.send(b"a" * 1000)
             assert sv.poll()
             v = sv.recv(timeout=0)
-            assert not sv.poll()                   # the message handed out does not count
+            assert not sv.poll()  # the message handed out does not count
             # the ring (4 KiB) has room for 3 such records while one is held ...
             h.send(b"b" * 1000, timeout=0)
             h.send(b"c" * 1000, timeout=0)
             h.send(b"d" * 1000, timeout=0)
             with pytest.raises(ChannelTimeout):
                 h.send(b"e" * 1000, timeout=0)
-            sv.release()                           # ... and a 4th once it is released
+            sv.release()  # ... and a 4th once it is released
             h.send(b"e" * 1000, timeout=0)
             del v
             assert [bytes(sv.recv(timeout=0))[:1] for _ in range(4)] == [b"b", b"c", b"d", b"e"]
@@ -284,6 +290,11 @@ def test_text_signatures():
 def test_stub_matches_the_extension():
     """shmbench/_ring/_ring.pyi describes the extension as built (mypy's stubtest, when installed)."""
     pytest.importorskip("mypy.stubtest", reason="mypy is not installed")
-    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "shmbench._ring._ring"],
-                          capture_output=True, text=True, timeout=300, cwd=TESTS.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "shmbench._ring._ring"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=TESTS.parent,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

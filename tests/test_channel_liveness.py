@@ -43,8 +43,7 @@ def test_server_killed_while_host_waits(what, watch):
                 while True:
                     ch.send(b"h" * 200, timeout=0)
         killed = []
-        timer = threading.Timer(0.3, lambda: (killed.append(time.monotonic()),
-                                               os.kill(peer.pid, signal.SIGKILL)))
+        timer = threading.Timer(0.3, lambda: (killed.append(time.monotonic()), os.kill(peer.pid, signal.SIGKILL)))
         timer.start()
         try:
             with pytest.raises(PeerDied):
@@ -86,20 +85,28 @@ def test_host_killed_while_server_waits(what):
 
 def test_peer_alive_watches_pipes_pidfds_and_locks():
     with Session() as s, s.create_channel("alive") as h:
-        assert h.peer_alive()                           # nothing to watch: assumed alive
+        assert h.peer_alive()  # nothing to watch: assumed alive
         r, w = os.pipe()
         h.set_peer(death_fds=[r])
         assert h.peer_alive()
-        os.close(w)                                     # EOF: the host of a server died
+        os.close(w)  # EOF: the host of a server died
         assert not h.peer_alive()
         lock = os.open(str(h.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         # a separate open file description: flock locks belong to those, not to fds
         h.set_peer(death_fds=[], lock_fd=os.open(str(h.path) + ".lock", os.O_RDONLY))
-        assert not h.peer_alive()                       # nobody holds the lock
-        proc = subprocess.Popen([sys.executable, "-c", "import fcntl,sys,time; "
-                                 f"fcntl.flock({lock}, fcntl.LOCK_EX); print('locked', flush=True); "
-                                 f"time.sleep(30) # {PEER_TAG}"],
-                                pass_fds=(lock,), stdout=subprocess.PIPE, bufsize=0)
+        assert not h.peer_alive()  # nobody holds the lock
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl,sys,time; "
+                f"fcntl.flock({lock}, fcntl.LOCK_EX); print('locked', flush=True); "
+                f"time.sleep(30) # {PEER_TAG}",
+            ],
+            pass_fds=(lock,),
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
         os.close(lock)
         with reaped(proc):
             assert read_line(proc) == "locked"

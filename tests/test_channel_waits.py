@@ -50,14 +50,14 @@ def test_recv_timeouts_none_zero_seconds():
         t = time.monotonic()
         with pytest.raises(ChannelTimeout) as info:
             ch.recv(timeout=0)
-        assert time.monotonic() - t < 0.25           # never blocks (a loaded VM may still lag)
+        assert time.monotonic() - t < 0.25  # never blocks (a loaded VM may still lag)
         assert isinstance(info.value, TimeoutError)
         t = time.monotonic()
         with pytest.raises(TimeoutError):
             ch.recv(timeout=0.1)
         assert 0.1 <= time.monotonic() - t < 1.0
         t = time.monotonic()
-        assert bytes(ch.recv(timeout=None)) == b"late"      # forever, but it came
+        assert bytes(ch.recv(timeout=None)) == b"late"  # forever, but it came
         assert time.monotonic() - t >= 0.1
         assert ch.stats()["sleeps"] > 0
         ch.send(b"bye")
@@ -71,14 +71,14 @@ def test_send_timeouts_on_a_full_ring():
             while True:
                 ch.send(b"x" * 1000, timeout=0)
                 n += 1
-        assert 50 < n < 66                       # 64 KiB of 1008-byte records
+        assert 50 < n < 66  # 64 KiB of 1008-byte records
         t = time.monotonic()
         with pytest.raises(ChannelTimeout, match="room in the ring"):
             ch.send(b"x" * 1000, timeout=0.2)
         assert 0.2 <= time.monotonic() - t < 1.5
         with pytest.raises(ChannelTimeout):
             ch.reserve(1000, timeout=0.05)
-        ch.close()                               # the peer sees CLOSED and exits
+        ch.close()  # the peer sees CLOSED and exits
         assert finish(peer)[0] == 0
 
 
@@ -112,7 +112,7 @@ def test_call_timeout_bounds_the_whole_round_trip():
 def test_send_timeout_mid_fragmented_message_breaks_the_channel():
     with host_and_peer("sleep", 30) as (ch, peer):
         with pytest.raises(ChannelTimeout, match="unusable"):
-            ch.send(b"y" * (1 << 20), timeout=0.2)    # 16 ring-fulls; the peer never reads
+            ch.send(b"y" * (1 << 20), timeout=0.2)  # 16 ring-fulls; the peer never reads
         with pytest.raises(ProtocolError, match="broken"):
             ch.send(b"z", timeout=0)
         ch.close()
@@ -127,14 +127,14 @@ def test_ctrl_c_interrupts_a_blocked_wait_and_the_gil_is_free(what):
             if what == "recv":
                 assert bytes(ch.recv(timeout=30)) == b"ready"
             assert read_line(peer) == "waiting"
-            time.sleep(0.3)                       # well into the futex wait
+            time.sleep(0.3)  # well into the futex wait
             t = time.monotonic()
             peer.send_signal(signal.SIGINT)
             words = read_line(peer, 5).split()
             latency = time.monotonic() - t
             assert words[0] == "interrupted", words
             assert latency < 1.0, latency
-            assert int(words[2]) > 1000           # the other thread ran while we waited
+            assert int(words[2]) > 1000  # the other thread ran while we waited
             assert finish(peer)[0] == 0
 
 
@@ -163,7 +163,7 @@ def test_waker_skips_the_syscall_when_nobody_sleeps():
                 ch.send(b"m%d" % i)
             ch.send(b"last")
             st = ch.stats()
-            assert st["wakes"] == 0 and st["wakes_skipped"] == 101    # nobody listened yet
+            assert st["wakes"] == 0 and st["wakes_skipped"] == 101  # nobody listened yet
             with reaped(spawn("sleeper", ch.path, stdin=subprocess.PIPE)) as peer:
                 ch.set_peer(death_fds=[os.pidfd_open(peer.pid)])
                 assert bytes(ch.recv(timeout=30)) == b"drained 100"
@@ -176,7 +176,7 @@ def test_waker_skips_the_syscall_when_nobody_sleeps():
                 before = ch.stats()
                 ch.send(b"wake up")
                 after = ch.stats()
-                assert after["wakes"] == before["wakes"] + 1              # it slept: syscall
+                assert after["wakes"] == before["wakes"] + 1  # it slept: syscall
                 reply = json.loads(bytes(ch.recv(timeout=10)))
                 assert reply["msg"] == "wake up" and reply["stats"]["sleeps"] >= 1
                 assert reply["stats"]["spin_ok"] == 0
@@ -219,13 +219,13 @@ def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
         t = threading.Thread(target=echo, daemon=True)
         t.start()
         try:
-            for _ in range(6):                   # slow replies: spins fail, a pause begins
+            for _ in range(6):  # slow replies: spins fail, a pause begins
                 h.call(b"x", timeout=5)
             stats = h.stats()
             assert stats["spin_pause_left"] > 0 and stats["spin_budget_ns"] == 0, stats
             assert stats["spin_ok"] == 0
             delay[0] = 0.0
-            for _ in range(200):                 # fast replies: the probe succeeds, spinning resumes
+            for _ in range(200):  # fast replies: the probe succeeds, spinning resumes
                 h.call(b"x", timeout=5)
             stats = h.stats()
             assert stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0, stats

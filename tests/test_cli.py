@@ -15,16 +15,29 @@ from shmbench.transport.session import channel_base
 
 
 def shmbench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shmbench", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "shmbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_doctor_reports_runtimes_channels_and_caches(tmp_path):
     out = shmbench("doctor", env={"SHMBENCH_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("runtimes:", "apptainer", "bwrap", "process", "runtime='auto' picks:",
-                   f"base directory: {channel_base()}", "free of", f"cache root: {tmp_path / 'cache'}"):
+    for needle in (
+        "runtimes:",
+        "apptainer",
+        "bwrap",
+        "process",
+        "runtime='auto' picks:",
+        f"base directory: {channel_base()}",
+        "free of",
+        f"cache root: {tmp_path / 'cache'}",
+    ):
         assert needle in text, needle
     # every runtime line says ok or no, and why
     lines = [ln for ln in text.splitlines() if ln.strip().startswith(("ok ", "no "))]
@@ -87,8 +100,9 @@ def test_pull_and_images_through_the_cache(tmp_path):
     assert digest in listing.stdout and "1 image(s)" in listing.stdout
     wrong = shmbench("pull", image.as_uri(), "--digest", "sha256:" + "0" * 64, env=env)
     assert wrong.returncode == 1 and "sha256:" + "0" * 64 in wrong.stderr
-    offline = shmbench("pull", (tmp_path / "absent.sif").as_uri(), "--digest", "sha256:" + "1" * 64,
-                       "--offline", env=env)
+    offline = shmbench(
+        "pull", (tmp_path / "absent.sif").as_uri(), "--digest", "sha256:" + "1" * 64, "--offline", env=env
+    )
     assert offline.returncode == 1
 
 

@@ -1,5 +1,4 @@
-"""shmbench.cli.run: ``shmbench run``, its options, messages and exit statuses.
-"""
+"""shmbench.cli.run: ``shmbench run``, its options, messages and exit statuses."""
 
 from __future__ import annotations
 
@@ -25,9 +24,26 @@ pytestmark = pytest.mark.usefixtures("isolated")
 
 def test_run_command_runs_logs_and_summarises(tmp_path, capsys):
     out = tmp_path / "out"
-    status = run_command(parse("--experiment", "exp:0.01", "--benchmark", "shmbench/Sigmoid-v0",
-                               "--config", "cutoff=4", "--agent", "random", "--episodes", "3",
-                               "--seed", "42", "--out", str(out), "--runtime", "process"))
+    status = run_command(
+        parse(
+            "--experiment",
+            "exp:0.01",
+            "--benchmark",
+            "shmbench/Sigmoid-v0",
+            "--config",
+            "cutoff=4",
+            "--agent",
+            "random",
+            "--episodes",
+            "3",
+            "--seed",
+            "42",
+            "--out",
+            str(out),
+            "--runtime",
+            "process",
+        )
+    )
     printed = capsys.readouterr()
     assert status == 0, printed.err
     (path,) = out.iterdir()
@@ -36,27 +52,61 @@ def test_run_command_runs_logs_and_summarises(tmp_path, capsys):
     assert len(log.rows) == 12
     lines = printed.out.splitlines()
     assert lines[0].split() == ["episode", "seed", "instance", "steps", "reward"]
-    assert [line.split()[:4] for line in lines[2:5]] == [["0", "42", "0", "4"], ["1", "-", "1", "4"],
-                                                         ["2", "-", "2", "4"]]
+    assert [line.split()[:4] for line in lines[2:5]] == [
+        ["0", "42", "0", "4"],
+        ["1", "-", "1", "4"],
+        ["2", "-", "2", "4"],
+    ]
     assert f"log {path}" in printed.out and "mean reward" in printed.out
     for e, line in enumerate(lines[2:5]):
         assert float(line.split()[4]) == pytest.approx(log.end["episode_rewards"][e], rel=1e-5)
 
     # the agent is the one RandomAgent(env) would be on the seeded env; local runs agree
-    status = run_command(parse("--experiment", "exp:0.01", "--config", "cutoff=4", "--episodes", "3",
-                               "--seed", "42", "--out", str(tmp_path / "local"), "--runtime", "local", "--quiet"))
+    status = run_command(
+        parse(
+            "--experiment",
+            "exp:0.01",
+            "--config",
+            "cutoff=4",
+            "--episodes",
+            "3",
+            "--seed",
+            "42",
+            "--out",
+            str(tmp_path / "local"),
+            "--runtime",
+            "local",
+            "--quiet",
+        )
+    )
     assert status == 0
     (local_path,) = (tmp_path / "local").iterdir()
     local_log = read_log(local_path)
     assert strip_volatile(local_log.rows) == strip_volatile(log.rows)
-    assert local_log.runs[0]["agent"]["seed"] == RandomAgent(
-        SigmoidBenchmark(config={"seed": 42}).get_environment()).seed
+    assert (
+        local_log.runs[0]["agent"]["seed"] == RandomAgent(SigmoidBenchmark(config={"seed": 42}).get_environment()).seed
+    )
 
 
 def test_run_command_static_and_remote_agents(tmp_path, capsys):
-    status = run_command(parse("--experiment", "exp:0.01", "--agent", "static", "--action", "[1, 2]",
-                               "--episodes", "2", "--out", str(tmp_path / "s"), "--runtime", "process",
-                               "--remote-agent", "--quiet"))
+    status = run_command(
+        parse(
+            "--experiment",
+            "exp:0.01",
+            "--agent",
+            "static",
+            "--action",
+            "[1, 2]",
+            "--episodes",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--runtime",
+            "process",
+            "--remote-agent",
+            "--quiet",
+        )
+    )
     assert status == 0, capsys.readouterr().err
     (path,) = (tmp_path / "s").iterdir()
     log = read_log(path)
@@ -64,15 +114,28 @@ def test_run_command_static_and_remote_agents(tmp_path, capsys):
     assert log.runs[0]["agent"]["class"] == "shmbench.host.agent.RemoteAgent"
 
 
-@pytest.mark.parametrize("argv, status, message", [
-    (("--experiment", "exp:0.01", "--benchmark", "shmbench/Luby"), 2, "does not match"),
-    (("--benchmark", "shmbench/Sigmoid", "--config", "cutoff"), 2, "KEY=VALUE"),
-    (("--experiment", "exp:0.01", "--agent", "static"), 2, "--action"),
-    (("--experiment", "nope:1",), 2, "unknown experiment"),
-    ((), 2, "--experiment, --benchmark"),
-])
+@pytest.mark.parametrize(
+    "argv, status, message",
+    [
+        (("--experiment", "exp:0.01", "--benchmark", "shmbench/Luby"), 2, "does not match"),
+        (("--benchmark", "shmbench/Sigmoid", "--config", "cutoff"), 2, "KEY=VALUE"),
+        (("--experiment", "exp:0.01", "--agent", "static"), 2, "--action"),
+        (
+            (
+                "--experiment",
+                "nope:1",
+            ),
+            2,
+            "unknown experiment",
+        ),
+        ((), 2, "--experiment, --benchmark"),
+    ],
+)
 def test_run_command_reports_bad_arguments(tmp_path, capsys, argv, status, message):
-    assert run_command(parse(*argv, "--runtime", "process", "--out", str(tmp_path), "--quiet", "--episodes", "1")) == status
+    assert (
+        run_command(parse(*argv, "--runtime", "process", "--out", str(tmp_path), "--quiet", "--episodes", "1"))
+        == status
+    )
     assert message in capsys.readouterr().err
 
 

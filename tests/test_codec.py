@@ -23,13 +23,15 @@ from shmbench.errors import DecodeError, EncodeError, ProtocolError, ShmbenchErr
 from shmbench.wire import codec
 from shmbench.wire.codec import Codec, decode, encode
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 # ======================================================================================
 # Exact comparison
 # ======================================================================================
+
 
 def same(a, b, path="x") -> None:
     """Asserts that b is exactly a: types, dtypes, shapes and bits."""
@@ -58,9 +60,16 @@ def same(a, b, path="x") -> None:
 
 def test_same_detects_differences():
     """The comparison these tests rely on does fail when it should."""
-    for a, b in [((1,), [1]), (1, True), (0.0, -0.0), (float("nan"), struct.unpack("<d", b"\x01\0\0\0\0\0\xf8\x7f")[0]),
-                 (np.float32(1), np.float64(1)), (np.zeros(2, "<i4"), np.zeros(2, ">i4")),
-                 (np.zeros((2, 1)), np.zeros((1, 2))), ({"a": 1, "b": 2}, {"b": 2, "a": 1})]:
+    for a, b in [
+        ((1,), [1]),
+        (1, True),
+        (0.0, -0.0),
+        (float("nan"), struct.unpack("<d", b"\x01\0\0\0\0\0\xf8\x7f")[0]),
+        (np.float32(1), np.float64(1)),
+        (np.zeros(2, "<i4"), np.zeros(2, ">i4")),
+        (np.zeros((2, 1)), np.zeros((1, 2))),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+    ]:
         with pytest.raises(AssertionError):
             same(a, b)
 
@@ -69,12 +78,19 @@ def test_same_detects_differences():
 # Strategies
 # ======================================================================================
 
+
 def _dtypes(void: bool = True):
-    scalar = (hnp.boolean_dtypes() | hnp.integer_dtypes(endianness="?") | hnp.unsigned_integer_dtypes(endianness="?")
-              | hnp.floating_dtypes(endianness="?") | hnp.complex_number_dtypes(endianness="?")
-              | hnp.datetime64_dtypes(endianness="?") | hnp.timedelta64_dtypes(endianness="?")
-              | hnp.byte_string_dtypes(endianness="?", min_len=1, max_len=8)
-              | hnp.unicode_string_dtypes(endianness="?", min_len=1, max_len=8))
+    scalar = (
+        hnp.boolean_dtypes()
+        | hnp.integer_dtypes(endianness="?")
+        | hnp.unsigned_integer_dtypes(endianness="?")
+        | hnp.floating_dtypes(endianness="?")
+        | hnp.complex_number_dtypes(endianness="?")
+        | hnp.datetime64_dtypes(endianness="?")
+        | hnp.timedelta64_dtypes(endianness="?")
+        | hnp.byte_string_dtypes(endianness="?", min_len=1, max_len=8)
+        | hnp.unicode_string_dtypes(endianness="?", min_len=1, max_len=8)
+    )
     structured = hnp.array_dtypes(subtype_strategy=scalar, min_size=1, max_size=4, allow_subarrays=True)
     nested = hnp.nested_dtypes(subtype_strategy=scalar, max_leaves=5, max_itemsize=64)
     raw = st.sampled_from([np.dtype("V1"), np.dtype("V3"), np.dtype("V16")])
@@ -82,7 +98,7 @@ def _dtypes(void: bool = True):
 
 
 def _values_of(dtype: np.dtype, shape: tuple):
-    if dtype.kind == "V" and dtype.fields is None:     # raw void: any bytes (no inference)
+    if dtype.kind == "V" and dtype.fields is None:  # raw void: any bytes (no inference)
         n = dtype.itemsize * math.prod(shape)
         return st.binary(min_size=n, max_size=n).map(lambda b: np.frombuffer(b, dtype).reshape(shape))
     return hnp.arrays(dtype, shape)
@@ -112,19 +128,44 @@ def numpy_scalars(draw):
     return draw(_values_of(dtype, ()))[()]
 
 
-floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([
-    -0.0, 0.0, math.inf, -math.inf, struct.unpack("<d", b"\x01\0\0\0\0\0\xf8\x7f")[0],
-    struct.unpack("<d", b"\xff\xff\xff\xff\xff\xff\xff\xff")[0], 5e-324])
-ints = st.integers() | st.sampled_from([-(1 << 63), (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 64,
-                                         -(1 << 63) - 1, 10 ** 40, -(10 ** 40)])
-leaves = (st.none() | st.booleans() | ints | floats | st.text(max_size=30) | st.binary(max_size=30)
-          | numpy_scalars() | arrays())
-keys = (st.text(max_size=10) | st.integers(-(1 << 63), (1 << 64) - 1) | st.binary(max_size=10)
-        | st.none() | st.tuples(st.text(max_size=3), st.integers(0, 9)))
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [
+        -0.0,
+        0.0,
+        math.inf,
+        -math.inf,
+        struct.unpack("<d", b"\x01\0\0\0\0\0\xf8\x7f")[0],
+        struct.unpack("<d", b"\xff\xff\xff\xff\xff\xff\xff\xff")[0],
+        5e-324,
+    ]
+)
+ints = st.integers() | st.sampled_from(
+    [-(1 << 63), (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 64, -(1 << 63) - 1, 10**40, -(10**40)]
+)
+leaves = (
+    st.none()
+    | st.booleans()
+    | ints
+    | floats
+    | st.text(max_size=30)
+    | st.binary(max_size=30)
+    | numpy_scalars()
+    | arrays()
+)
+keys = (
+    st.text(max_size=10)
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.binary(max_size=10)
+    | st.none()
+    | st.tuples(st.text(max_size=3), st.integers(0, 9))
+)
 values = st.recursive(
     leaves,
-    lambda children: (st.lists(children, max_size=5) | st.lists(children, max_size=5).map(tuple)
-                      | st.dictionaries(keys, children, max_size=5)),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.lists(children, max_size=5).map(tuple)
+        | st.dictionaries(keys, children, max_size=5)
+    ),
     max_leaves=16,
 )
 
@@ -132,6 +173,7 @@ values = st.recursive(
 # ======================================================================================
 # Round trips
 # ======================================================================================
+
 
 @SETTINGS
 @given(values)
@@ -157,14 +199,52 @@ def test_numpy_scalars_round_trip(x):
 
 
 KNOWN = [
-    None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64), 10**100, -(10**100),
-    0.0, -0.0, float("nan"), float("inf"), -float("inf"), "", "ü€😀", b"", b"\0" * 5,
-    [], (), {}, [()], ((),), {(): ()}, {1: "a", "1": b"a", b"1": None, None: 1, (1, "a"): [1]},
-    np.float32(1.5), np.float16(-0.0), np.int8(-1), np.uint64(2**64 - 1), np.bool_(True),
-    np.complex64(1 + 2j), np.datetime64("2024-01-01T12:00", "ms"), np.timedelta64("NaT"),
-    np.str_(""), np.str_("ab"), np.bytes_(b""), np.void(b"xy"),
-    np.zeros((0, 3), np.float32), np.zeros((2, 0), "<U3"), np.array(3.5), np.array("x"),
-    np.arange(12, dtype=">i8").reshape(3, 4)[:, ::2], np.zeros((3,), "V0"),
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    2**64,
+    -(2**64),
+    10**100,
+    -(10**100),
+    0.0,
+    -0.0,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    "",
+    "ü€😀",
+    b"",
+    b"\0" * 5,
+    [],
+    (),
+    {},
+    [()],
+    ((),),
+    {(): ()},
+    {1: "a", "1": b"a", b"1": None, None: 1, (1, "a"): [1]},
+    np.float32(1.5),
+    np.float16(-0.0),
+    np.int8(-1),
+    np.uint64(2**64 - 1),
+    np.bool_(True),
+    np.complex64(1 + 2j),
+    np.datetime64("2024-01-01T12:00", "ms"),
+    np.timedelta64("NaT"),
+    np.str_(""),
+    np.str_("ab"),
+    np.bytes_(b""),
+    np.void(b"xy"),
+    np.zeros((0, 3), np.float32),
+    np.zeros((2, 0), "<U3"),
+    np.array(3.5),
+    np.array("x"),
+    np.arange(12, dtype=">i8").reshape(3, 4)[:, ::2],
+    np.zeros((3,), "V0"),
     np.array([(1, 2.0)], dtype=[("a", "<i2"), ("b", ">f8")]),
     np.array([("2024-01-01", b"ab")], dtype=[("t", "M8[D]"), ("s", "S2")]),
     np.array([[1, 2], [3, 4]], dtype=np.uint8).T,
@@ -193,7 +273,7 @@ def test_copy_false_gives_read_only_views_of_the_message():
     for arr in (*out["a"], out["b"][1]):
         if arr.size:
             assert lo <= arr.ctypes.data < lo + len(data), "not a view of the message"
-            assert arr.ctypes.data % 16 == (lo % 16)   # aligned as encoded
+            assert arr.ctypes.data % 16 == (lo % 16)  # aligned as encoded
         assert not arr.flags.writeable and not arr.flags.owndata
     same(arrays_in, [np.asarray(a) for a in out["a"]])
     copied = decode(data, copy=True)
@@ -206,13 +286,14 @@ def test_copy_false_gives_read_only_views_of_the_message():
 def test_copy_false_from_a_bytearray_sees_later_writes():
     data = encode(np.zeros(4, np.uint8))
     view = decode(data, copy=False)
-    data[-16] = 7             # first array byte: the array section is the last 16 bytes here
+    data[-16] = 7  # first array byte: the array section is the last 16 bytes here
     assert view[0] == 7
 
 
 # ======================================================================================
 # Refusals
 # ======================================================================================
+
 
 class Custom:
     def __init__(self, x):
@@ -223,9 +304,18 @@ class Custom:
 
 
 def test_unsupported_values_raise_encode_error():
-    for value in [object(), {1, 2}, 1 + 2j, Custom(1), [Custom(2)], {"k": frozenset()},
-                  np.array([1, "a"], dtype=object), np.zeros(2, dtype=[("a", "O"), ("b", "<i4")]),
-                  {"deep": [np.array([None])]}, 10 ** 5000]:
+    for value in [
+        object(),
+        {1, 2},
+        1 + 2j,
+        Custom(1),
+        [Custom(2)],
+        {"k": frozenset()},
+        np.array([1, "a"], dtype=object),
+        np.zeros(2, dtype=[("a", "O"), ("b", "<i4")]),
+        {"deep": [np.array([None])]},
+        10**5000,
+    ]:
         with pytest.raises(EncodeError):
             encode(value)
 
@@ -286,6 +376,7 @@ def test_max_message_is_enforced():
 # Hostile bytes: only DecodeError, bounded time and memory
 # ======================================================================================
 
+
 def _decode_only_decode_error(data: bytes, copy: bool) -> None:
     t = time.perf_counter()
     try:
@@ -313,15 +404,16 @@ def test_mutated_messages_only_raise_decode_error(value, data):
             msg[i] ^= 1 << data.draw(st.integers(0, 7))
         elif kind == "set" and msg:
             i = data.draw(st.integers(0, len(msg) - 1))
-            msg[i] = data.draw(st.sampled_from([0, 0x7F, 0x80, 0xC1, 0xC7, 0xC9, 0xD4, 0xD8, 0xDC,
-                                                0xDD, 0xDF, 0xFF, 2, 4, 6]))
+            msg[i] = data.draw(
+                st.sampled_from([0, 0x7F, 0x80, 0xC1, 0xC7, 0xC9, 0xD4, 0xD8, 0xDC, 0xDD, 0xDF, 0xFF, 2, 4, 6])
+            )
         elif kind == "cut":
-            msg = msg[:data.draw(st.integers(0, len(msg)))]
+            msg = msg[: data.draw(st.integers(0, len(msg)))]
         elif kind == "grow":
             msg += data.draw(st.binary(max_size=40))
         elif kind == "splice" and len(msg) > 8:
             i = data.draw(st.integers(4, len(msg) - 4))
-            msg[i:i + 4] = struct.pack("<I", data.draw(st.sampled_from([0, 1, 2**31, 2**32 - 1])))
+            msg[i : i + 4] = struct.pack("<I", data.draw(st.sampled_from([0, 1, 2**31, 2**32 - 1])))
     _decode_only_decode_error(bytes(msg), data.draw(st.booleans()))
 
 
@@ -357,8 +449,8 @@ HOSTILE = {
     "long bigint": _message(msgpack.ExtType(4, b"9" * 5000)),
     "pickle": _message(msgpack.ExtType(6, b"cos\nsystem\n(S'true'\ntR.")),
     "unknown ext": _message(msgpack.ExtType(99, b"")),
-    "bad timestamp ext": struct.pack("<I", 5) + b"\xd5\xff\0\0\0",      # msgpack's ext -1
-    "unhashable key": struct.pack("<I", 3) + b"\x81\x90\x01",      # {[]: 1}
+    "bad timestamp ext": struct.pack("<I", 5) + b"\xd5\xff\0\0\0",  # msgpack's ext -1
+    "unhashable key": struct.pack("<I", 3) + b"\x81\x90\x01",  # {[]: 1}
     "short": b"\x01\0",
 }
 

@@ -1,5 +1,4 @@
-"""shmbench.experiments.combine: how a record, a benchmark object and explicit overrides combine.
-"""
+"""shmbench.experiments.combine: how a record, a benchmark object and explicit overrides combine."""
 
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ def test_seed_precedence_explicit_then_benchmark_then_record():
     exp = resolve_experiment(bench, "exp:0.01", seed=9)
     assert exp.seed_policy.base == 9 and exp.seed_policy.per_episode == "once"
     assert exp.overrides == {"seed": 9}
-    bench.set_seed(None)   # None does not unseed a record
+    bench.set_seed(None)  # None does not unseed a record
     assert resolve_experiment(bench, "exp:0.01").seed_policy.base == 0
     with pytest.raises(ExperimentError, match="integer seed"):
         resolve_experiment(bench)

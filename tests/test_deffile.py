@@ -1,5 +1,4 @@
-"""shmbench.images.deffile: definition files parsed, templated and written back.
-"""
+"""shmbench.images.deffile: definition files parsed, templated and written back."""
 
 from __future__ import annotations
 
@@ -56,16 +55,19 @@ Include: python3 \\
 def test_parse_sections_header_and_templating() -> None:
     d = parse_definition(FULL, {"greeting": "hi"}, base_dir="/recipes")
     assert d.bootstrap == "debootstrap"
-    assert d.header["osversion"] == "bookworm"                      # %arguments default
+    assert d.header["osversion"] == "bookworm"  # %arguments default
     assert d.header["mirrorurl"] == "http://deb.debian.org/debian"  # comment trimmed
-    assert d.include == ["python3", "python3-numpy"]                # continuation line
-    assert d.files == [("data/input.txt", "/opt/input.txt"),
-                       ("dir with space/f.txt", "/opt/"), ("/etc/hostname", "/etc/hostname")]
+    assert d.include == ["python3", "python3-numpy"]  # continuation line
+    assert d.files == [
+        ("data/input.txt", "/opt/input.txt"),
+        ("dir with space/f.txt", "/opt/"),
+        ("/etc/hostname", "/etc/hostname"),
+    ]
     assert d.labels == {"Author": "someone@example.org", "Version": "1.2"}
     assert d.sections["post"].args == "-c /bin/bash"
     post = d.script("post")
-    assert "echo hi > /greeting" in post and "echo second post" in post   # concatenated
-    assert "{{ undefined_is_fine_here }}" in post                  # comments untouched
+    assert "echo hi > /greeting" in post and "echo second post" in post  # concatenated
+    assert "{{ undefined_is_fine_here }}" in post  # comments untouched
     assert d.script("runscript").strip() == 'exec python3 -I -m shmbench.server "$@"'
     assert d.script("test") == ""
     assert "{{" not in d.text.split("# a commented")[0]
@@ -77,29 +79,33 @@ def test_to_text_makes_files_absolute_and_round_trips() -> None:
     assert "%arguments" not in text and "{{ release }}" not in text
     again = parse_definition(text, base_dir="/elsewhere")
     assert again.header == d.header
-    assert again.files == [("/recipes/data/input.txt", "/opt/input.txt"),
-                           ("/recipes/dir with space/f.txt", "/opt/"),
-                           ("/etc/hostname", "/etc/hostname")]
+    assert again.files == [
+        ("/recipes/data/input.txt", "/opt/input.txt"),
+        ("/recipes/dir with space/f.txt", "/opt/"),
+        ("/etc/hostname", "/etc/hostname"),
+    ]
     assert again.script("post").strip() == d.script("post").strip()
     assert again.labels == d.labels
 
 
-@pytest.mark.parametrize("text, build_args, message", [
-    ("Bootstrap: docker\nFrom: {{ base }}\n", None, "'base' is not defined"),
-    ("Bootstrap: docker\nFrom: debian\n", {"typo": "1"}, "typo are not used"),
-    ("From: debian\nBootstrap: docker\n", None, "must start with 'Bootstrap:'"),
-    ("OSVersion: 12\n", None, "must start with 'Bootstrap:'"),
-    ("%post\n  true\n", None, "no 'Bootstrap:' header"),
-    ("Bootstrap: docker\nFrum: debian\n", None, "unknown header keyword 'frum'"),
-    ("Bootstrap: docker\nFrom debian\n", None, "is not 'Keyword: value'"),
-    ("Bootstrap: docker\n%postt\n  true\n", None, "unknown section %postt"),
-    ("Bootstrap: docker\n%appinstall foo\n  true\n", None, "SCIF app sections"),
-    ("Bootstrap: docker\n%files from build\n  /a /b\n", None, "another stage"),
-    ("Bootstrap: docker\nFrom: a\nStage: one\nBootstrap: docker\nFrom: b\n", None,
-     "multi-stage"),
-    ("Bootstrap: docker\n%arguments\n  not an assignment\n", None, "expected name=value"),
-    ("Bootstrap: docker\n%files\n  a b c\n", None, "more than a source"),
-])
+@pytest.mark.parametrize(
+    "text, build_args, message",
+    [
+        ("Bootstrap: docker\nFrom: {{ base }}\n", None, "'base' is not defined"),
+        ("Bootstrap: docker\nFrom: debian\n", {"typo": "1"}, "typo are not used"),
+        ("From: debian\nBootstrap: docker\n", None, "must start with 'Bootstrap:'"),
+        ("OSVersion: 12\n", None, "must start with 'Bootstrap:'"),
+        ("%post\n  true\n", None, "no 'Bootstrap:' header"),
+        ("Bootstrap: docker\nFrum: debian\n", None, "unknown header keyword 'frum'"),
+        ("Bootstrap: docker\nFrom debian\n", None, "is not 'Keyword: value'"),
+        ("Bootstrap: docker\n%postt\n  true\n", None, "unknown section %postt"),
+        ("Bootstrap: docker\n%appinstall foo\n  true\n", None, "SCIF app sections"),
+        ("Bootstrap: docker\n%files from build\n  /a /b\n", None, "another stage"),
+        ("Bootstrap: docker\nFrom: a\nStage: one\nBootstrap: docker\nFrom: b\n", None, "multi-stage"),
+        ("Bootstrap: docker\n%arguments\n  not an assignment\n", None, "expected name=value"),
+        ("Bootstrap: docker\n%files\n  a b c\n", None, "more than a source"),
+    ],
+)
 def test_definition_errors(text: str, build_args: dict | None, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         parse_definition(text, build_args)
@@ -117,15 +123,18 @@ def test_read_definition_resolves_files_against_the_recipe(tmp_path: Path) -> No
     (tmp_path / "data" / "a.txt").write_text("a")
     (tmp_path / "data" / "b.txt").write_text("b")
     recipe = tmp_path / "r.def"
-    recipe.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: x\n"
-                      "%files\n    data/*.txt /opt/\n    missing.txt\n")
+    recipe.write_text(
+        "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: x\n%files\n    data/*.txt /opt/\n    missing.txt\n"
+    )
     d = read_definition(recipe)
     assert d.base_dir == tmp_path
     with pytest.raises(ImageError, match="'missing.txt' matches nothing"):
         d.source_paths()
     recipe.write_text(recipe.read_text().replace("    missing.txt\n", ""))
-    assert read_definition(recipe).source_paths() == [(tmp_path / "data" / "a.txt", "/opt/"),
-                                                      (tmp_path / "data" / "b.txt", "/opt/")]
+    assert read_definition(recipe).source_paths() == [
+        (tmp_path / "data" / "a.txt", "/opt/"),
+        (tmp_path / "data" / "b.txt", "/opt/"),
+    ]
     with pytest.raises(ImageError, match="not found"):
         read_definition(tmp_path / "nope.def")
 
@@ -135,12 +144,11 @@ def test_shipped_recipes(recipe: Path, tmp_path: Path) -> None:
     wheel = tmp_path / "shmbench-0.1.0-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"not really a wheel")
     d = read_definition(recipe, {"wheel": str(wheel)})
-    assert d.bootstrap == "debootstrap"          # all buildable without Apptainer
+    assert d.bootstrap == "debootstrap"  # all buildable without Apptainer
     assert d.script("runscript").strip() == 'exec python3 -I -m shmbench.server "$@"'
     assert "mkdir -p /shmbench" in d.script("post")
     assert d.source_paths() == [(wheel, "/opt/shmbench-wheel/")]
     assert d.script("test").strip()
     if recipe.name == "bookworm-numpy124.def":
-        assert (d.header["osversion"], d.header["mirrorurl"]) == ("bookworm",
-                                                                  "http://deb.debian.org/debian")
+        assert (d.header["osversion"], d.header["mirrorurl"]) == ("bookworm", "http://deb.debian.org/debian")
         assert "python3-numpy" in d.script("post") and "--no-deps" in d.script("post")

@@ -53,9 +53,9 @@ def actions_for(space: gymnasium.Space, n: int, seed: int) -> list:
     for i in range(n):
         a = space.sample()
         if isinstance(space, gymnasium.spaces.Discrete) and i % 3 == 0:
-            a = int(a)                         # a Python int (travels in the slab, tagged)
+            a = int(a)  # a Python int (travels in the slab, tagged)
         if isinstance(space, gymnasium.spaces.Box) and i % 5 == 0:
-            a = a.tolist()                     # a list: must reach the env as a list
+            a = a.tolist()  # a list: must reach the env as a list
         out.append(a)
     return out
 
@@ -121,8 +121,9 @@ def test_copy_false_returns_views_valid_until_next_call():
         assert obs0.flags.owndata and obs0.flags.writeable
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "MountainCar-v0",
-                                    "MountainCarContinuous-v0", "Acrobot-v1"])
+@pytest.mark.parametrize(
+    "env_id", ["CartPole-v1", "Pendulum-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Acrobot-v1"]
+)
 def test_check_env_passes_on_classic_control(env_id):
     """check_env passes on the proxy, with exactly the warnings it gives the native env
     (CartPole's infinite bounds, for one)."""
@@ -159,7 +160,7 @@ def test_call_get_and_set_attributes():
         assert env.get_wrapper_attr("gravity") == 20.0
         assert env.call("gravity") == 20.0
         env.reset(seed=1)
-        assert env.call("render") is None        # render_mode None: gymnasium returns None
+        assert env.call("render") is None  # render_mode None: gymnasium returns None
         with pytest.raises(RemoteEnvError) as info:
             env.get_attr("no_such_attribute")
         assert info.value.type_name.endswith("AttributeError")
@@ -176,7 +177,7 @@ def test_remote_error_carries_the_traceback_and_the_server_keeps_serving(runtime
         assert err.type_name == "builtins.ValueError"
         assert "action 0 is not allowed at t=1" in err.remote_message
         assert "envs.py" in err.remote_traceback and "in step" in err.remote_traceback
-        obs, reward, *_ = env.step(1)       # still serving, state intact
+        obs, reward, *_ = env.step(1)  # still serving, state intact
         assert reward == 1.0 and obs[0] == np.float32(0.02)
         env.reset()
 

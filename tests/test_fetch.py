@@ -268,9 +268,16 @@ print(json.dumps({"path": str(path), "start": start, "end": time.monotonic()}), 
 def pull_in_two_processes(ref: str, digest: str, tmp_path: Path, cache_dir: Path) -> list[dict]:
     go = tmp_path / "go"
     env = pythonpath_env(SHMBENCH_CACHE_DIR=str(cache_dir))
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, ref, digest, str(go)], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, ref, digest, str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         for child in children:  # both have imported shmbench before either starts
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -298,7 +305,7 @@ def test_concurrent_http_pulls_download_once(tmp_path, cache_dir):
     finally:
         server.close()
     assert server.gets == {"/slow.sif": 1}
-    (get_start, get_end), = server.get_times["/slow.sif"]
+    ((get_start, get_end),) = server.get_times["/slow.sif"]
     assert get_end - get_start > 0.5
     # Both started while the only download was still running: one waited on the lock and
     # then found the file done.

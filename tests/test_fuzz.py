@@ -65,20 +65,25 @@ from channel_peers import (  # noqa: E402
 
 REC_MESSAGE, REC_PAD, REC_FIRST, REC_MIDDLE, REC_LAST = 1, 2, 3, 4, 5
 _libc = ctypes.CDLL(None, use_errno=True)
-SYS_futex, FUTEX_WAKE = 202, 1      # x86_64
+SYS_futex, FUTEX_WAKE = 202, 1  # x86_64
 
 
 def spawn(func: str, *args, stdin=subprocess.DEVNULL) -> subprocess.Popen:
     """Start ``peer_<func>(*args)`` of this module in a fresh interpreter."""
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; "
-            f"m.peer_{func}(*sys.argv[2:])")
-    return subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", code, PEER_TAG, *map(str, args)],
-                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; m.peer_{func}(*sys.argv[2:])"
+    return subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", code, PEER_TAG, *map(str, args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
 
 
 # ======================================================================================
 # A raw producer of the reply ring: writes records as a (malicious) server would
 # ======================================================================================
+
 
 class RawServer:
     """Maps a channel file and produces records into its reply ring by hand."""
@@ -89,17 +94,16 @@ class RawServer:
         self.base = 4096 + req_cap
         self.cap = rep_cap
         self.head = 0
-        struct.pack_into("<I", self.mm, OFF_STATE + 4, 1)          # server OPEN
+        struct.pack_into("<I", self.mm, OFF_STATE + 4, 1)  # server OPEN
 
-    def record(self, kind: int, payload: bytes, length: int | None = None,
-               published: int | None = None) -> None:
+    def record(self, kind: int, payload: bytes, length: int | None = None, published: int | None = None) -> None:
         """Write one record (its header may lie about ``length``) and publish ``published``
         bytes of it (default: all)."""
         n = len(payload) if length is None else length
         size = 8 + (n + 7) // 8 * 8
         pos = self.head % self.cap
         struct.pack_into("<II", self.mm, self.base + pos, n, kind)
-        self.mm[self.base + pos + 8:self.base + pos + 8 + len(payload)] = payload
+        self.mm[self.base + pos + 8 : self.base + pos + 8 + len(payload)] = payload
         self.publish(self.head + (size if published is None else published))
 
     def publish(self, head: int) -> None:
@@ -157,7 +161,7 @@ def peer_raw(path: str, scenario: str) -> None:
     elif scenario == "bad_kind":
         rs.record(77, b"hello")
     elif scenario == "overrun":
-        rs.record(REC_MESSAGE, bytes(8), length=CAP // 2, published=16)   # more than published
+        rs.record(REC_MESSAGE, bytes(8), length=CAP // 2, published=16)  # more than published
     elif scenario == "head_beyond":
         rs.publish(CAP + 8)
     elif scenario == "head_unaligned":
@@ -178,18 +182,21 @@ def read_line_stdin() -> str:
     return sys.stdin.readline().strip()
 
 
-@pytest.mark.parametrize("scenario,match", [
-    ("pads", "misplaced pad"),
-    ("zero_fragments", "bad fragment sequence"),
-    ("tiny_fragments", "bad fragment sequence"),
-    ("huge_total", "larger than max_message"),
-    ("small_total", "needlessly fragmented"),
-    ("orphan_middle", "out of order"),
-    ("bad_kind", "unknown record kind"),
-    ("overrun", "overruns the ring"),
-    ("head_beyond", "head out of range"),
-    ("head_unaligned", "head out of range"),
-])
+@pytest.mark.parametrize(
+    "scenario,match",
+    [
+        ("pads", "misplaced pad"),
+        ("zero_fragments", "bad fragment sequence"),
+        ("tiny_fragments", "bad fragment sequence"),
+        ("huge_total", "larger than max_message"),
+        ("small_total", "needlessly fragmented"),
+        ("orphan_middle", "out of order"),
+        ("bad_kind", "unknown record kind"),
+        ("overrun", "overruns the ring"),
+        ("head_beyond", "head out of range"),
+        ("head_unaligned", "head out of range"),
+    ],
+)
 def test_crafted_records_give_protocol_errors(scenario, match):
     with Session() as s:
         ch = s.create_channel("raw", request_capacity=CAP, reply_capacity=CAP)
@@ -262,9 +269,30 @@ SLAB_SIZE = 1 << 14
 
 
 def _interesting(rng: random.Random, cap: int) -> int:
-    return rng.choice([0, 1, 7, 8, 9, 16, cap - 8, cap, cap + 8, 2 * cap, cap // 2, cap // 4,
-                       2**31, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 2**64 - 8,
-                       rng.getrandbits(64), rng.getrandbits(16) * 8])
+    return rng.choice(
+        [
+            0,
+            1,
+            7,
+            8,
+            9,
+            16,
+            cap - 8,
+            cap,
+            cap + 8,
+            2 * cap,
+            cap // 2,
+            cap // 4,
+            2**31,
+            2**32 - 1,
+            2**32,
+            2**63,
+            2**64 - 1,
+            2**64 - 8,
+            rng.getrandbits(64),
+            rng.getrandbits(16) * 8,
+        ]
+    )
 
 
 def peer_scribbler(session_dir: str, strategy: str, seed: str, duration: str) -> None:
@@ -288,7 +316,7 @@ def peer_scribbler(session_dir: str, strategy: str, seed: str, duration: str) ->
             if strategy == "server" and name.endswith(".chan"):
                 try:
                     attached[name] = Channel.attach(os.path.join(session_dir, name), watch_stdin=False)
-                except (ShmbenchError, OSError):       # refused, or already replaced
+                except (ShmbenchError, OSError):  # refused, or already replaced
                     pass
         for name, mm in list(maps.items()):
             size = len(mm)
@@ -296,38 +324,62 @@ def peer_scribbler(session_dir: str, strategy: str, seed: str, duration: str) ->
                 for _ in range(rng.randrange(1, 4)):
                     k = rng.randrange(1, 64)
                     off = rng.randrange(0, size - k)
-                    mm[off:off + k] = rng.randbytes(k)
+                    mm[off : off + k] = rng.randbytes(k)
             elif strategy in ("words", "server") and name != "slab":
                 ring = rng.choice((REQUEST, REPLY))
-                field = rng.choice((CTRL_HEAD, CTRL_TAIL, CTRL_DATA_SEQ, CTRL_DATA_SLEEPERS,
-                                    CTRL_SPACE_SEQ, CTRL_SPACE_SLEEPERS, None, None, "rec"))
+                field = rng.choice(
+                    (
+                        CTRL_HEAD,
+                        CTRL_TAIL,
+                        CTRL_DATA_SEQ,
+                        CTRL_DATA_SLEEPERS,
+                        CTRL_SPACE_SEQ,
+                        CTRL_SPACE_SLEEPERS,
+                        None,
+                        None,
+                        "rec",
+                    )
+                )
                 cap = FUZZ_REQ_CAP if ring == REQUEST else FUZZ_REP_CAP
-                if field is None:                                   # the state words
+                if field is None:  # the state words
                     struct.pack_into("<I", mm, OFF_STATE + 4 * rng.randrange(2), rng.choice((0, 1, 2, 3)))
-                elif field == "rec":                                # a record header in a ring
+                elif field == "rec":  # a record header in a ring
                     base = 4096 if ring == REQUEST else 4096 + FUZZ_REQ_CAP
                     tail = struct.unpack_from("<Q", mm, ctrl_offset(ring, CTRL_TAIL))[0]
-                    pos = (tail + 8 * rng.randrange(0, 4)) % cap & ~7     # tail may be scribbled
-                    struct.pack_into("<II", mm, base + pos, _interesting(rng, cap) & 0xFFFFFFFF,
-                                     rng.choice((1, 2, 3, 4, 5, 0, 6, rng.getrandbits(32))))
+                    pos = (tail + 8 * rng.randrange(0, 4)) % cap & ~7  # tail may be scribbled
+                    struct.pack_into(
+                        "<II",
+                        mm,
+                        base + pos,
+                        _interesting(rng, cap) & 0xFFFFFFFF,
+                        rng.choice((1, 2, 3, 4, 5, 0, 6, rng.getrandbits(32))),
+                    )
                 elif field in (CTRL_HEAD, CTRL_TAIL):
                     cur = struct.unpack_from("<Q", mm, ctrl_offset(ring, field))[0]
-                    val = rng.choice((cur + 8, cur - 8, cur + cap, cur + rng.getrandbits(8) * 8,
-                                      _interesting(rng, cap)))
+                    val = rng.choice(
+                        (cur + 8, cur - 8, cur + cap, cur + rng.getrandbits(8) * 8, _interesting(rng, cap))
+                    )
                     struct.pack_into("<Q", mm, ctrl_offset(ring, field), val % 2**64)
                 else:
                     struct.pack_into("<I", mm, ctrl_offset(ring, field), rng.getrandbits(32))
             elif name == "slab":
                 k = rng.randrange(1, 256)
                 off = rng.randrange(0, size - k)
-                mm[off:off + k] = rng.randbytes(k)
+                mm[off : off + k] = rng.randbytes(k)
         if strategy == "server":
             # between the scribbles, behave: send real messages (codec documents, big ones)
             for ch in list(attached.values()):
                 try:
                     if rng.random() < 0.5:
-                        ch.send(cd.encode({"obs": np.arange(rng.randrange(0, 5000), dtype=np.float32),
-                                           "info": ("t", rng.random(), [None, True, 2**70])}), timeout=0.01)
+                        ch.send(
+                            cd.encode(
+                                {
+                                    "obs": np.arange(rng.randrange(0, 5000), dtype=np.float32),
+                                    "info": ("t", rng.random(), [None, True, 2**70]),
+                                }
+                            ),
+                            timeout=0.01,
+                        )
                     else:
                         ch.send(rng.randbytes(rng.choice((0, 10, 9000, 40000))), timeout=0.01)
                     ch.recv(timeout=0)
@@ -352,17 +404,27 @@ def peer_fuzz_host(strategy: str, seed: str, duration: str) -> None:
     chans: list[Channel] = []
 
     def fresh() -> Channel:
-        ch = session.create_channel(f"f{len(chans)}", request_capacity=FUZZ_REQ_CAP,
-                                    reply_capacity=FUZZ_REP_CAP)
+        ch = session.create_channel(f"f{len(chans)}", request_capacity=FUZZ_REQ_CAP, reply_capacity=FUZZ_REP_CAP)
         ch.set_peer(death_fds=[os.pidfd_open(scribbler.pid)])
         ch.configure_wait(slice_ns=5_000_000)
         chans.append(ch)
         return ch
 
     scribbler = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; "
-         f"m.peer_scribbler(*sys.argv[2:])", PEER_TAG, str(session.path), strategy, seed, str(duration)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, bufsize=0)
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; m.peer_scribbler(*sys.argv[2:])",
+            PEER_TAG,
+            str(session.path),
+            strategy,
+            seed,
+            str(duration),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
     try:
         assert scribbler.stdout.readline().strip() == b"ready"
         ch = fresh()
@@ -397,14 +459,15 @@ def peer_fuzz_host(strategy: str, seed: str, duration: str) -> None:
                 else:
                     a = np.frombuffer(slab.buffer, dtype=np.float64)
                     counts["slab-nan"] += int(np.isnan(a).sum() > 0)
-                    cd.decode(slab.buffer[:SLAB_SIZE // 2]) if rng.random() < 0.1 else None
+                    cd.decode(slab.buffer[: SLAB_SIZE // 2]) if rng.random() < 0.1 else None
                 counts["ok:" + op] += 1
             except ShmbenchError as exc:
                 counts[type(exc).__name__] += 1
                 if isinstance(exc, PeerDied):
                     raise AssertionError("the scribbler died") from exc
-                if (isinstance(exc, (ProtocolError, ChannelClosed))
-                        or (isinstance(exc, ChannelTimeout) and "unusable" in str(exc))):
+                if isinstance(exc, (ProtocolError, ChannelClosed)) or (
+                    isinstance(exc, ChannelTimeout) and "unusable" in str(exc)
+                ):
                     # this channel is done for (broken, or closed by a forged state word):
                     # the next attack goes against a fresh one
                     ch.close()
@@ -428,19 +491,30 @@ FUZZ_SECONDS = 1.5
 @pytest.mark.parametrize("strategy", ["random", "words", "server"])
 def test_scribbling_peer_only_causes_shmbench_errors(strategy, seed):
     host = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c",
-         f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; "
-         f"m.peer_fuzz_host(*sys.argv[2:])", PEER_TAG, strategy, str(seed), str(FUZZ_SECONDS)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_fuzz as m; m.peer_fuzz_host(*sys.argv[2:])",
+            PEER_TAG,
+            strategy,
+            str(seed),
+            str(FUZZ_SECONDS),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     with reaped(host):
         status, out, err = finish(host, 60)
-    assert status == 0, f"host process failed ({status}): {err[-4000:]}"   # < 0: killed by a signal
+    assert status == 0, f"host process failed ({status}): {err[-4000:]}"  # < 0: killed by a signal
     result = json.loads(out.strip().splitlines()[-1])
     counts = result["counts"]
-    assert result["max_op"] < 1.0, result            # every call returned promptly
+    assert result["max_op"] < 1.0, result  # every call returned promptly
     ok = sum(v for k, v in counts.items() if k.startswith("ok:"))
     errors = sum(v for k, v in counts.items() if k[0].isupper() and k != "ChannelTimeout")
     assert ok > 50, counts
-    assert errors > 0, counts                         # the scribbling was noticed ...
-    assert result["channels"] > 1, result             # ... and broke channels, which were replaced
+    assert errors > 0, counts  # the scribbling was noticed ...
+    assert result["channels"] > 1, result  # ... and broke channels, which were replaced
     print(f"\n{strategy}/{seed}: {result}")

@@ -1,5 +1,4 @@
-"""shmbench.logs: the JSONL run log, written whole, read back tolerantly, never overwritten.
-"""
+"""shmbench.logs: the JSONL run log, written whole, read back tolerantly, never overwritten."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import pytest
 import runner_envs
 from run_helpers import (
     TESTS,
-    )
+)
 
 from shmbench.agents import RandomAgent, StaticAgent
 from shmbench.experiments.runner import (
@@ -27,10 +26,16 @@ def test_numpy_values_become_strict_json(tmp_path, monkeypatch):
     runner_envs.register()
     records = tmp_path / "records"
     records.mkdir()
-    (records / "np.json").write_text(json.dumps({
-        "identifier": "test:numpy", "benchmark": runner_envs.NUMPY_INFO_ID,
-        "log": ["reward", "action", "state", "info", "performance", "time"],
-        "seed": {"base": 3, "per_episode": "fixed"}}))
+    (records / "np.json").write_text(
+        json.dumps(
+            {
+                "identifier": "test:numpy",
+                "benchmark": runner_envs.NUMPY_INFO_ID,
+                "log": ["reward", "action", "state", "info", "performance", "time"],
+                "seed": {"base": 3, "per_episode": "fixed"},
+            }
+        )
+    )
     monkeypatch.setenv("SHMBENCH_EXPERIMENTS", str(records))
     with LocalRunner(experiment_identifier="test:numpy", log_dir=tmp_path / "logs") as runner:
         result = runner.run(StaticAgent(runner.get_environment(), np.int64(1)), 2)
@@ -45,27 +50,48 @@ def test_numpy_values_become_strict_json(tmp_path, monkeypatch):
     row0, row1, last = log.rows[0], log.rows[1], log.rows[3]
     assert row0["reward"]["values"] == [1.25] and row1["reward"]["values"] == ["NaN"]
     assert row0["action"]["values"] == [1] and row0["state"]["values"] == [[1.0, 1.0]]
-    assert row0["info"]["values"] == [{"arr": [0, 1, 2], "scalar": 0.5, "pair": [1, 2],
-                                       "raw": {"base64": "AAE="}, "3": "int key", "inf": "Infinity"}]
-    assert [r["instance"] for r in log.rows if r["step"] == 0] == [0, 1]   # inst_id, DACBench's name
+    assert row0["info"]["values"] == [
+        {"arr": [0, 1, 2], "scalar": 0.5, "pair": [1, 2], "raw": {"base64": "AAE="}, "3": "int key", "inf": "Infinity"}
+    ]
+    assert [r["instance"] for r in log.rows if r["step"] == 0] == [0, 1]  # inst_id, DACBench's name
     assert last["overall_performance"]["values"] == ["NaN"] and "overall_performance" not in row0
     assert "step_duration" in row0 and "episode_duration" in last and "episode_duration" not in row0
-    assert set(strip_volatile(last)) == {"episode", "step", "instance", "seed", "terminated", "truncated",
-                                         "reward", "action", "state", "info", "overall_performance"}
+    assert set(strip_volatile(last)) == {
+        "episode",
+        "step",
+        "instance",
+        "seed",
+        "terminated",
+        "truncated",
+        "reward",
+        "action",
+        "state",
+        "info",
+        "overall_performance",
+    }
     assert np.isnan(result.episode_rewards[0])
 
 
 def test_to_plain():
-    value = {1: np.float32(0.5), "a": (np.int8(3), np.array([[1, 2]], dtype=np.uint64)),
-             "b": [np.bool_(True), float("-inf"), None], "c": object}
+    value = {
+        1: np.float32(0.5),
+        "a": (np.int8(3), np.array([[1, 2]], dtype=np.uint64)),
+        "b": [np.bool_(True), float("-inf"), None],
+        "c": object,
+    }
     assert to_plain(value) == {"1": 0.5, "a": [3, [[1, 2]]], "b": [True, "-Infinity", None], "c": repr(object)}
     assert type(to_plain(np.float32(0.1))) is float and type(to_plain(np.int64(2))) is int
 
 
 def test_a_host_that_dies_mid_run_leaves_a_readable_prefix(tmp_path):
     path = tmp_path / "crash.jsonl"
-    proc = subprocess.run([sys.executable, "-c", f"import runner_envs; runner_envs.crash_run({str(path)!r}, 25)"],
-                          cwd=TESTS, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import runner_envs; runner_envs.crash_run({str(path)!r}, 25)"],
+        cwd=TESTS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 17, proc.stderr
     log = read_log(path)
     assert log.header["experiment_identifier"] == "exp:0.01" and log.end is None and not log.complete
@@ -88,8 +114,10 @@ def test_a_log_is_never_overwritten(tmp_path):
         with pytest.raises(FileExistsError):
             runner.run(RandomAgent(runner.get_environment()), 1)
     assert path.read_text() == "precious\n"
-    with LocalRunner(experiment_identifier="exp:0.01", log_dir=tmp_path) as a, \
-            LocalRunner(experiment_identifier="exp:0.01", log_dir=tmp_path) as b:
+    with (
+        LocalRunner(experiment_identifier="exp:0.01", log_dir=tmp_path) as a,
+        LocalRunner(experiment_identifier="exp:0.01", log_dir=tmp_path) as b,
+    ):
         ra = a.run(RandomAgent(a.get_environment()), 1)
         rb = b.run(RandomAgent(b.get_environment()), 1)
     assert ra.log_path != rb.log_path and read_log(ra.log_path).complete and read_log(rb.log_path).complete

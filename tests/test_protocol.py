@@ -1,5 +1,4 @@
-"""shmbench.wire.protocol: the opcodes and reply heads agree with ring.h; replies are read strictly.
-"""
+"""shmbench.wire.protocol: the opcodes and reply heads agree with ring.h; replies are read strictly."""
 
 from __future__ import annotations
 

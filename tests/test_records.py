@@ -98,7 +98,8 @@ def test_shipped_exp_0_01_identity_is_pinned():
         '{"benchmark":"shmbench/Sigmoid-v0","config":{"action_values":[5,10],"cutoff":10,'
         '"instance_set_path":"sigmoid_2d_default.csv","instance_update_func":"round_robin",'
         '"slope_multiplier":2.0},"identifier":"exp:0.01","log":["reward","action","state"],'
-        '"seed":{"base":0,"per_episode":"once"},"wrappers":[]}')
+        '"seed":{"base":0,"per_episode":"once"},"wrappers":[]}'
+    )
     assert record.canonical_hash() == "sha256:" + hashlib.sha256(record.canonical_json().encode()).hexdigest()
 
 
@@ -167,8 +168,13 @@ def index_body(*records: dict) -> bytes:
 
 
 def test_remote_index_and_its_cached_copy(monkeypatch):
-    server = FileServer({"/index.json": index_body(minimal(identifier="exp:0.01", description="from index"),
-                                                   minimal(identifier="exp:remote"))})
+    server = FileServer(
+        {
+            "/index.json": index_body(
+                minimal(identifier="exp:0.01", description="from index"), minimal(identifier="exp:remote")
+            )
+        }
+    )
     try:
         monkeypatch.setenv(INDEX_ENV, server.url("/index.json"))
         record = resolve("exp:0.01")  # the index beats the shipped record
@@ -259,13 +265,18 @@ def test_hash_covers_the_spec_but_not_the_prose():
     assert digest(config={"cutoff": 10.0}) != base  # a float is not an int: another experiment
     assert digest(config={"cutoff": 10}, seed={"base": 1}) != base
     # Writing a default out explicitly is the same spec.
-    assert digest(config={"cutoff": 10}, seed={"base": 0, "per_episode": "increment"}, wrappers=[],
-                  log=["reward"]) == base
+    assert (
+        digest(config={"cutoff": 10}, seed={"base": 0, "per_episode": "increment"}, wrappers=[], log=["reward"]) == base
+    )
 
 
 def test_round_trip_and_immutability():
-    data = minimal(config={"nested": {"list": [1, 2]}}, image={"ref": "https://x.org/a.sif", "digest": DIGEST},
-                   wrappers=[{"name": "ClipAction"}], description="d")
+    data = minimal(
+        config={"nested": {"list": [1, 2]}},
+        image={"ref": "https://x.org/a.sif", "digest": DIGEST},
+        wrappers=[{"name": "ClipAction"}],
+        description="d",
+    )
     record = parse_record(data)
     assert parse_record(record.to_dict()) == record
     data["config"]["nested"]["list"].append(3)  # the record holds its own copy
@@ -289,35 +300,41 @@ def test_seed_policies():
 BASE = 'identifier = "exp:bad"\nbenchmark = "shmbench/Sigmoid-v0"\n'
 
 
-@pytest.mark.parametrize("text, field, problem", [
-    (BASE + 'colour = "red"\n', "colour", "unknown field"),
-    ('benchmark = "CartPole-v1"\n', "identifier", "missing"),
-    ('identifier = "exp:bad"\n', "benchmark", "missing"),
-    (BASE.replace("exp:bad", "exp bad"), "identifier", "not an identifier"),
-    (BASE.replace("shmbench/Sigmoid-v0", "my_module:MyEnv-v0"), "benchmark", "no import paths"),
-    (BASE + 'config = "cutoff=3"\n', "config", "table"),
-    (BASE + "[config]\nwhen = 2024-01-01\n", "config.when", "not a JSON value"),
-    (BASE + "[config]\nx = nan\n", "config.x", "finite"),
-    (BASE + "[config]\nx = [1, inf]\n", "config.x[1]", "finite"),
-    (BASE + "[seed]\nbase = -1\n", "seed.base", "integer"),
-    (BASE + "[seed]\nbase = true\n", "seed.base", "integer"),
-    (BASE + '[seed]\nper_episode = "random"\n', "seed.per_episode", "increment"),
-    (BASE + "[seed]\nstart = 3\n", "seed.start", "unknown field"),
-    (BASE + '[[wrappers]]\nname = "pkg.evil:Wrapper"\n', "wrappers[0].name", "not an allowed wrapper"),
-    (BASE + '[[wrappers]]\nname = "TimeLimit"\nkwargs = {at = 2024-01-01}\n', "wrappers[0].kwargs.at",
-     "not a JSON value"),
-    (BASE + '[[wrappers]]\nname = "TimeLimit"\nargs = [5]\n', "wrappers[0].args", "unknown field"),
-    (BASE + 'wrappers = ["TimeLimit"]\n', "wrappers[0]", "table"),
-    (BASE + 'log = ["reward", "gradients"]\n', "log", "not a loggable field"),
-    (BASE + 'log = ["reward", "reward"]\n', "log", "twice"),
-    (BASE + 'log = "reward"\n', "log", "list of strings"),
-    (BASE + '[image]\nref = "oras://ghcr.io/shmbench/light:0.1"\n', "image.digest", "missing"),
-    (BASE + '[image]\nref = "oras://ghcr.io/shmbench/light:0.1"\ndigest = "md5:00"\n', "image.digest", "sha256"),
-    (BASE + f'[image]\nref = "docker://ubuntu"\ndigest = "{DIGEST}"\n', "image.ref", "apptainer push"),
-    (BASE + f'[image]\nref = "oras://h.io/x:1"\ndigest = "{DIGEST}"\nsize = 3\n', "image.size", "unknown field"),
-    (BASE + 'image = "oras://h.io/x:1"\n', "image", "table"),
-    (BASE + "description = 3\n", "description", "string"),
-])
+@pytest.mark.parametrize(
+    "text, field, problem",
+    [
+        (BASE + 'colour = "red"\n', "colour", "unknown field"),
+        ('benchmark = "CartPole-v1"\n', "identifier", "missing"),
+        ('identifier = "exp:bad"\n', "benchmark", "missing"),
+        (BASE.replace("exp:bad", "exp bad"), "identifier", "not an identifier"),
+        (BASE.replace("shmbench/Sigmoid-v0", "my_module:MyEnv-v0"), "benchmark", "no import paths"),
+        (BASE + 'config = "cutoff=3"\n', "config", "table"),
+        (BASE + "[config]\nwhen = 2024-01-01\n", "config.when", "not a JSON value"),
+        (BASE + "[config]\nx = nan\n", "config.x", "finite"),
+        (BASE + "[config]\nx = [1, inf]\n", "config.x[1]", "finite"),
+        (BASE + "[seed]\nbase = -1\n", "seed.base", "integer"),
+        (BASE + "[seed]\nbase = true\n", "seed.base", "integer"),
+        (BASE + '[seed]\nper_episode = "random"\n', "seed.per_episode", "increment"),
+        (BASE + "[seed]\nstart = 3\n", "seed.start", "unknown field"),
+        (BASE + '[[wrappers]]\nname = "pkg.evil:Wrapper"\n', "wrappers[0].name", "not an allowed wrapper"),
+        (
+            BASE + '[[wrappers]]\nname = "TimeLimit"\nkwargs = {at = 2024-01-01}\n',
+            "wrappers[0].kwargs.at",
+            "not a JSON value",
+        ),
+        (BASE + '[[wrappers]]\nname = "TimeLimit"\nargs = [5]\n', "wrappers[0].args", "unknown field"),
+        (BASE + 'wrappers = ["TimeLimit"]\n', "wrappers[0]", "table"),
+        (BASE + 'log = ["reward", "gradients"]\n', "log", "not a loggable field"),
+        (BASE + 'log = ["reward", "reward"]\n', "log", "twice"),
+        (BASE + 'log = "reward"\n', "log", "list of strings"),
+        (BASE + '[image]\nref = "oras://ghcr.io/shmbench/light:0.1"\n', "image.digest", "missing"),
+        (BASE + '[image]\nref = "oras://ghcr.io/shmbench/light:0.1"\ndigest = "md5:00"\n', "image.digest", "sha256"),
+        (BASE + f'[image]\nref = "docker://ubuntu"\ndigest = "{DIGEST}"\n', "image.ref", "apptainer push"),
+        (BASE + f'[image]\nref = "oras://h.io/x:1"\ndigest = "{DIGEST}"\nsize = 3\n', "image.size", "unknown field"),
+        (BASE + 'image = "oras://h.io/x:1"\n', "image", "table"),
+        (BASE + "description = 3\n", "description", "string"),
+    ],
+)
 def test_malformed_record_names_file_and_field(tmp_path, text, field, problem):
     path = write(tmp_path, "bad.toml", text)
     with pytest.raises(ExperimentError) as info:
@@ -328,14 +345,17 @@ def test_malformed_record_names_file_and_field(tmp_path, text, field, problem):
     assert problem in message
 
 
-@pytest.mark.parametrize("name, text, problem", [
-    ("syntax.toml", "identifier = \n", "not valid TOML"),
-    ("syntax.json", "{", "not valid JSON"),
-    ("dup.json", '{"identifier": "exp:a", "identifier": "exp:b", "benchmark": "x"}', "appears twice"),
-    ("nan.json", '{"identifier": "exp:a", "benchmark": "x", "config": {"x": NaN}}', "NaN"),
-    ("list.json", "[]", "table/object"),
-    ("record.yaml", "identifier: exp:a", ".toml or .json"),
-])
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [
+        ("syntax.toml", "identifier = \n", "not valid TOML"),
+        ("syntax.json", "{", "not valid JSON"),
+        ("dup.json", '{"identifier": "exp:a", "identifier": "exp:b", "benchmark": "x"}', "appears twice"),
+        ("nan.json", '{"identifier": "exp:a", "benchmark": "x", "config": {"x": NaN}}', "NaN"),
+        ("list.json", "[]", "table/object"),
+        ("record.yaml", "identifier: exp:a", ".toml or .json"),
+    ],
+)
 def test_unreadable_record_files(tmp_path, name, text, problem):
     path = write(tmp_path, name, text)
     with pytest.raises(ExperimentError, match=problem) as info:
@@ -343,10 +363,21 @@ def test_unreadable_record_files(tmp_path, name, text, problem):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("value", [
-    (1, 2), {1, 2}, float("inf"), -math.inf, math.nan, b"bytes", object(), {1: "int key"}, [1, (2,)],
-    {"a": {"b": [float("nan")]}},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, 2),
+        {1, 2},
+        float("inf"),
+        -math.inf,
+        math.nan,
+        b"bytes",
+        object(),
+        {1: "int key"},
+        [1, (2,)],
+        {"a": {"b": [float("nan")]}},
+    ],
+)
 def test_non_json_config_values_are_rejected(value):
     with pytest.raises(ExperimentError, match="config"):
         ExperimentRecord(identifier="exp:x", benchmark="CartPole-v1", config={"v": value})

@@ -37,19 +37,29 @@ def prune(data: dict) -> dict:
     """The parts of a pytest-benchmark JSON file that the report reads."""
     machine = dict(data.get("machine_info") or {})
     if isinstance(machine.get("cpu"), dict):
-        machine["cpu"] = {k: v for k, v in machine["cpu"].items() if k in ("brand_raw", "count", "arch", "hz_advertised_friendly")}
+        machine["cpu"] = {
+            k: v for k, v in machine["cpu"].items() if k in ("brand_raw", "count", "arch", "hz_advertised_friendly")
+        }
     return {
-        "_note": data.get("_note") or (
+        "_note": data.get("_note")
+        or (
             "A real run of `shmbench bench` (python -m shmbench.perf.bench) on the 2-vCPU "
             "development VM, pruned by tests/test_report.py:prune (raw timings, options, "
-            "nested extra_info and CPU flags dropped)."),
+            "nested extra_info and CPU flags dropped)."
+        ),
         "machine_info": machine,
-        "commit_info": {k: v for k, v in (data.get("commit_info") or {}).items() if k in ("id", "dirty", "branch", "time")},
-        "benchmarks": [{
-            "group": b.get("group"), "name": b.get("name"),
-            "extra_info": {k: v for k, v in (b.get("extra_info") or {}).items() if not isinstance(v, (dict, list))},
-            "stats": {k: b["stats"][k] for k in _KEEP_STATS if k in b["stats"]},
-        } for b in data["benchmarks"]],
+        "commit_info": {
+            k: v for k, v in (data.get("commit_info") or {}).items() if k in ("id", "dirty", "branch", "time")
+        },
+        "benchmarks": [
+            {
+                "group": b.get("group"),
+                "name": b.get("name"),
+                "extra_info": {k: v for k, v in (b.get("extra_info") or {}).items() if not isinstance(v, (dict, list))},
+                "stats": {k: b["stats"][k] for k in _KEEP_STATS if k in b["stats"]},
+            }
+            for b in data["benchmarks"]
+        ],
         "datetime": data.get("datetime"),
         "version": data.get("version"),
     }
@@ -150,7 +160,8 @@ def test_report_structure(sample, tmp_path):
     header, _, *rows = _tables(sections["cartpole"])[0]
     row = next(r for r in rows if r[0] == "shmbench-process")
     assert float(row[header.index("× native")].replace(",", "")) == pytest.approx(
-        med["shmbench-process"] / med["native"], rel=0.01)
+        med["shmbench-process"] / med["native"], rel=0.01
+    )
     targets = _tables(sections["Issue targets"])[0]
     assert targets[0] == ["target", "measured", "goal", "met"]
     assert all(r[3] in ("yes", "no") for r in targets[2:])
@@ -174,7 +185,9 @@ def test_plots_open_with_the_expected_size(sample, tmp_path):
 
 def test_several_runs_are_compared_within_each_run(sample, tmp_path):
     other = dict(sample)
-    other["benchmarks"] = [dict(b, stats=dict(b["stats"], median=b["stats"]["median"] * 2)) for b in sample["benchmarks"]]
+    other["benchmarks"] = [
+        dict(b, stats=dict(b["stats"], median=b["stats"]["median"] * 2)) for b in sample["benchmarks"]
+    ]
     second = tmp_path / "slower.json"
     second.write_text(json.dumps(other))
     md = rep.write_report([SAMPLE, second], tmp_path / "out").read_text()
@@ -187,23 +200,53 @@ def test_several_runs_are_compared_within_each_run(sample, tmp_path):
 
 
 def _bench(group, name, median, **extra):
-    return {"group": group, "name": name, "extra_info": extra,
-            "stats": {"median": median, "iqr": median / 10, "rounds": 100}}
+    return {
+        "group": group,
+        "name": name,
+        "extra_info": extra,
+        "stats": {"median": median, "iqr": median / 10, "rounds": 100},
+    }
 
 
 def test_generic_groups_get_tables(tmp_path):
     """The channel suite's shape: no native row, peers named by method."""
-    data = {"machine_info": {"node": "box"}, "benchmarks": [
-        _bench("roundtrip-16B", "test_rt[spin]", 2e-6, workload="roundtrip-16B", method="shmbench-spin", payload_bytes=16),
-        _bench("roundtrip-16B", "test_rt[pipe]", 90e-6, workload="roundtrip-16B", method="pipe", payload_bytes=16),
-        _bench("roundtrip-16B", "test_rt[posix]", 80e-6, workload="roundtrip-16B", method="posix_ipc", payload_bytes=16),
-        _bench("roundtrip-16B", "test_rt[c]", 1e-6, workload="roundtrip-16B", method="c-futex", payload_bytes=16),
-        _bench("roundtrip-1MiB", "test_rt1m[spin]", 100e-6, workload="roundtrip-1MiB", method="shmbench-spin",
-               payload_bytes=1 << 20, peer=False),
-        _bench("roundtrip-1MiB", "test_rt1m[pipe]", 400e-6, workload="roundtrip-1MiB", method="pipe",
-               payload_bytes=1 << 20, peer=True),
-        _bench(None, "test_unlabelled", 5e-6),
-    ]}
+    data = {
+        "machine_info": {"node": "box"},
+        "benchmarks": [
+            _bench(
+                "roundtrip-16B",
+                "test_rt[spin]",
+                2e-6,
+                workload="roundtrip-16B",
+                method="shmbench-spin",
+                payload_bytes=16,
+            ),
+            _bench("roundtrip-16B", "test_rt[pipe]", 90e-6, workload="roundtrip-16B", method="pipe", payload_bytes=16),
+            _bench(
+                "roundtrip-16B", "test_rt[posix]", 80e-6, workload="roundtrip-16B", method="posix_ipc", payload_bytes=16
+            ),
+            _bench("roundtrip-16B", "test_rt[c]", 1e-6, workload="roundtrip-16B", method="c-futex", payload_bytes=16),
+            _bench(
+                "roundtrip-1MiB",
+                "test_rt1m[spin]",
+                100e-6,
+                workload="roundtrip-1MiB",
+                method="shmbench-spin",
+                payload_bytes=1 << 20,
+                peer=False,
+            ),
+            _bench(
+                "roundtrip-1MiB",
+                "test_rt1m[pipe]",
+                400e-6,
+                workload="roundtrip-1MiB",
+                method="pipe",
+                payload_bytes=1 << 20,
+                peer=True,
+            ),
+            _bench(None, "test_unlabelled", 5e-6),
+        ],
+    }
     path = tmp_path / "channel.json"
     path.write_text(json.dumps(data))
     md = rep.write_report([path], tmp_path / "out").read_text()
@@ -216,7 +259,7 @@ def test_generic_groups_get_tables(tmp_path):
     header, _, *rows = _tables(sections["roundtrip-1MiB"])[0]
     assert header[-1] == "GB/s" and "× pipe" in header
     spin = next(r for r in rows if r[0] == "shmbench-spin")
-    assert spin[-1] == "10.5"                       # 1 MiB per 100 µs
+    assert spin[-1] == "10.5"  # 1 MiB per 100 µs
     assert "test_unlabelled" in sections["Other benchmarks"]
     assert "Issue targets" not in sections
     assert (tmp_path / "out" / "step-time.png").is_file()

@@ -1,5 +1,4 @@
-"""shmbench.experiments.runner: LocalRunner and RemoteRunner end to end, logged on the host.
-"""
+"""shmbench.experiments.runner: LocalRunner and RemoteRunner end to end, logged on the host."""
 
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ def test_seed_workflow_logs_every_step_and_matches_a_native_loop(runtime, tmp_pa
     assert header["image"] is None and header["image_digest"] is None
     assert header["runtime"]["name"] == runtime and header["runtime"]["image_used"] is False
     assert set(header["server"]) == {"python", "numpy", "gymnasium", "shmbench"}
-    assert header["server"] == header["host"]    # host root: the same interpreter's packages
+    assert header["server"] == header["host"]  # host root: the same interpreter's packages
     assert "started_at" in header
 
     assert len(log.runs) == 1 and log.runs[0]["episodes"] == 10
@@ -56,8 +55,17 @@ def test_seed_workflow_logs_every_step_and_matches_a_native_loop(runtime, tmp_pa
     assert [r["instance"] for r in log.rows[::10]] == list(range(10))
     assert [(r["episode"], r["step"]) for r in log.rows] == [(e, s) for e in range(10) for s in range(10)]
     assert all(r["truncated"] == (r["step"] == 9) and r["terminated"] is False for r in log.rows)
-    assert set(log.rows[0]) == {"episode", "step", "instance", "seed", "terminated", "truncated",
-                                "reward", "action", "state"}
+    assert set(log.rows[0]) == {
+        "episode",
+        "step",
+        "instance",
+        "seed",
+        "terminated",
+        "truncated",
+        "reward",
+        "action",
+        "state",
+    }
     assert log.end["episode_rewards"] == result.episode_rewards
 
     # the agent is seeded from the remote env's seed, as it would be from a local one
@@ -69,7 +77,7 @@ def test_seed_workflow_logs_every_step_and_matches_a_native_loop(runtime, tmp_pa
     for episode in range(10):
         env.reset(seed=42 if episode == 0 else None)
         total = 0.0
-        for row in log.rows[episode * 10:(episode + 1) * 10]:
+        for row in log.rows[episode * 10 : (episode + 1) * 10]:
             obs, reward, _terminated, _truncated, _ = env.step(np.array(row["action"]["values"][0]))
             assert row["state"]["values"][0] == obs.tolist()
             assert row["reward"]["values"][0] == reward
@@ -100,7 +108,9 @@ def test_process_and_bwrap_logs_differ_only_in_timestamps_and_runtime(tmp_path):
     assert process.header["runtime"]["name"] == "process" and bwrap.header["runtime"]["name"] == "bwrap"
     assert bwrap.header["runtime"]["isolated"] is True
     assert strip_volatile(without(process.header, "runtime")) == strip_volatile(without(bwrap.header, "runtime"))
-    assert strip_volatile(process.rows + process.runs + [process.end]) == strip_volatile(bwrap.rows + bwrap.runs + [bwrap.end])
+    assert strip_volatile(process.rows + process.runs + [process.end]) == strip_volatile(
+        bwrap.rows + bwrap.runs + [bwrap.end]
+    )
 
 
 def test_local_runner_rows_equal_remote_runner_rows(tmp_path):
@@ -167,8 +177,9 @@ def test_a_user_record_image_is_pulled_recorded_and_not_run_by_the_process_runti
     records, digest = user_record(tmp_path, b"not really a SIF, but pinned\n")
     monkeypatch.setenv("SHMBENCH_EXPERIMENTS", str(records))
     with pytest.warns(RuntimeWarning, match="process runtime runs the env on the host"):
-        runner = RemoteRunner(experiment_identifier="exp:0.01", runtime="process", log_dir=tmp_path / "logs",
-                              progress=False)
+        runner = RemoteRunner(
+            experiment_identifier="exp:0.01", runtime="process", log_dir=tmp_path / "logs", progress=False
+        )
     with runner:
         cached = tmp_path / "cache" / "images" / ("sha256-" + digest.split(":")[1])
         assert runner.image_path == cached and cached.read_bytes() == b"not really a SIF, but pinned\n"
@@ -188,7 +199,8 @@ def test_an_image_with_the_wrong_digest_starts_nothing(tmp_path, monkeypatch):
     with pytest.raises(DigestMismatch):
         RemoteRunner(experiment_identifier="exp:0.01", runtime="process", log_dir=tmp_path, progress=False)
     assert not (tmp_path / "cache" / "images").exists() or not any(
-        p.name.startswith("sha256-") for p in (tmp_path / "cache" / "images").iterdir())
+        p.name.startswith("sha256-") for p in (tmp_path / "cache" / "images").iterdir()
+    )
 
 
 def test_offline_refuses_an_image_that_is_not_cached(tmp_path, monkeypatch):
@@ -202,10 +214,13 @@ def test_an_explicit_local_image_overrides_the_record_and_is_hashed(tmp_path):
     image = tmp_path / "local.sif"
     image.write_bytes(b"local image")
     with pytest.warns(RuntimeWarning, match="process runtime"):
-        runner = RemoteRunner(experiment_identifier="exp:0.01", runtime="process", image=image,
-                              log_dir=tmp_path, progress=False)
+        runner = RemoteRunner(
+            experiment_identifier="exp:0.01", runtime="process", image=image, log_dir=tmp_path, progress=False
+        )
     with runner:
-        assert runner.image_path == image and runner.image_digest == "sha256:" + hashlib.sha256(b"local image").hexdigest()
+        assert (
+            runner.image_path == image and runner.image_digest == "sha256:" + hashlib.sha256(b"local image").hexdigest()
+        )
         assert runner.experiment.overrides == {"image": {"ref": str(image)}}
         header = runner.header()
     assert header["image_digest"] == runner.image_digest
@@ -226,7 +241,8 @@ def test_record_wrappers_apply_to_local_and_remote_envs(tmp_path, monkeypatch):
     records.mkdir()
     (records / "clip.toml").write_text(
         'identifier = "exp:clip"\nbenchmark = "shmbench/Sigmoid-v0"\n'
-        '[[wrappers]]\nname = "ClipReward"\nkwargs = { min_reward = 0.0, max_reward = 0.5 }\n')
+        '[[wrappers]]\nname = "ClipReward"\nkwargs = { min_reward = 0.0, max_reward = 0.5 }\n'
+    )
     monkeypatch.setenv("SHMBENCH_EXPERIMENTS", str(records))
     results = []
     for cls, kwargs in ((LocalRunner, {}), (RemoteRunner, {"runtime": "process"})):
@@ -249,12 +265,14 @@ def test_make_agent_checks_its_description():
     a = make_agent({"type": "random", "action_space": space, "seed": 1})
     b = RandomAgent(holder(space), seed=1)
     assert [a.act(None, 0).tolist() for _ in range(5)] == [b.act(None, 0).tolist() for _ in range(5)]
-    for bad, match in [({"type": "random", "action_space": space, "seed": -1}, "seed"),
-                       ({"type": "random", "action_space": space, "seed": True}, "seed"),
-                       ({"type": "random", "action_space": space, "entry_point": "os:system"}, "unknown key"),
-                       ({"type": "static", "action_space": space}, "'action' is required"),
-                       ({"type": "random", "action_space": {"type": "Nope"}}, "bad action_space"),
-                       ({"type": "random"}, "'action_space' is required"),
-                       (["random"], "must be a dict")]:
+    for bad, match in [
+        ({"type": "random", "action_space": space, "seed": -1}, "seed"),
+        ({"type": "random", "action_space": space, "seed": True}, "seed"),
+        ({"type": "random", "action_space": space, "entry_point": "os:system"}, "unknown key"),
+        ({"type": "static", "action_space": space}, "'action' is required"),
+        ({"type": "random", "action_space": {"type": "Nope"}}, "bad action_space"),
+        ({"type": "random"}, "'action_space' is required"),
+        (["random"], "must be a dict"),
+    ]:
         with pytest.raises(ExperimentError, match=match):
             make_agent(bad)

@@ -22,19 +22,19 @@ def probes(monkeypatch):
 def test_auto_prefers_apptainer_for_images_then_bwrap_then_a_process(probes):
     probes.update(apptainer=(True, "ok"), bwrap=(True, "ok"), process=(True, "ok"))
     assert select.choose("auto", image="x.sif") == "apptainer"
-    assert select.choose("auto") == "bwrap"                      # no image: not apptainer
+    assert select.choose("auto") == "bwrap"  # no image: not apptainer
     probes["bwrap"] = (False, "no user namespaces")
     assert select.choose("auto") == "process"
     probes["apptainer"] = (False, "not installed")
     with pytest.raises(RuntimeUnavailable, match="no runtime can run image 'x.sif'.*no user namespaces"):
-        select.choose("auto", image="x.sif")                     # never a plain process for an image
+        select.choose("auto", image="x.sif")  # never a plain process for an image
 
 
 def test_the_environment_variable_and_explicit_names(probes, monkeypatch):
     probes.update(bwrap=(True, "ok"), process=(True, "ok"))
     monkeypatch.setenv("SHMBENCH_RUNTIME", "process")
     assert select.choose("auto") == "process"
-    assert select.choose("bwrap") == "bwrap"                     # an explicit name wins over it
+    assert select.choose("bwrap") == "bwrap"  # an explicit name wins over it
     with pytest.raises(RuntimeUnavailable, match="'apptainer' does not work here: apptainer is not here"):
         select.choose("apptainer")
     with pytest.raises(ValueError, match="unknown runtime 'docker'"):

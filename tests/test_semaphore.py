@@ -30,11 +30,14 @@ from channel_peers import PEER_TAG, finish, read_line, reaped, say  # noqa: E402
 
 
 def spawn(func: str, *args, stdin=subprocess.PIPE, prefix=()) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_semaphore as m; "
-            f"m.peer_{func}(*sys.argv[2:])")
-    return subprocess.Popen([*prefix, sys.executable, "-X", "faulthandler", "-c", code, PEER_TAG,
-                             *map(str, args)],
-                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_semaphore as m; m.peer_{func}(*sys.argv[2:])"
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-X", "faulthandler", "-c", code, PEER_TAG, *map(str, args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
 
 
 def our_semaphores() -> set[str]:
@@ -82,7 +85,7 @@ def test_round_trips_small_and_fragmented():
 
 def test_a_sleeping_receiver_is_woken_by_the_post_not_the_slice():
     with host_and_peer("echo") as (ch, peer):
-        ch.slice_s = 5.0          # a wake-up that waited for the slice would take seconds
+        ch.slice_s = 5.0  # a wake-up that waited for the slice would take seconds
         for _ in range(20):
             t = time.monotonic()
             assert bytes(ch.call(b"ping", timeout=10)) == b"ping"
@@ -127,15 +130,15 @@ def test_posts_do_not_pile_up():
         with h, sv:
             for i in range(100):
                 h.send(b"%d" % i)
-            assert sv._mine.value == 1          # one pending wake-up covers them all
+            assert sv._mine.value == 1  # one pending wake-up covers them all
             assert [bytes(sv.recv(timeout=0)) for _ in range(100)] == [b"%d" % i for i in range(100)]
-            assert sv._mine.value == 0          # ... and was consumed with them
+            assert sv._mine.value == 0  # ... and was consumed with them
             with pytest.raises(ChannelTimeout):
                 sv.recv(timeout=0.05)
 
 
 def peer_blocked(path: str) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if inherited as ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     ch = SemaphoreChannel.attach(path)
     ch.send(b"ready")
     say("waiting")
@@ -194,10 +197,10 @@ def test_killed_host_semaphores_are_swept_after_gc():
     with reaped(spawn("host", stdin=subprocess.DEVNULL)) as host:
         path = Path(read_line(host))
         assert len(our_semaphores() - before) == 2
-        assert sweep(channel_base()) == []                      # its session lives: hands off
+        assert sweep(channel_base()) == []  # its session lives: hands off
         host.kill()
         host.wait(10)
-    assert len(our_semaphores() - before) == 2     # a killed host cannot unlink them
+    assert len(our_semaphores() - before) == 2  # a killed host cannot unlink them
     assert path.parent in gc()
     swept = sweep(channel_base())
     assert len(swept) == 2 and all(name.startswith("/shmbench-") for name in swept)
@@ -212,7 +215,7 @@ def test_close_unlinks_the_semaphores_and_their_file():
         assert Path(str(h.path) + ".sem").exists()
         sv = SemaphoreChannel.attach(h.path, watch_stdin=False)
         sv.close()
-        assert len(our_semaphores() - before) == 2   # the server does not own them
+        assert len(our_semaphores() - before) == 2  # the server does not own them
         h.close()
         h.close()
         assert our_semaphores() <= before
@@ -264,9 +267,22 @@ def test_semaphores_do_not_cross_a_private_dev_shm(tmp_path):
         sem = SemaphoreChannel.create(s.channel_path("sem"))
         futex = Channel.create(s.channel_path("futex"))
         with sem, futex:
-            proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
-                                     CONTAIN_SCRIPT, str(s.path), str(bound), PEER_TAG],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                [
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    sys.executable,
+                    "-c",
+                    CONTAIN_SCRIPT,
+                    str(s.path),
+                    str(bound),
+                    PEER_TAG,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             with reaped(proc):
                 assert bytes(futex.recv(timeout=30)) == b"futex wake-ups work here"
                 futex.send(b"and back")

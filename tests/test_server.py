@@ -21,8 +21,14 @@ from shmbench.wire.protocol import Opcode, Status
 
 
 def run_server(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shmbench.server", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "shmbench.server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_usage_without_a_channel():
@@ -40,8 +46,12 @@ def test_a_channel_that_cannot_be_attached(tmp_path):
 
 def _serve(session: Session, name: str = "w0") -> tuple[object, subprocess.Popen]:
     channel = session.create_channel(name)
-    proc = subprocess.Popen([sys.executable, "-m", "shmbench.server", str(channel.path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmbench.server", str(channel.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return channel, proc
 
 
@@ -50,7 +60,10 @@ def test_ping_echo_close_and_exit_status():
         channel, proc = _serve(session)
         try:
             assert bytes(channel.call(bytes((Opcode.PING, 0)), timeout=60)) == bytes((Status.OK,))
-            assert bytes(channel.call(bytes((Opcode.ECHO, 0)) + b"payload", timeout=10)) == bytes((Status.OK,)) + b"payload"
+            assert (
+                bytes(channel.call(bytes((Opcode.ECHO, 0)) + b"payload", timeout=10))
+                == bytes((Status.OK,)) + b"payload"
+            )
             assert bytes(channel.call(bytes((Opcode.CLOSE, 0)), timeout=10)) == bytes((Status.OK,))
             assert proc.wait(timeout=10) == 0
         finally:
@@ -64,7 +77,7 @@ def test_a_protocol_violation_ends_the_server_with_status_3():
     with Session() as session:
         channel, proc = _serve(session)
         try:
-            channel.send(bytes((200, 0)), timeout=60)       # no such opcode
+            channel.send(bytes((200, 0)), timeout=60)  # no such opcode
             assert proc.wait(timeout=60) == 3
             assert "protocol error from the host: unknown opcode 200" in proc.stderr.read().decode()
         finally:
@@ -78,6 +91,7 @@ def test_a_protocol_violation_ends_the_server_with_status_3():
 # the server runs the host's shmbench, from any working directory
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_make_from_inside_an_unbuilt_checkout_with_a_non_editable_install(tmp_path, shmbench_wheel):
     """A user who installed shmbench (not editable) and works inside a clone of its repository.
@@ -88,20 +102,36 @@ def test_make_from_inside_an_unbuilt_checkout_with_a_non_editable_install(tmp_pa
     still resolve as it does on the host.
     """
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
-                    "--target", str(site), str(shmbench_wheel)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(site),
+            str(shmbench_wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
     clone = tmp_path / "clone"
-    shutil.copytree(REPO / "shmbench", clone / "shmbench",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(REPO / "shmbench", clone / "shmbench", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     (clone / "scripts").mkdir()
-    (clone / "scripts" / "usermod.py").write_text(textwrap.dedent("""
+    (clone / "scripts" / "usermod.py").write_text(
+        textwrap.dedent("""
         import gymnasium
         class UserEnv(gymnasium.Wrapper):
             def __init__(self):
                 super().__init__(gymnasium.make("CartPole-v1"))
-    """))
-    script = clone / "scripts" / "run.py"      # its directory holds the user's module
-    script.write_text(textwrap.dedent("""
+    """)
+    )
+    script = clone / "scripts" / "run.py"  # its directory holds the user's module
+    script.write_text(
+        textwrap.dedent("""
         import os
         import shmbench
         assert shmbench.__file__.startswith(os.environ["SITE"]), shmbench.__file__
@@ -110,13 +140,20 @@ def test_make_from_inside_an_unbuilt_checkout_with_a_non_editable_install(tmp_pa
                 obs, _ = env.reset(seed=0)
                 env.step(0)
                 print(env_id, "ok", env.server_info["shmbench"])
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=str(site), SITE=str(site))
-    proc = subprocess.run([sys.executable, str(script)], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=clone, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CartPole-v1 ok" in proc.stdout and "usermod:UserEnv ok" in proc.stdout
     # and the clone really is unimportable: that is what the server had to avoid
-    broken = subprocess.run([sys.executable, "-c", "import shmbench.transport.channel"], cwd=clone,
-                            capture_output=True, text=True, timeout=60)
+    broken = subprocess.run(
+        [sys.executable, "-c", "import shmbench.transport.channel"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert broken.returncode != 0 and "is not built" in broken.stderr

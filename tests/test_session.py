@@ -1,5 +1,4 @@
-"""shmbench.transport.session (and channel files): session directories, attaching, full tmpfs, gc.
-"""
+"""shmbench.transport.session (and channel files): session directories, attaching, full tmpfs, gc."""
 
 from __future__ import annotations
 
@@ -37,12 +36,12 @@ def test_stale_session_of_a_killed_host_is_reclaimed_by_gc():
         path = Path(read_line(host))
         session_dir = path.parent
         assert session_dir.exists()
-        assert reap_session(session_dir) is False     # its host lives: hands off
+        assert reap_session(session_dir) is False  # its host lives: hands off
         assert session_dir.exists()
         host.kill()
         host.wait(10)
-    assert session_dir.exists()                        # nobody cleaned up yet
-    removed = gc()                                      # its host.lock is free now
+    assert session_dir.exists()  # nobody cleaned up yet
+    removed = gc()  # its host.lock is free now
     assert session_dir in removed
     assert not session_dir.exists()
 
@@ -86,14 +85,17 @@ def test_full_tmpfs_gives_channel_full_not_sigbus(tmp_path):
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.decode().strip()}")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
-                           FULL_TMPFS_SCRIPT, str(mnt)], capture_output=True, timeout=60)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", FULL_TMPFS_SCRIPT, str(mnt)],
+        capture_output=True,
+        timeout=60,
+    )
     out = proc.stdout.decode()
-    assert proc.returncode == 0, (proc.returncode, out, proc.stderr.decode())   # -7 = SIGBUS
+    assert proc.returncode == 0, (proc.returncode, out, proc.stderr.decode())  # -7 = SIGBUS
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
     assert lines["full1"].startswith("28 ") and "cannot reserve" in lines["full1"]
-    assert lines["left1"] == "['host.lock']"          # the failed file was removed
-    assert 2 <= int(lines["full2"]) < 8               # some fit, then the tmpfs was full
+    assert lines["left1"] == "['host.lock']"  # the failed file was removed
+    assert 2 <= int(lines["full2"]) < 8  # some fit, then the tmpfs was full
     assert "full3" in out and "done" in out
     assert lines["left2"] == "['host.lock']"
 
@@ -101,21 +103,24 @@ def test_full_tmpfs_gives_channel_full_not_sigbus(tmp_path):
 def _attach_error(path: Path) -> str:
     with pytest.raises(ChannelMismatch) as info:
         Channel.attach(path, watch_stdin=False)
-    assert not Path(str(path) + ".lock").exists()     # a refused attach takes no lock
+    assert not Path(str(path) + ".lock").exists()  # a refused attach takes no lock
     return str(info.value)
 
 
-@pytest.mark.parametrize("field,value,fmt,match", [
-    (OFF_MAGIC, 0x1234, "<Q", "not a shmbench channel file"),
-    (OFF_VERSION, 99, "<I", "layout version 99 .* use the same shmbench release"),
-    (OFF_HEADER_SIZE, 8192, "<I", "header 8192 bytes"),
-    (OFF_RING_CAPACITY, 5000, "<Q", "impossible ring geometry"),
-    (OFF_RING_CAPACITY + 8, 1 << 40, "<Q", "impossible ring geometry"),
-    (OFF_RING_OFFSET, 4100, "<Q", "impossible ring geometry"),
-    (OFF_RING_OFFSET + 8, 4096, "<Q", "overlapping rings"),
-    (OFF_FILE_SIZE, 1 << 30, "<Q", "claims"),
-    (ctrl_offset(REQUEST, CTRL_TAIL), 64, "<Q", "already used"),
-])
+@pytest.mark.parametrize(
+    "field,value,fmt,match",
+    [
+        (OFF_MAGIC, 0x1234, "<Q", "not a shmbench channel file"),
+        (OFF_VERSION, 99, "<I", "layout version 99 .* use the same shmbench release"),
+        (OFF_HEADER_SIZE, 8192, "<I", "header 8192 bytes"),
+        (OFF_RING_CAPACITY, 5000, "<Q", "impossible ring geometry"),
+        (OFF_RING_CAPACITY + 8, 1 << 40, "<Q", "impossible ring geometry"),
+        (OFF_RING_OFFSET, 4100, "<Q", "impossible ring geometry"),
+        (OFF_RING_OFFSET + 8, 4096, "<Q", "overlapping rings"),
+        (OFF_FILE_SIZE, 1 << 30, "<Q", "claims"),
+        (ctrl_offset(REQUEST, CTRL_TAIL), 64, "<Q", "already used"),
+    ],
+)
 def test_attach_refuses_a_mismatched_header(field, value, fmt, match):
     with Session() as s:
         h = s.create_channel("m", request_capacity=1 << 14, reply_capacity=1 << 14)
@@ -126,6 +131,7 @@ def test_attach_refuses_a_mismatched_header(field, value, fmt, match):
             finally:
                 os.close(fd)
             import re
+
             assert re.search(match, _attach_error(h.path))
 
 

@@ -30,8 +30,9 @@ from shmbench.images.store import file_digest
 
 def siftool_offsets(path: Path) -> dict[int, tuple[int, int]]:
     """{object id: (offset, size)} as siftool itself reads them (the reference parser)."""
-    out = subprocess.run([require_tool("siftool"), "list", str(path)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [require_tool("siftool"), "list", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     result = {}
     for m in re.finditer(r"^(\d+)\s*\|[^|]*\|[^|]*\|(\d+)-(\d+)\s*\|", out, re.M):
         obj, start, end = map(int, m.groups())
@@ -40,6 +41,7 @@ def siftool_offsets(path: Path) -> dict[int, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------- parsing
+
 
 def test_parses_header_and_descriptors_like_siftool(small_sif: Path) -> None:
     image = read_sif(small_sif)
@@ -50,8 +52,7 @@ def test_parses_header_and_descriptors_like_siftool(small_sif: Path) -> None:
     assert [d.datatype for d in image.descriptors] == [DataType.DEFFILE, DataType.PARTITION]
     deffile, part = image.descriptors
     assert image.read_object(deffile) == b"Bootstrap: scratch\n"
-    assert (part.fs_type, part.part_type, part.arch) == (FsType.SQUASHFS,
-                                                         PartType.PRIMARY_SYSTEM, "amd64")
+    assert (part.fs_type, part.part_type, part.arch) == (FsType.SQUASHFS, PartType.PRIMARY_SYSTEM, "amd64")
     assert part.group_id == 1
     reference = siftool_offsets(small_sif)
     assert {d.id: (d.offset, d.size) for d in image.descriptors} == reference
@@ -136,7 +137,7 @@ def _check(data: bytes) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(min_value=0, max_value=2**40))
 def test_every_truncation_is_an_image_error(sif_bytes: bytes, cut: int) -> None:
-    cut %= len(sif_bytes)          # any proper prefix (the partition runs to the end)
+    cut %= len(sif_bytes)  # any proper prefix (the partition runs to the end)
     with tempfile.NamedTemporaryFile(suffix=".sif") as f:
         f.write(sif_bytes[:cut])
         f.flush()
@@ -145,10 +146,14 @@ def test_every_truncation_is_an_image_error(sif_bytes: bytes, cut: int) -> None:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.integers(min_value=0, max_value=4096 + 3 * 585),
-                                st.integers(min_value=0, max_value=255)), min_size=1, max_size=8))
-def test_corrupt_header_or_descriptors_never_escape(sif_bytes: bytes,
-                                                    flips: list[tuple[int, int]]) -> None:
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=4096 + 3 * 585), st.integers(min_value=0, max_value=255)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_corrupt_header_or_descriptors_never_escape(sif_bytes: bytes, flips: list[tuple[int, int]]) -> None:
     data = bytearray(sif_bytes)
     for position, value in flips:
         data[position] = value
@@ -157,18 +162,19 @@ def test_corrupt_header_or_descriptors_never_escape(sif_bytes: bytes,
 
 def test_huge_descriptor_fields_are_rejected(small_sif: Path) -> None:
     data = bytearray(small_sif.read_bytes())
-    part = 4096 + 585                              # the second descriptor
-    data[part + 17:part + 25] = (2**62).to_bytes(8, "little")       # its offset
+    part = 4096 + 585  # the second descriptor
+    data[part + 17 : part + 25] = (2**62).to_bytes(8, "little")  # its offset
     small_sif.write_bytes(bytes(data))
     with pytest.raises(ImageError, match="truncated or corrupt"):
         read_sif(small_sif)
-    data[88:96] = (2**40).to_bytes(8, "little")    # descriptor count
+    data[88:96] = (2**40).to_bytes(8, "little")  # descriptor count
     small_sif.write_bytes(bytes(data))
     with pytest.raises(ImageError, match="descriptor count"):
         read_sif(small_sif)
 
 
 # ------------------------------------------------------------------------ unpacking
+
 
 @pytest.fixture
 def counting_unsquashfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -198,7 +204,7 @@ def test_unpack_makes_a_usable_harmless_tree(small_sif: Path, tmp_path: Path) ->
     assert stat.S_IMODE(secret.stat().st_mode) & 0o044 == 0o044
     assert stat.S_IMODE((rootfs / "root").stat().st_mode) & 0o055 == 0o055
     tool = rootfs / "usr" / "bin" / "tool"
-    assert stat.S_IMODE(tool.stat().st_mode) == 0o755            # set-uid gone
+    assert stat.S_IMODE(tool.stat().st_mode) == 0o755  # set-uid gone
     assert os.readlink(rootfs / "bin") == "usr/bin"
     assert not os.path.lexists(rootfs / "etc" / "fifo")
     assert (rootfs / "dev").is_dir() and (rootfs / "shmbench").is_dir()
@@ -212,8 +218,9 @@ def test_unpack_is_cached(small_sif: Path, tmp_path: Path, counting_unsquashfs: 
     assert _runs(counting_unsquashfs) == 1
 
 
-def test_default_cache_dir_follows_the_environment(small_sif: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cache_dir_follows_the_environment(
+    small_sif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHMBENCH_CACHE_DIR", str(tmp_path / "root"))
     rootfs = unpack_sif(small_sif)
     assert rootfs.parent == tmp_path / "root" / "unpacked"
@@ -227,21 +234,30 @@ print(unpack_sif(sys.argv[1], sys.argv[2]))
 """
 
 
-def test_concurrent_unpacks_unpack_once(small_sif: Path, tmp_path: Path,
-                                        counting_unsquashfs: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])))
+def test_concurrent_unpacks_unpack_once(small_sif: Path, tmp_path: Path, counting_unsquashfs: Path) -> None:
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+        ),
+    )
     cache = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", _UNPACK_CHILD, str(small_sif), str(cache)],
-                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UNPACK_CHILD, str(small_sif), str(cache)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outputs[0] == outputs[1] == str(cache / file_digest(small_sif).split(":", 1)[1])
     assert _runs(counting_unsquashfs) == 1
 
 
-def test_missing_unsquashfs(small_sif: Path, tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_unsquashfs(small_sif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ImageError, match="unsquashfs not found.*squashfs-tools"):
         unpack_sif(small_sif, tmp_path / "cache")
@@ -251,7 +267,7 @@ def test_failing_unsquashfs_leaves_nothing_behind(small_sif: Path, tmp_path: Pat
     # A partition that claims to be squashfs and starts like one, but is cut short.
     offset, size = find_squashfs(small_sif)
     data = bytearray(small_sif.read_bytes())
-    data[offset + 4:offset + size] = b"\xff" * (size - 4)
+    data[offset + 4 : offset + size] = b"\xff" * (size - 4)
     small_sif.write_bytes(bytes(data))
     with pytest.raises(ImageError, match="unsquashfs failed"):
         unpack_sif(small_sif, tmp_path / "cache")
@@ -262,13 +278,23 @@ def test_failing_unsquashfs_leaves_nothing_behind(small_sif: Path, tmp_path: Pat
 def test_unpacked_tree_is_readable_by_an_unprivileged_user(small_sif: Path) -> None:
     """Unpacked as root, read as nobody: what a user's bwrap sees of a shared cache."""
     setpriv = require_tool("setpriv")
-    with tempfile.TemporaryDirectory() as shared:   # tmp_path is private to this user
+    with tempfile.TemporaryDirectory() as shared:  # tmp_path is private to this user
         os.chmod(shared, 0o755)
         rootfs = unpack_sif(small_sif, Path(shared) / "cache")
         os.chmod(Path(shared) / "cache", 0o755)
         proc = subprocess.run(
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
-             str(rootfs / "root" / "secret"), str(rootfs / "etc" / "hello.txt")],
-            capture_output=True, text=True, check=False)
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "cat",
+                str(rootfs / "root" / "secret"),
+                str(rootfs / "etc" / "hello.txt"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == "only root could read this\nhello from the image\n"

@@ -40,7 +40,7 @@ def test_describe_rebuild_round_trip_through_the_codec(space):
     rebuilt = rebuild(codec.decode(codec.encode(describe(space))))
     assert type(rebuilt) is type(space) and rebuilt == space
     if isinstance(space, spaces.Dict):
-        assert list(rebuilt.spaces) == list(space.spaces)      # key order is the leaf order
+        assert list(rebuilt.spaces) == list(space.spaces)  # key order is the leaf order
 
 
 def test_an_unsupported_space_is_named():
@@ -51,16 +51,19 @@ def test_an_unsupported_space_is_named():
         describe(Odd())
 
 
-@pytest.mark.parametrize("desc, match", [
-    ("Box", "malformed"),
-    ({"type": "Nope"}, "unknown space type"),
-    ({"type": "Box", "low": [0], "high": [1], "dtype": "<f4"}, "bad Box bounds"),
-    ({"type": "Box", "low": np.zeros(2), "high": np.zeros(3), "dtype": "<f4"}, "bad Box bounds"),
-    ({"type": "MultiBinary", "n": [1 << 20, 1 << 20]}, "too large"),
-    ({"type": "MultiBinary", "n": [-1]}, "bad space shape"),
-    ({"type": "Discrete", "n": "x", "start": 0}, "bad Discrete space description"),
-    ({"type": "Dict", "spaces": {"a": 1}}, "bad Dict space"),
-])
+@pytest.mark.parametrize(
+    "desc, match",
+    [
+        ("Box", "malformed"),
+        ({"type": "Nope"}, "unknown space type"),
+        ({"type": "Box", "low": [0], "high": [1], "dtype": "<f4"}, "bad Box bounds"),
+        ({"type": "Box", "low": np.zeros(2), "high": np.zeros(3), "dtype": "<f4"}, "bad Box bounds"),
+        ({"type": "MultiBinary", "n": [1 << 20, 1 << 20]}, "too large"),
+        ({"type": "MultiBinary", "n": [-1]}, "bad space shape"),
+        ({"type": "Discrete", "n": "x", "start": 0}, "bad Discrete space description"),
+        ({"type": "Dict", "spaces": {"a": 1}}, "bad Dict space"),
+    ],
+)
 def test_malformed_descriptions_are_protocol_errors(desc, match):
     with pytest.raises(ProtocolError, match=match):
         rebuild(desc)
@@ -77,7 +80,9 @@ def test_deep_nesting_is_refused():
 def test_leaves_and_kinds():
     space = SPACES[7]
     assert [(leaf.path, leaf.dtype, leaf.shape) for leaf in leaves(space)] == [
-        ((0,), np.dtype(np.float64), (2,)), ((1, "x"), np.dtype(np.int8), (4,))]
+        ((0,), np.dtype(np.float64), (2,)),
+        ((1, "x"), np.dtype(np.int8), (4,)),
+    ]
     assert leaves(spaces.Text(4)) is None
     assert [leaf_kind(s) for s in (SPACES[0], SPACES[2], SPACES[6], SPACES[7])] == ["array", "discrete", "tree", "tree"]
 

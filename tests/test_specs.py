@@ -15,8 +15,16 @@ def test_a_registered_spec_round_trips():
     fields = codec.decode(codec.encode(describe_spec(env, codec)))
     spec = rebuild_spec(fields)
     native = env.spec
-    for name in ("id", "entry_point", "reward_threshold", "nondeterministic", "max_episode_steps",
-                 "order_enforce", "disable_env_checker", "kwargs"):
+    for name in (
+        "id",
+        "entry_point",
+        "reward_threshold",
+        "nondeterministic",
+        "max_episode_steps",
+        "order_enforce",
+        "disable_env_checker",
+        "kwargs",
+    ):
         assert getattr(spec, name) == getattr(native, name), name
     assert [w.name for w in spec.additional_wrappers] == [w.name for w in native.additional_wrappers]
     env.close()
@@ -37,5 +45,5 @@ def test_values_the_codec_cannot_carry_are_dropped():
 def test_no_spec_and_malformed_descriptions():
     assert describe_spec(object(), Codec()) is None
     assert rebuild_spec(None) is None
-    assert rebuild_spec({"entry_point": "x:y"}) is None      # no id: not a spec
+    assert rebuild_spec({"entry_point": "x:y"}) is None  # no id: not a spec
     assert rebuild_spec("CartPole-v1") is None

@@ -1,5 +1,4 @@
-"""shmbench.images.store: the cache's listing and removal, the one file digest, make_once.
-"""
+"""shmbench.images.store: the cache's listing and removal, the one file digest, make_once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""shmbench.wire.strict_json: the one check and parser for data that crosses a trust boundary.
-"""
+"""shmbench.wire.strict_json: the one check and parser for data that crosses a trust boundary."""
 
 from __future__ import annotations
 
@@ -13,17 +12,33 @@ from shmbench.wire.strict_json import MAX_DEPTH, loads, strict_json
 
 
 def test_strict_json_normalises_tuples_and_numpy():
-    value = {"a": (1, 2), "b": np.int64(3), "c": np.float32(0.5), "d": np.array([1.5, 2.0]),
-             "e": [None, True, "x", {"f": np.bool_(False)}]}
+    value = {
+        "a": (1, 2),
+        "b": np.int64(3),
+        "c": np.float32(0.5),
+        "d": np.array([1.5, 2.0]),
+        "e": [None, True, "x", {"f": np.bool_(False)}],
+    }
     out = strict_json(value)
     assert out == {"a": [1, 2], "b": 3, "c": 0.5, "d": [1.5, 2.0], "e": [None, True, "x", {"f": False}]}
     assert type(out["b"]) is int and type(out["e"][3]["f"]) is bool
 
 
-@pytest.mark.parametrize("bad", [
-    float("nan"), float("inf"), {1: "x"}, {"k": {2, 3}}, b"bytes", object(), print, int,
-    {"nested": [[np.array(["s"])]]}, np.float64("-inf"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        float("nan"),
+        float("inf"),
+        {1: "x"},
+        {"k": {2, 3}},
+        b"bytes",
+        object(),
+        print,
+        int,
+        {"nested": [[np.array(["s"])]]},
+        np.float64("-inf"),
+    ],
+)
 def test_strict_json_refuses_non_json(bad):
     with pytest.raises(ExperimentError):
         strict_json({"key": bad})

@@ -124,7 +124,7 @@ def test_remote_error_in_one_env_and_worker_death():
         envs.reset(seed=0)
         with pytest.raises(RemoteEnvError, match="action 0 is not allowed"):
             envs.step(np.array([1, 1, 0, 1]))
-        obs, *_ = envs.step(np.array([1, 1, 1, 1]))   # all workers answered: still in step
+        obs, *_ = envs.step(np.array([1, 1, 1, 1]))  # all workers answered: still in step
         assert obs.shape == (4, 2)
         os.kill(server_pid_of(envs, 1), signal.SIGKILL)
         t0 = time.monotonic()

@@ -49,15 +49,15 @@ def test_an_env_error_is_raised_and_the_worker_stays_usable(worker):
 
 
 def test_a_timeout_breaks_the_worker_and_names_the_wait(worker):
-    worker.request(Opcode.PING)                       # the server is up...
-    os.kill(worker.process.pid, signal.SIGSTOP)       # ...and now cannot answer
+    worker.request(Opcode.PING)  # the server is up...
+    os.kill(worker.process.pid, signal.SIGSTOP)  # ...and now cannot answer
     try:
         worker.send(Opcode.PING)
         with pytest.raises(ChannelTimeout, match=r"did not answer within 0.2 s; the worker is now marked broken"):
             worker.receive(0.2)
         assert worker.state is WorkerState.BROKEN
         with pytest.raises(ChannelTimeout, match="broken after an earlier timeout"):
-            worker.request(Opcode.PING)               # a late reply is never read as the next one
+            worker.request(Opcode.PING)  # a late reply is never read as the next one
     finally:
         os.kill(worker.process.pid, signal.SIGCONT)
 
@@ -68,7 +68,7 @@ def test_a_dead_server_becomes_peer_died_with_status_and_log(worker):
     with pytest.raises(PeerDied) as info:
         worker.request(Opcode.PING)
     assert info.value.exit_status == -signal.SIGKILL and "worker 0 (process runtime" in str(info.value)
-    assert "shmbench server pid" in info.value.log_tail         # the server's first log line
+    assert "shmbench server pid" in info.value.log_tail  # the server's first log line
     assert worker.state is WorkerState.DEAD
     with pytest.raises(PeerDied, match="is gone"):
         worker.send(Opcode.PING)

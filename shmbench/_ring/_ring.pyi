@@ -68,12 +68,22 @@ class Channel:
         release(), or a copy for a fragmented message."""
     def call(self, data: ReadableBuffer, /, timeout: float | None = None) -> memoryview:
         """send() then recv(); the timeout bounds the whole round trip."""
-    def reply_step(self, obs: object, reward: object, terminated: object, truncated: object,
-                   info: object, dst: object, timeout: float | None = None, /) -> memoryview | None:
+    def reply_step(
+        self,
+        obs: object,
+        reward: object,
+        terminated: object,
+        truncated: object,
+        info: object,
+        dst: object,
+        timeout: float | None = None,
+        /,
+    ) -> memoryview | None:
         """Server fast path: copy obs into dst, send the 16-byte step reply and receive the
         next request; None (nothing done) unless the result is the common case."""
-    def call_step(self, request: ReadableBuffer, dst: object, copy: bool, timeout: float | None = None,
-                  /) -> tuple[object, float, bool, bool, dict[str, object]] | memoryview:
+    def call_step(
+        self, request: ReadableBuffer, dst: object, copy: bool, timeout: float | None = None, /
+    ) -> tuple[object, float, bool, bool, dict[str, object]] | memoryview:
         """Host fast path: call(request); the finished step tuple for the common reply,
         else the raw reply."""
     def release(self) -> None:
@@ -88,9 +98,7 @@ class Channel:
         """How to notice a dead peer: fds polled for any event, and the peer's lock file
         (held with flock(LOCK_EX) while it lives). The channel owns and closes them."""
     def peer_alive(self) -> bool: ...
-    def configure_wait(
-        self, /, spin_ns: int = 100000, adaptive: bool = True, slice_ns: int = 50000000
-    ) -> None:
+    def configure_wait(self, /, spin_ns: int = 100000, adaptive: bool = True, slice_ns: int = 50000000) -> None:
         """Spin at most spin_ns (0: block at once), learn the typical wait if adaptive,
         check liveness every slice_ns while sleeping."""
     def stats(self) -> WaitStats: ...

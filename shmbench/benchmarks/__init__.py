@@ -69,8 +69,9 @@ def canonical_id(benchmark_id: str) -> str:
     return _SHORT_IDS.get(benchmark_id, benchmark_id)
 
 
-def make_benchmark_env(benchmark_id: str, config: Mapping[str, Any] | None = None,
-                       seed: int | None = None) -> gymnasium.Env:
+def make_benchmark_env(
+    benchmark_id: str, config: Mapping[str, Any] | None = None, seed: int | None = None
+) -> gymnasium.Env:
     """Build the env a benchmark description names; this runs inside the container.
 
     Args:

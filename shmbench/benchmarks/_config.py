@@ -52,9 +52,7 @@ def merge_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | Non
     checked = strict_json(overrides, where=f"{benchmark} config")
     unknown = sorted(set(checked) - set(merged))
     if unknown:
-        raise ExperimentError(
-            f"{benchmark} config has unknown key(s) {unknown}; known keys: {sorted(merged)}"
-        )
+        raise ExperimentError(f"{benchmark} config has unknown key(s) {unknown}; known keys: {sorted(merged)}")
     merged.update(checked)
     return merged
 
@@ -63,8 +61,15 @@ def _where(benchmark: str, key: str) -> str:
     return f"{benchmark} config[{key!r}]"
 
 
-def get_int(config: Mapping[str, Any], key: str, *, benchmark: str, minimum: int | None = None,
-            maximum: int | None = None, allow_none: bool = False) -> int | None:
+def get_int(
+    config: Mapping[str, Any],
+    key: str,
+    *,
+    benchmark: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
     """Return ``config[key]`` as an int within bounds (bools are not ints here)."""
     value = config[key]
     if value is None and allow_none:
@@ -93,8 +98,12 @@ def get_number(config: Mapping[str, Any], key: str, *, benchmark: str, minimum: 
 def get_range(config: Mapping[str, Any], key: str, *, benchmark: str) -> list[float]:
     """Return ``config[key]`` as ``[low, high]`` floats with ``low <= high`` (a reward range)."""
     value = config[key]
-    if (not isinstance(value, list) or len(value) != 2
-            or any(type(v) not in (int, float) for v in value) or value[0] > value[1]):
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or any(type(v) not in (int, float) for v in value)
+        or value[0] > value[1]
+    ):
         raise ExperimentError(f"{_where(benchmark, key)} must be [low, high] with low <= high, got {value!r}")
     return [float(value[0]), float(value[1])]
 

@@ -74,8 +74,9 @@ def read_instance_csv(path: str | Path, *, benchmark: str, names: Sequence[str] 
     return instances
 
 
-def _named_rows(handle: Iterable[str], path: str | Path, benchmark: str,
-                names: Sequence[str]) -> Iterator[tuple[int, int, list[float]]]:
+def _named_rows(
+    handle: Iterable[str], path: str | Path, benchmark: str, names: Sequence[str]
+) -> Iterator[tuple[int, int, list[float]]]:
     reader = csv.DictReader(handle)
     columns = ("ID", *names)
     missing = set(columns) - set(reader.fieldnames or ())
@@ -153,8 +154,13 @@ def inline_instances(value: Any, *, benchmark: str, names: Sequence[str] | None 
     return instances
 
 
-def raw_instances(cfg: Mapping[str, Any], *, benchmark: str, names: Sequence[str] | None = None,
-                  fallback: Callable[[], tuple[Instances, str]]) -> tuple[Instances, str]:
+def raw_instances(
+    cfg: Mapping[str, Any],
+    *,
+    benchmark: str,
+    names: Sequence[str] | None = None,
+    fallback: Callable[[], tuple[Instances, str]],
+) -> tuple[Instances, str]:
     """The instance set a resolved config names, unchecked, and a description of its source.
 
     The source (``"config['instance_set']"``, the file's path, or what ``fallback`` says)

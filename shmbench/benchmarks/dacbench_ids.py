@@ -44,16 +44,19 @@ __all__ = ["DACBENCH_IDS", "SPACE_CLASSES", "DTYPES", "filter_dacbench_config", 
 
 #: Whitelisted id -> (module, class) inside the ``dacbench`` package.
 DACBENCH_IDS: dict[str, tuple[str, str]] = {
-    "dacbench/FunctionApproximation": ("dacbench.benchmarks.function_approximation_benchmark",
-                                       "FunctionApproximationBenchmark"),
+    "dacbench/FunctionApproximation": (
+        "dacbench.benchmarks.function_approximation_benchmark",
+        "FunctionApproximationBenchmark",
+    ),
     "dacbench/Luby": ("dacbench.benchmarks.luby_benchmark", "LubyBenchmark"),
     "dacbench/ToySGD": ("dacbench.benchmarks.toysgd_benchmark", "ToySGDBenchmark"),
     "dacbench/Theory": ("dacbench.benchmarks.theory_benchmark", "TheoryBenchmark"),
 }
 
 SPACE_CLASSES = frozenset({"Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict"})
-DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                    "uint8", "uint16", "uint32", "uint64"})
+DTYPES = frozenset(
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+)
 
 _CODE_KEYS = {
     "wrappers": "DACBench rebuilds wrappers by importing modules named in the config",
@@ -134,8 +137,11 @@ def filter_dacbench_config(benchmark_id: str, config: Mapping[str, Any] | None) 
     if "observation_space_type" in cfg:
         allowed = {None, "None"} | {f"<class 'numpy.{name}'>" for name in DTYPES}
         if cfg["observation_space_type"] not in allowed:
-            raise _refuse(benchmark_id, "observation_space_type",
-                          f"{cfg['observation_space_type']!r} is not None or \"<class 'numpy.<dtype>'>\"")
+            raise _refuse(
+                benchmark_id,
+                "observation_space_type",
+                f"{cfg['observation_space_type']!r} is not None or \"<class 'numpy.<dtype>'>\"",
+            )
     if "config_space" in cfg and not isinstance(cfg["config_space"], dict):
         raise _refuse(benchmark_id, "config_space", "must be ConfigSpace's JSON object")
     if benchmark_id == "dacbench/Theory":
@@ -157,8 +163,7 @@ def _benchmark_class(benchmark_id: str) -> type:
     except ModuleNotFoundError as exc:
         if exc.name is not None and (exc.name == "dacbench" or exc.name.startswith("dacbench.")):
             raise ExperimentError(
-                f"{benchmark_id} needs DACBench where the env runs (inside the container): "
-                "install shmbench[dacbench]"
+                f"{benchmark_id} needs DACBench where the env runs (inside the container): install shmbench[dacbench]"
             ) from exc
         raise ExperimentError(f"{benchmark_id}: DACBench is installed but cannot be imported: {exc}") from exc
     except ImportError as exc:
@@ -166,8 +171,9 @@ def _benchmark_class(benchmark_id: str) -> type:
     return getattr(module, class_name)
 
 
-def make_dacbench_env(benchmark_id: str, config: Mapping[str, Any] | None = None,
-                      seed: int | None = None) -> gymnasium.Env:
+def make_dacbench_env(
+    benchmark_id: str, config: Mapping[str, Any] | None = None, seed: int | None = None
+) -> gymnasium.Env:
     """Build a whitelisted DACBench benchmark's env from filtered JSON overrides.
 
     The overrides go through DACBench's own ``from_json`` (so list values become arrays and

@@ -172,8 +172,11 @@ class DACBenchmark:
         return {"benchmark": self.benchmark_id, "config": cfg, "seed": cfg["seed"]}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DACBenchmark) and type(self) is type(other) and (
-            self.serialize_config() == other.serialize_config())
+        return (
+            isinstance(other, DACBenchmark)
+            and type(self) is type(other)
+            and (self.serialize_config() == other.serialize_config())
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like a dict
 

@@ -142,8 +142,9 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, tuple[float, float]]:
         ExperimentError: for malformed instances, or ones whose drift would index past the
             ``2 * cutoff + 1`` precomputed elements within ``min_steps`` steps.
     """
-    raw, source = _instances.raw_instances(cfg, benchmark=BENCHMARK, names=INSTANCE_VALUES,
-                                           fallback=lambda: ({0: [0.0, 0.0]}, "the default instance"))
+    raw, source = _instances.raw_instances(
+        cfg, benchmark=BENCHMARK, names=INSTANCE_VALUES, fallback=lambda: ({0: [0.0, 0.0]}, "the default instance")
+    )
     length = 2 * cfg["cutoff"] + 1
     instances = {}
     for inst_id in sorted(raw):
@@ -203,7 +204,9 @@ class LubyEnv(_instances.InstanceSetEnv[np.ndarray, np.int64]):
         """The action that would be rewarded 0 at the next step (``log2`` of the next element)."""
         return int(self._goal)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode on the next instance.
 
         Args:

@@ -123,8 +123,9 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return cfg
 
 
-def generate_instances(n: int, dimensions: int, *, cutoff: int, slope_multiplier: float,
-                       seed: int | None) -> dict[int, list[float]]:
+def generate_instances(
+    n: int, dimensions: int, *, cutoff: int, slope_multiplier: float, seed: int | None
+) -> dict[int, list[float]]:
     """Sample ``n`` instances as DACBench's paper setting does.
 
     Shifts ~ Normal(T/2, T/4); slopes = (random sign) * Uniform(0, 1) * slope_multiplier.
@@ -163,9 +164,16 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, np.ndarray]:
     k = len(cfg["action_values"])
 
     def generated() -> tuple[dict[int, list[float]], str]:
-        return (generate_instances(cfg["n_instances"], k, cutoff=cfg["cutoff"],
-                                   slope_multiplier=cfg["slope_multiplier"], seed=cfg["instance_seed"]),
-                f"instances generated from instance_seed={cfg['instance_seed']}")
+        return (
+            generate_instances(
+                cfg["n_instances"],
+                k,
+                cutoff=cfg["cutoff"],
+                slope_multiplier=cfg["slope_multiplier"],
+                seed=cfg["instance_seed"],
+            ),
+            f"instances generated from instance_seed={cfg['instance_seed']}",
+        )
 
     raw, source = _instances.raw_instances(cfg, benchmark=BENCHMARK, fallback=generated)
     instances = {}
@@ -178,7 +186,9 @@ def load_instances(cfg: Mapping[str, Any]) -> dict[int, np.ndarray]:
                 f"(shifts then slopes)"
             )
         if not np.all(np.isfinite(values)) or np.any(np.abs(values) > _F32_MAX):
-            raise ExperimentError(f"{BENCHMARK}: instance {inst_id} of {source} has values outside float32: {values.tolist()}")
+            raise ExperimentError(
+                f"{BENCHMARK}: instance {inst_id} of {source} has values outside float32: {values.tolist()}"
+            )
         values.setflags(write=False)
         instances[inst_id] = values
     return instances
@@ -217,7 +227,9 @@ class SigmoidEnv(_instances.InstanceSetEnv[np.ndarray, np.ndarray]):
 
     # -- episode ------------------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode on the next instance.
 
         Args:
@@ -227,7 +239,7 @@ class SigmoidEnv(_instances.InstanceSetEnv[np.ndarray, np.ndarray]):
         """
         instance = self._next_instance(seed, options)
         self._shifts = instance[: self._k].copy()
-        self._slopes = instance[self._k:].copy()
+        self._slopes = instance[self._k :].copy()
         self._t = 0
         self._last_action = None
         self._running = True
@@ -263,7 +275,7 @@ class SigmoidEnv(_instances.InstanceSetEnv[np.ndarray, np.ndarray]):
     def _observation(self) -> np.ndarray:
         obs = np.empty(1 + 3 * self._k, dtype=np.float32)
         obs[0] = self._cutoff - self._t
-        obs[1: 1 + 2 * self._k: 2] = self._shifts
-        obs[2: 2 + 2 * self._k: 2] = self._slopes
-        obs[1 + 2 * self._k:] = -1 if self._last_action is None else self._last_action
+        obs[1 : 1 + 2 * self._k : 2] = self._shifts
+        obs[2 : 2 + 2 * self._k : 2] = self._slopes
+        obs[1 + 2 * self._k :] = -1 if self._last_action is None else self._last_action
         return obs

@@ -96,6 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe")
     p.add_argument("-o", "--output", required=True, help="the SIF file to write")
     p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--builder", choices=["auto", "apptainer", "native"], default="auto",
-                   help="native: debootstrap + bwrap + siftool, no Apptainer (root only)")
+    p.add_argument(
+        "--builder",
+        choices=["auto", "apptainer", "native"],
+        default="auto",
+        help="native: debootstrap + bwrap + siftool, no Apptainer (root only)",
+    )
     p.set_defaults(func=cmd_build)

@@ -13,8 +13,14 @@ import numpy as np
 from shmbench.errors import ExperimentError, ShmbenchError
 from shmbench.experiments.runner import DEFAULT_LOG_DIR, EpisodeResult, LocalRunner, RemoteRunner, Runner, RunResult
 
-__all__ = ["add_experiment_arguments", "add_run_arguments", "parse_config_items", "register",
-           "run_command", "runner_from_args"]
+__all__ = [
+    "add_experiment_arguments",
+    "add_run_arguments",
+    "parse_config_items",
+    "register",
+    "run_command",
+    "runner_from_args",
+]
 
 _RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "local")
 
@@ -23,18 +29,33 @@ _RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "loc
 # `shmbench run`
 # ------------------------------------------------------------------------------------------
 
+
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options that choose and place an experiment (see :func:`runner_from_args`)."""
     group = parser.add_argument_group("experiment")
     group.add_argument("--experiment", metavar="ID", help="experiment identifier, e.g. exp:0.01")
-    group.add_argument("--benchmark", metavar="ID",
-                       help="benchmark id (e.g. shmbench/Sigmoid-v0); with --experiment it must match the record's")
-    group.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
-                       help="override one config key; VALUE is read as JSON, else as a string (repeatable)")
+    group.add_argument(
+        "--benchmark",
+        metavar="ID",
+        help="benchmark id (e.g. shmbench/Sigmoid-v0); with --experiment it must match the record's",
+    )
+    group.add_argument(
+        "--config",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key; VALUE is read as JSON, else as a string (repeatable)",
+    )
     group.add_argument("--seed", type=int, metavar="N", help="base seed (overrides the record's)")
-    group.add_argument("--runtime", choices=_RUNTIME_CHOICES, default="auto",
-                       help="where the env runs; 'local': in this process (no server)")
-    group.add_argument("--image", metavar="REF", help="image overriding the record's (path, file://, https://, oras://)")
+    group.add_argument(
+        "--runtime",
+        choices=_RUNTIME_CHOICES,
+        default="auto",
+        help="where the env runs; 'local': in this process (no server)",
+    )
+    group.add_argument(
+        "--image", metavar="REF", help="image overriding the record's (path, file://, https://, oras://)"
+    )
     group.add_argument("--image-digest", metavar="sha256:HEX", help="the image's pinned digest")
     group.add_argument("--offline", action="store_true", help="use cached images only, never download")
     group.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for each env call")
@@ -54,13 +75,21 @@ def runner_from_args(args: argparse.Namespace, cls: type[Runner] = Runner) -> Ru
     target = cls
     if cls is Runner:
         target = LocalRunner if runtime == "local" else RemoteRunner
-    common = dict(config=config or None, seed=args.seed, image=args.image, image_digest=args.image_digest,
-                  log_dir=args.out)
+    common = dict(
+        config=config or None, seed=args.seed, image=args.image, image_digest=args.image_digest, log_dir=args.out
+    )
     if issubclass(target, RemoteRunner):
         if runtime == "local":
             raise ExperimentError("--runtime local runs no server; it needs a LocalRunner")
-        return target(args.benchmark, args.experiment, runtime=runtime, offline=args.offline,
-                      timeout=args.timeout, progress=True, **common)
+        return target(
+            args.benchmark,
+            args.experiment,
+            runtime=runtime,
+            offline=args.offline,
+            timeout=args.timeout,
+            progress=True,
+            **common,
+        )
     return target(args.benchmark, args.experiment, **common)
 
 
@@ -89,13 +118,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     plus the agent's."""
     add_experiment_arguments(parser)
     group = parser.add_argument_group("agent")
-    group.add_argument("--agent", choices=("random", "static"), default="random", help="baseline agent (default: random)")
+    group.add_argument(
+        "--agent", choices=("random", "static"), default="random", help="baseline agent (default: random)"
+    )
     group.add_argument("--action", metavar="JSON", help="the static agent's action, as JSON (e.g. '[2, 5]')")
-    group.add_argument("--agent-seed", type=int, metavar="N",
-                       help="the random agent's seed (default: derived from the experiment's seed, as "
-                            "RandomAgent(env) does for a seeded env)")
-    group.add_argument("--remote-agent", action="store_true",
-                       help="run the agent in its own server (same runtime and image as the env)")
+    group.add_argument(
+        "--agent-seed",
+        type=int,
+        metavar="N",
+        help="the random agent's seed (default: derived from the experiment's seed, as "
+        "RandomAgent(env) does for a seeded env)",
+    )
+    group.add_argument(
+        "--remote-agent",
+        action="store_true",
+        help="run the agent in its own server (same runtime and image as the env)",
+    )
     group.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to run (default: %(default)s)")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -112,8 +150,9 @@ def _cli_agent(args: argparse.Namespace, runner: Runner, env: gymnasium.Env) -> 
 
     spec: dict[str, Any] = {"type": args.agent}
     if args.agent == "random":
-        spec["seed"] = args.agent_seed if args.agent_seed is not None else _derived_agent_seed(
-            runner.experiment.seed_policy.base)
+        spec["seed"] = (
+            args.agent_seed if args.agent_seed is not None else _derived_agent_seed(runner.experiment.seed_policy.base)
+        )
     else:
         if args.action is None:
             raise ExperimentError("--agent static needs --action JSON")
@@ -133,8 +172,15 @@ def _cli_agent(args: argparse.Namespace, runner: Runner, env: gymnasium.Env) -> 
 def _summary(result: RunResult, runner: Runner) -> str:
     rows = [("episode", "seed", "instance", "steps", "reward")]
     for e in result.episodes:
-        rows.append((str(e.episode), "-" if e.seed is None else str(e.seed),
-                     "-" if e.instance is None else json.dumps(e.instance), str(e.steps), f"{e.reward:.6g}"))
+        rows.append(
+            (
+                str(e.episode),
+                "-" if e.seed is None else str(e.seed),
+                "-" if e.instance is None else json.dumps(e.instance),
+                str(e.steps),
+                f"{e.reward:.6g}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -142,10 +188,14 @@ def _summary(result: RunResult, runner: Runner) -> str:
     exp = runner.experiment
     if rewards:
         lines.append("")
-        lines.append(f"mean reward {np.mean(rewards):.6g} +- {np.std(rewards):.3g} over {len(rewards)} "
-                     f"episode(s), {sum(result.episode_lengths)} steps, {result.wall_time:.2f} s")
-    lines.append(f"experiment {exp.record.identifier} ({exp.record.canonical_hash()[:19]}...)"
-                 + (f", overrides {json.dumps(exp.overrides, sort_keys=True)}" if exp.overrides else ""))
+        lines.append(
+            f"mean reward {np.mean(rewards):.6g} +- {np.std(rewards):.3g} over {len(rewards)} "
+            f"episode(s), {sum(result.episode_lengths)} steps, {result.wall_time:.2f} s"
+        )
+    lines.append(
+        f"experiment {exp.record.identifier} ({exp.record.canonical_hash()[:19]}...)"
+        + (f", overrides {json.dumps(exp.overrides, sort_keys=True)}" if exp.overrides else "")
+    )
     if result.log_path is not None:
         lines.append(f"log {result.log_path}")
     return "\n".join(lines)
@@ -173,8 +223,14 @@ def run_command(args: argparse.Namespace) -> int:
         with runner:
             env = runner.get_environment()
             agent = _cli_agent(args, runner, env)
-            with tqdm(total=args.episodes, unit="episode", disable=True if args.quiet else None,
-                      file=sys.stderr, desc=runner.experiment.record.identifier) as bar:
+            with tqdm(
+                total=args.episodes,
+                unit="episode",
+                disable=True if args.quiet else None,
+                file=sys.stderr,
+                desc=runner.experiment.record.identifier,
+            ) as bar:
+
                 def progress(episode: EpisodeResult) -> None:
                     bar.set_postfix(reward=f"{episode.reward:.4g}", refresh=False)
                     bar.update(1)

@@ -28,9 +28,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"note: {w.message}")
     with env:
         info = env.server_info
-        print(f"{args.env} runs in a server started by the {env.runtime.name} runtime "
-              f"(image: {env.runtime.describe_image()}); server pid {info.get('pid')} "
-              f"python {info.get('python')} numpy {info.get('numpy')}")
+        print(
+            f"{args.env} runs in a server started by the {env.runtime.name} runtime "
+            f"(image: {env.runtime.describe_image()}); server pid {info.get('pid')} "
+            f"python {info.get('python')} numpy {info.get('numpy')}"
+        )
         ref = gymnasium.make(args.env)
         ref.action_space.seed(0)
         actions = [ref.action_space.sample() for _ in range(args.check)]
@@ -44,8 +46,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if got[2] or got[3]:
                 env.reset()
                 ref.reset()
-        print(f"{args.check} steps compared with the native env: "
-              + ("identical" if not mismatches else f"{mismatches} MISMATCHES"))
+        print(
+            f"{args.check} steps compared with the native env: "
+            + ("identical" if not mismatches else f"{mismatches} MISMATCHES")
+        )
         timings = {}
         for name, e in (("native", ref), ("shmbench", env)):
             e.reset(seed=1)
@@ -57,8 +61,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if term or trunc:
                     e.reset()
             timings[name] = float(np.median(samples)) / 1000
-        print(f"median step: native {timings['native']:.2f} us, shmbench {timings['shmbench']:.2f} us "
-              f"({timings['shmbench'] / timings['native']:.2f}x)")
+        print(
+            f"median step: native {timings['native']:.2f} us, shmbench {timings['shmbench']:.2f} us "
+            f"({timings['shmbench'] / timings['native']:.2f}x)"
+        )
     print("closed: server stopped, channel files removed")
     return 0 if not mismatches else 1
 
@@ -73,8 +79,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from shmbench.runtimes.select import AUTO_ORDER, probe_all
     from shmbench.transport.session import channel_base
 
-    print(f"shmbench {__version__} (python {sys.version.split()[0]}, numpy {numpy.__version__}, "
-          f"gymnasium {gymnasium.__version__})")
+    print(
+        f"shmbench {__version__} (python {sys.version.split()[0]}, numpy {numpy.__version__}, "
+        f"gymnasium {gymnasium.__version__})"
+    )
     print(f"cores usable: {len(os.sched_getaffinity(0))}")
     print("\nruntimes:")
     probes = probe_all()
@@ -125,8 +133,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     stopped = gc_instances()
     for name in stopped:
         print(f"stopped instance {name}")
-    print(f"{len(removed)} channel director{'y' if len(removed) == 1 else 'ies'} removed from "
-          f"{channel_base()}" + (f", {len(stopped)} instance(s) stopped" if stopped else ""))
+    print(
+        f"{len(removed)} channel director{'y' if len(removed) == 1 else 'ies'} removed from "
+        f"{channel_base()}" + (f", {len(stopped)} instance(s) stopped" if stopped else "")
+    )
     return 0
 
 
@@ -145,6 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("gc", help="remove channel directories whose owner is dead")
-    p.add_argument("--min-age", type=float, default=60.0,
-                   help="seconds before a directory without a lock counts as abandoned")
+    p.add_argument(
+        "--min-age", type=float, default=60.0, help="seconds before a directory without a lock counts as abandoned"
+    )
     p.set_defaults(func=cmd_gc)

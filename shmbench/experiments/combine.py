@@ -59,6 +59,7 @@ _MISSING = object()
 # the experiment a runner runs
 # ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Experiment:
     """What a runner runs, and how it differs from the record it was asked for.
@@ -89,8 +90,11 @@ class Experiment:
 
     def benchmark_spec(self) -> dict[str, Any]:
         """The description the env is built from: ``{"benchmark", "config", "seed"}``."""
-        return {"benchmark": self.record.benchmark, "config": json.loads(json.dumps(self.record.config)),
-                "seed": self.record.seed.base}
+        return {
+            "benchmark": self.record.benchmark,
+            "config": json.loads(json.dumps(self.record.config)),
+            "seed": self.record.seed.base,
+        }
 
 
 def _host_benchmark_class(benchmark_id: str) -> type | None:
@@ -104,10 +108,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
-def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None = None, *,
-                       config: Mapping[str, Any] | None = None, seed: int | None = None,
-                       image: str | os.PathLike[str] | ImageSpec | None = None,
-                       image_digest: str | None = None) -> Experiment:
+def resolve_experiment(
+    benchmark: Any = None,
+    experiment_identifier: str | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    image: str | os.PathLike[str] | ImageSpec | None = None,
+    image_digest: str | None = None,
+) -> Experiment:
     """Combine a benchmark (object or id), an experiment record and explicit overrides.
 
     The rules are in the module docstring.
@@ -130,13 +139,16 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
     elif isinstance(getattr(benchmark, "benchmark_id", None), str) and callable(getattr(benchmark, "spec", None)):
         obj, bench_id = benchmark, benchmark.benchmark_id
     else:
-        raise TypeError(f"benchmark must be a benchmark id or a shmbench benchmark object "
-                        f"(with benchmark_id and spec()), not {type(benchmark).__name__}")
+        raise TypeError(
+            f"benchmark must be a benchmark id or a shmbench benchmark object "
+            f"(with benchmark_id and spec()), not {type(benchmark).__name__}"
+        )
     if record is None and bench_id is None:
         raise TypeError("give a benchmark, an experiment_identifier, or both")
     if record is not None and bench_id is not None and canonical_id(bench_id) != canonical_id(record.benchmark):
-        raise ExperimentError(f"benchmark {bench_id!r} does not match experiment {record.identifier!r}, "
-                              f"which runs {record.benchmark!r}")
+        raise ExperimentError(
+            f"benchmark {bench_id!r} does not match experiment {record.identifier!r}, which runs {record.benchmark!r}"
+        )
     if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
         raise ExperimentError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
 
@@ -157,9 +169,9 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
         else:
             config_changes = mine_config
             if seed is None and obj_seed is None:
-                obj_seed = mine["seed"]     # the benchmark's own seed, default or not
+                obj_seed = mine["seed"]  # the benchmark's own seed, default or not
     elif record is None and seed is None:
-        obj_seed = 0    # a bare id: the shmbench benchmarks' default seed
+        obj_seed = 0  # a bare id: the shmbench benchmarks' default seed
     if config:
         config_changes.update(strict_json(dict(config), where="config overrides"))
 
@@ -186,20 +198,27 @@ def resolve_experiment(benchmark: Any = None, experiment_identifier: str | None 
             overrides["config"] = changed
         if image_spec is not None and image_spec != record.image:
             overrides["image"] = image_spec.to_dict()
-        effective = dataclasses.replace(record, config=merged, seed=policy,
-                                        image=image_spec if image_spec is not None else record.image)
+        effective = dataclasses.replace(
+            record, config=merged, seed=policy, image=image_spec if image_spec is not None else record.image
+        )
     else:
         if base_seed is None:
             raise ExperimentError(
                 "an ad-hoc run needs an integer seed (runs are logged to be reproducible): "
-                "call benchmark.set_seed(n) or pass seed=n")
-        bench_canonical = canonical_id(cast(str, bench_id))    # without a record there is a benchmark: checked above
+                "call benchmark.set_seed(n) or pass seed=n"
+            )
+        bench_canonical = canonical_id(cast(str, bench_id))  # without a record there is a benchmark: checked above
         effective = ExperimentRecord(
-            identifier=f"adhoc:{slug(bench_canonical.replace('/', '.'))}", benchmark=bench_canonical,
-            config=config_changes, image=image_spec, seed=SeedPolicy(base_seed, "once"), log=_ADHOC_LOG)
+            identifier=f"adhoc:{slug(bench_canonical.replace('/', '.'))}",
+            benchmark=bench_canonical,
+            config=config_changes,
+            image=image_spec,
+            seed=SeedPolicy(base_seed, "once"),
+            log=_ADHOC_LOG,
+        )
     host_class = _host_benchmark_class(effective.benchmark)
     if host_class is not None:
-        host_class(config=effective.config)   # fail here, with the container's message
+        host_class(config=effective.config)  # fail here, with the container's message
     for wrapper in effective.wrappers:
         if not hasattr(gymnasium.wrappers, wrapper.name):
             raise ExperimentError(f"wrapper {wrapper.name!r} is not in this gymnasium ({gymnasium.__version__})")

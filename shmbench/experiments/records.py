@@ -76,11 +76,20 @@ SEED_POLICIES = ("increment", "fixed", "once")
 #: Wrappers a record may name: gymnasium wrappers whose arguments are plain JSON values.
 #: The environment side maps each name to its class; a wrapper that needs a function cannot
 #: be described by data and is left out on purpose.
-WRAPPERS = frozenset({
-    "TimeLimit", "ClipAction", "RescaleAction", "RescaleObservation", "FlattenObservation",
-    "NormalizeObservation", "NormalizeReward", "ClipReward", "RecordEpisodeStatistics",
-    "FrameStackObservation",
-})
+WRAPPERS = frozenset(
+    {
+        "TimeLimit",
+        "ClipAction",
+        "RescaleAction",
+        "RescaleObservation",
+        "FlattenObservation",
+        "NormalizeObservation",
+        "NormalizeReward",
+        "ClipReward",
+        "RecordEpisodeStatistics",
+        "FrameStackObservation",
+    }
+)
 
 #: What a run may log per step or episode (the names DACBench's logging wrappers use).
 LOG_FIELDS = frozenset({"reward", "action", "state", "info", "instance", "performance", "time"})
@@ -132,8 +141,9 @@ class SeedPolicy:
         if type(self.base) is not int or not 0 <= self.base < 2**63:
             raise _FieldError("seed.base", f"must be an integer in [0, 2**63), not {self.base!r}")
         if self.per_episode not in SEED_POLICIES:
-            raise _FieldError("seed.per_episode", f"must be one of {', '.join(SEED_POLICIES)}, "
-                                                  f"not {self.per_episode!r}")
+            raise _FieldError(
+                "seed.per_episode", f"must be one of {', '.join(SEED_POLICIES)}, not {self.per_episode!r}"
+            )
 
     def seed_for(self, episode: int) -> int | None:
         """The seed to pass to ``reset`` for episode ``episode`` (0-based); None: don't."""
@@ -156,8 +166,9 @@ class WrapperSpec:
 
     def __post_init__(self) -> None:
         if self.name not in WRAPPERS:
-            raise _FieldError("wrappers.name", f"{self.name!r} is not an allowed wrapper "
-                                               f"(allowed: {', '.join(sorted(WRAPPERS))})")
+            raise _FieldError(
+                "wrappers.name", f"{self.name!r} is not an allowed wrapper (allowed: {', '.join(sorted(WRAPPERS))})"
+            )
         if type(self.kwargs) is not dict:
             raise _FieldError("wrappers.kwargs", f"must be a table of keyword arguments, not {self.kwargs!r}")
         check_json(self.kwargs, "wrappers.kwargs")
@@ -205,16 +216,20 @@ class ExperimentRecord:
         try:
             self._validate()
         except _FieldError as exc:
-            raise ExperimentError(f"{self.source or 'experiment record'}: field {exc.field_name!r}: "
-                                  f"{exc.problem}") from None
+            raise ExperimentError(
+                f"{self.source or 'experiment record'}: field {exc.field_name!r}: {exc.problem}"
+            ) from None
 
     def _validate(self) -> None:
         if not isinstance(self.identifier, str) or not _IDENTIFIER_RE.fullmatch(self.identifier):
-            raise _FieldError("identifier", f"{self.identifier!r} is not an identifier like 'exp:0.01' "
-                                            "(NAME:VERSION; letters, digits, . _ -)")
+            raise _FieldError(
+                "identifier",
+                f"{self.identifier!r} is not an identifier like 'exp:0.01' (NAME:VERSION; letters, digits, . _ -)",
+            )
         if not isinstance(self.benchmark, str) or not _BENCHMARK_RE.fullmatch(self.benchmark):
-            raise _FieldError("benchmark", f"{self.benchmark!r} is not a benchmark id such as "
-                                           "'shmbench/Sigmoid-v0' (no import paths)")
+            raise _FieldError(
+                "benchmark", f"{self.benchmark!r} is not a benchmark id such as 'shmbench/Sigmoid-v0' (no import paths)"
+            )
         if type(self.config) is not dict:
             raise _FieldError("config", f"must be a table/object, not {type(self.config).__name__}")
         check_json(self.config, "config")
@@ -230,8 +245,7 @@ class ExperimentRecord:
         log = tuple(self.log)
         for name in log:
             if name not in LOG_FIELDS:
-                raise _FieldError("log", f"{name!r} is not a loggable field "
-                                         f"(allowed: {', '.join(sorted(LOG_FIELDS))})")
+                raise _FieldError("log", f"{name!r} is not a loggable field (allowed: {', '.join(sorted(LOG_FIELDS))})")
         if len(set(log)) != len(log):
             raise _FieldError("log", f"lists a field twice: {list(log)}")
         object.__setattr__(self, "log", log)
@@ -266,8 +280,7 @@ class ExperimentRecord:
         The description and source are left out: they do not change what runs, and fixing a
         typo in prose must not orphan the logs that cite the old hash.
         """
-        return json.dumps(self._spec(), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=False)
+        return json.dumps(self._spec(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     def canonical_hash(self) -> str:
         """``sha256:<hex>`` of :meth:`canonical_json` -- what a log records as "this spec"."""
@@ -288,8 +301,9 @@ def parse_record(data: Any, *, source: str = "experiment record") -> ExperimentR
         raise ExperimentError(f"{source}: field {exc.field_name!r}: {exc.problem}") from None
 
 
-def _table(raw: Any, name: str, known: tuple[str, ...], shape: str, *,
-           required: tuple[str, ...] = ()) -> dict[str, Any]:
+def _table(
+    raw: Any, name: str, known: tuple[str, ...], shape: str, *, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Return ``raw`` if it is a table holding ``required`` and only ``known`` fields.
 
     Raises:
@@ -306,8 +320,7 @@ def _table(raw: Any, name: str, known: tuple[str, ...], shape: str, *,
 
 def _parse(data: Any, source: str) -> ExperimentRecord:
     if not isinstance(data, dict):
-        raise ExperimentError(f"{source}: an experiment record must be a table/object, "
-                              f"not {type(data).__name__}")
+        raise ExperimentError(f"{source}: an experiment record must be a table/object, not {type(data).__name__}")
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise _FieldError(unknown[0], f"unknown field (known: {', '.join(_FIELDS)})")
@@ -327,8 +340,7 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
         except ImageError as exc:
             raise _FieldError("image.ref", str(exc)) from None
         if "digest" not in raw and parsed.remote:
-            raise _FieldError("image.digest", "missing: a remote image must be pinned by the sha256 "
-                                              "of its file")
+            raise _FieldError("image.digest", "missing: a remote image must be pinned by the sha256 of its file")
         try:
             image = ImageSpec(raw["ref"], raw.get("digest"))
         except ImageError as exc:
@@ -336,8 +348,9 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
 
     seed = SeedPolicy()
     if "seed" in data:
-        raw = _table(data["seed"], "seed", ("base", "per_episode"),
-                     "must be a table like {base = 0, per_episode = \"increment\"}")
+        raw = _table(
+            data["seed"], "seed", ("base", "per_episode"), 'must be a table like {base = 0, per_episode = "increment"}'
+        )
         seed = SeedPolicy(**raw)
 
     wrappers = []
@@ -345,8 +358,13 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
     if not isinstance(raw_wrappers, list):
         raise _FieldError("wrappers", "must be a list of {name, kwargs} tables")
     for i, raw in enumerate(raw_wrappers):
-        _table(raw, f"wrappers[{i}]", ("name", "kwargs"), "must be a table with 'name' (and optional 'kwargs')",
-               required=("name",))
+        _table(
+            raw,
+            f"wrappers[{i}]",
+            ("name", "kwargs"),
+            "must be a table with 'name' (and optional 'kwargs')",
+            required=("name",),
+        )
         try:
             wrappers.append(WrapperSpec(raw["name"], raw.get("kwargs", {})))
         except _FieldError as exc:
@@ -358,9 +376,16 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
     if "config" in data and not isinstance(data["config"], dict):
         raise _FieldError("config", f"must be a table/object, not {type(data['config']).__name__}")
     return ExperimentRecord(
-        identifier=data["identifier"], benchmark=data["benchmark"], config=data.get("config", {}),
-        image=image, seed=seed, wrappers=tuple(wrappers), log=tuple(log),
-        description=data.get("description", ""), source=source)
+        identifier=data["identifier"],
+        benchmark=data["benchmark"],
+        config=data.get("config", {}),
+        image=image,
+        seed=seed,
+        wrappers=tuple(wrappers),
+        log=tuple(log),
+        description=data.get("description", ""),
+        source=source,
+    )
 
 
 def _loads_toml(text: str, source: str) -> Any:
@@ -408,8 +433,10 @@ def _collect(records: Iterator[ExperimentRecord], where: str) -> dict[str, Exper
     found: dict[str, ExperimentRecord] = {}
     for record in records:
         if record.identifier in found:
-            raise ExperimentError(f"{where}: experiment {record.identifier!r} is defined twice, in "
-                                  f"{found[record.identifier].source} and {record.source}")
+            raise ExperimentError(
+                f"{where}: experiment {record.identifier!r} is defined twice, in "
+                f"{found[record.identifier].source} and {record.source}"
+            )
         found[record.identifier] = record
     return found
 
@@ -445,10 +472,14 @@ def _index(url: str) -> dict[str, ExperimentRecord]:
         os.replace(tmp, cache_file)
     except OSError as exc:  # URLError, timeouts, refused connections
         if not cache_file.is_file():
-            raise ExperimentError(f"cannot fetch the experiment index {url} (${INDEX_ENV}) and no copy "
-                                  f"is cached: {exc}") from None
-        warnings.warn(f"cannot fetch the experiment index {url} ({exc}); using the copy cached at "
-                      f"{cache_file}", RuntimeWarning, stacklevel=4)
+            raise ExperimentError(
+                f"cannot fetch the experiment index {url} (${INDEX_ENV}) and no copy is cached: {exc}"
+            ) from None
+        warnings.warn(
+            f"cannot fetch the experiment index {url} ({exc}); using the copy cached at {cache_file}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         body = cache_file.read_bytes()
     return _parse_index(body, url)
 
@@ -457,7 +488,7 @@ def _parse_index(body: bytes, url: str) -> dict[str, ExperimentRecord]:
     data = loads(body, where=url)
     entries = data.get("experiments") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ExperimentError(f"{url}: an experiment index is a JSON object {{\"experiments\": [...]}}")
+        raise ExperimentError(f'{url}: an experiment index is a JSON object {{"experiments": [...]}}')
     return _collect((parse_record(e, source=f"{url}#experiments[{i}]") for i, e in enumerate(entries)), url)
 
 
@@ -493,8 +524,7 @@ def resolve(identifier: str) -> ExperimentRecord:
         if identifier in records:
             return records[identifier]
         known.update(records)
-    raise ExperimentError(f"unknown experiment {identifier!r}; known: "
-                          f"{', '.join(sorted(known)) or '(none)'}")
+    raise ExperimentError(f"unknown experiment {identifier!r}; known: {', '.join(sorted(known)) or '(none)'}")
 
 
 def list_experiments() -> list[ExperimentRecord]:

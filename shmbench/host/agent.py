@@ -51,9 +51,18 @@ class RemoteAgent(RemoteBase):
             action outside the space), raised from the server's ``make_agent``.
     """
 
-    def __init__(self, agent_spec: Mapping[str, Any] | str, *, action_space: spaces.Space | None = None,
-                 runtime="auto", image=None, binds=(), environment=None,
-                 timeout: float | None = None, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        agent_spec: Mapping[str, Any] | str,
+        *,
+        action_space: spaces.Space | None = None,
+        runtime="auto",
+        image=None,
+        binds=(),
+        environment=None,
+        timeout: float | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
         spec: dict[str, Any] = {"type": agent_spec} if isinstance(agent_spec, str) else dict(agent_spec)
         if action_space is not None:
             spec["action_space"] = action_space
@@ -62,21 +71,32 @@ class RemoteAgent(RemoteBase):
         if spec.get("action_space") is None:
             raise ExperimentError("a remote agent needs the action space: pass action_space=env.action_space")
         self.spec = spec
-        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
-                   allow_pickle=False, timeout=timeout)
+        self._open(
+            runtime=runtime, image=image, binds=binds, environment=environment, allow_pickle=False, timeout=timeout
+        )
         try:
             self._started(self._start, spec, start_timeout)
         except RemoteEnvError as exc:
             if exc.type_name.endswith("ExperimentError"):
-                raise ExperimentError(f"the agent server refused {agent_spec!r}: "
-                                      f"{exc.remote_message}") from None
+                raise ExperimentError(f"the agent server refused {agent_spec!r}: {exc.remote_message}") from None
             raise
 
     def _start(self, spec: dict, start_timeout: float) -> None:
         worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout)
         self._owned.workers.append(worker)
-        worker.make({"agent": spec, "env_id": None, "kwargs": {}, "num_envs": 1, "vector": False,
-                     "factory": None, "benchmark": None, "allow_pickle": False}, start_timeout)
+        worker.make(
+            {
+                "agent": spec,
+                "env_id": None,
+                "kwargs": {},
+                "num_envs": 1,
+                "vector": False,
+                "factory": None,
+                "benchmark": None,
+                "allow_pickle": False,
+            },
+            start_timeout,
+        )
         self._worker = worker
         self.server_info = worker.server_info
 
@@ -102,9 +122,11 @@ class RemoteAgent(RemoteBase):
     def describe(self) -> dict[str, Any]:
         """What a run log records about this agent (plain data; no pid, no paths)."""
         spec = {k: v for k, v in self.spec.items() if k != "action_space"}
-        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "spec": spec,
-                "runtime": self.runtime.name}
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "spec": spec,
+            "runtime": self.runtime.name,
+        }
 
     def __repr__(self) -> str:
-        return (f"<RemoteAgent {self.spec.get('type')!r} via {self.runtime.name}"
-                f"{' closed' if self.closed else ''}>")
+        return f"<RemoteAgent {self.spec.get('type')!r} via {self.runtime.name}{' closed' if self.closed else ''}>"

@@ -58,29 +58,58 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         **env_kwargs: passed to ``gymnasium.make`` (or the factory) in the server.
     """
 
-    def __init__(self, env_id: str | None = None, *, runtime="auto", image=None, binds=(),
-                 environment=None, copy: bool = True, wait="auto", timeout: float | None = None,
-                 factory=None, benchmark: dict | None = None, allow_pickle: bool = False,
-                 start_timeout: float = START_TIMEOUT, wakeup: str = "futex", **env_kwargs) -> None:
+    def __init__(
+        self,
+        env_id: str | None = None,
+        *,
+        runtime="auto",
+        image=None,
+        binds=(),
+        environment=None,
+        copy: bool = True,
+        wait="auto",
+        timeout: float | None = None,
+        factory=None,
+        benchmark: dict | None = None,
+        allow_pickle: bool = False,
+        start_timeout: float = START_TIMEOUT,
+        wakeup: str = "futex",
+        **env_kwargs,
+    ) -> None:
         if env_id is None and factory is None and benchmark is None:
             raise TypeError("give an env_id, a factory or a benchmark")
         self.copy = copy
-        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
-                   allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
+        self._open(
+            runtime=runtime,
+            image=image,
+            binds=binds,
+            environment=environment,
+            allow_pickle=allow_pickle,
+            timeout=timeout,
+            wakeup=wakeup,
+        )
         self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
 
-        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout,
-                        wakeup=self.wakeup)
+        worker = Worker(
+            self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout, wakeup=self.wakeup
+        )
         self._owned.workers.append(worker)
         self._worker = worker
-        info = worker.make({
-            "env_id": env_id, "kwargs": env_kwargs, "num_envs": 1, "vector": False,
-            "factory": cloudpickle.dumps(factory) if factory is not None else None,
-            "benchmark": benchmark, "allow_pickle": allow_pickle,
-        }, start_timeout)
+        info = worker.make(
+            {
+                "env_id": env_id,
+                "kwargs": env_kwargs,
+                "num_envs": 1,
+                "vector": False,
+                "factory": cloudpickle.dumps(factory) if factory is not None else None,
+                "benchmark": benchmark,
+                "allow_pickle": allow_pickle,
+            },
+            start_timeout,
+        )
         self.observation_space = rebuild(info["observation_space"])
         self.action_space = rebuild(info["action_space"])
         self.metadata = dict(info.get("metadata") or {})
@@ -101,15 +130,30 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         self._act_discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
         spin_ns, adaptive = wait_policy(wait, 2)
         worker.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
-        worker.request(Opcode.CONFIGURE, self._codec.encode({
-            "slab": slab.path.name, "layout": lay.to_wire(), "rows": [0, 1],
-            "spin_ns": spin_ns, "adaptive": adaptive,
-        }))
+        worker.request(
+            Opcode.CONFIGURE,
+            self._codec.encode(
+                {
+                    "slab": slab.path.name,
+                    "layout": lay.to_wire(),
+                    "rows": [0, 1],
+                    "spin_ns": spin_ns,
+                    "adaptive": adaptive,
+                }
+            ),
+        )
         # a slab array is handed out by the C fast path only for spaces whose obs IS one array
-        array_obs = isinstance(self.observation_space, (gymnasium.spaces.Box, gymnasium.spaces.MultiDiscrete,
-                                                        gymnasium.spaces.MultiBinary))
-        self._fast: tuple[Any, ...] = (worker.channel.call_step, self._act, self._act_discrete,
-                      self._obs0 if array_obs else None, self.copy, self.timeout)
+        array_obs = isinstance(
+            self.observation_space, (gymnasium.spaces.Box, gymnasium.spaces.MultiDiscrete, gymnasium.spaces.MultiBinary)
+        )
+        self._fast: tuple[Any, ...] = (
+            worker.channel.call_step,
+            self._act,
+            self._act_discrete,
+            self._obs0 if array_obs else None,
+            self.copy,
+            self.timeout,
+        )
 
     # -- the fast path -------------------------------------------------------------------
 
@@ -138,7 +182,7 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
                 return out
             mv = cast(memoryview, out)
             if not mv or mv[0]:
-                self._worker.check(mv)      # an error reply: the env's exception, raised here
+                self._worker.check(mv)  # an error reply: the env's exception, raised here
             otag, reward, terminated, truncated, info, extras = read_step_reply(mv, self._codec)
             return self._read_obs(otag, extras), reward, terminated, truncated, info
         except ShmbenchError as exc:
@@ -226,12 +270,30 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         return repr(self)
 
 
-def make(env_id: str, *, runtime="auto", image=None, binds=(), environment=None, copy: bool = True,
-         wait="auto", timeout: float | None = None, **env_kwargs) -> RemoteEnvironmentClient:
+def make(
+    env_id: str,
+    *,
+    runtime="auto",
+    image=None,
+    binds=(),
+    environment=None,
+    copy: bool = True,
+    wait="auto",
+    timeout: float | None = None,
+    **env_kwargs,
+) -> RemoteEnvironmentClient:
     """Start ``env_id`` in a server (a container where one is available) and return its proxy.
 
     See :class:`RemoteEnvironmentClient` for the arguments.
     """
-    return RemoteEnvironmentClient(env_id, runtime=runtime, image=image, binds=binds,
-                                   environment=environment, copy=copy, wait=wait, timeout=timeout,
-                                   **env_kwargs)
+    return RemoteEnvironmentClient(
+        env_id,
+        runtime=runtime,
+        image=image,
+        binds=binds,
+        environment=environment,
+        copy=copy,
+        wait=wait,
+        timeout=timeout,
+        **env_kwargs,
+    )

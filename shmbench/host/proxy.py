@@ -33,7 +33,7 @@ def _finalize(workers: list[Worker], session: Session, slab: list, warn: bool) -
             s.close()
     finally:
         session.close()
-    if warn:   # after the cleanup: a warning turned into an error must not stop it
+    if warn:  # after the cleanup: a warning turned into an error must not stop it
         warnings.warn("shmbench env was not closed; closed it now", ResourceWarning, stacklevel=2)
 
 
@@ -41,7 +41,7 @@ class Owned:
     """Session, workers and slab of a remote env, closed exactly once (close, GC or exit)."""
 
     def __init__(self, owner: object) -> None:
-        gc()   # reclaim channel directories of hosts that died (kill -9) since the last run
+        gc()  # reclaim channel directories of hosts that died (kill -9) since the last run
         self.session = Session()
         self.workers: list[Worker] = []
         self.slabs: list[Slab] = []
@@ -69,8 +69,9 @@ class RemoteBase:
     runtime: Any
     _owned: Owned
 
-    def _open(self, *, runtime, image, binds, environment, allow_pickle: bool,
-              timeout: float | None, wakeup: str = "futex") -> None:
+    def _open(
+        self, *, runtime, image, binds, environment, allow_pickle: bool, timeout: float | None, wakeup: str = "futex"
+    ) -> None:
         self.timeout = timeout
         self.wakeup = wakeup
         self._codec = Codec(allow_pickle=allow_pickle)
@@ -112,4 +113,4 @@ class RemoteBase:
 
     def __exit__(self, *exc: Any) -> Literal[False]:
         self.close()
-        return False        # exceptions propagate
+        return False  # exceptions propagate

@@ -69,12 +69,27 @@ def _copy_tree(x: Any) -> Any:
 class ShmVectorEnv(RemoteBase, VectorEnv):
     """A VectorEnv over shmbench workers (see :func:`make_vec` for the arguments)."""
 
-    def __init__(self, env_id: str | None, num_envs: int, *, num_workers: int | None = None,
-                 runtime="auto", image=None, binds=(), environment=None,
-                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, copy: bool = True,
-                 wait="auto", timeout: float | None = None, factory=None, benchmark: dict | None = None,
-                 allow_pickle: bool = False, start_timeout: float = START_TIMEOUT, wakeup: str = "futex",
-                 **env_kwargs) -> None:
+    def __init__(
+        self,
+        env_id: str | None,
+        num_envs: int,
+        *,
+        num_workers: int | None = None,
+        runtime="auto",
+        image=None,
+        binds=(),
+        environment=None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        copy: bool = True,
+        wait="auto",
+        timeout: float | None = None,
+        factory=None,
+        benchmark: dict | None = None,
+        allow_pickle: bool = False,
+        start_timeout: float = START_TIMEOUT,
+        wakeup: str = "futex",
+        **env_kwargs,
+    ) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
         num_workers = default_num_workers(num_envs) if num_workers is None else num_workers
@@ -82,10 +97,19 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
             raise ValueError(f"num_workers must be between 1 and num_envs={num_envs}")
         self.num_envs = num_envs
         self.copy = copy
-        self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self.autoreset_mode = (
+            autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        )
         self._rows = _split(num_envs, num_workers)
-        self._open(runtime=runtime, image=image, binds=binds, environment=environment,
-                   allow_pickle=allow_pickle, timeout=timeout, wakeup=wakeup)
+        self._open(
+            runtime=runtime,
+            image=image,
+            binds=binds,
+            environment=environment,
+            allow_pickle=allow_pickle,
+            timeout=timeout,
+            wakeup=wakeup,
+        )
         self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
@@ -94,17 +118,28 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         owned = self._owned
         workers = owned.workers
         for i in range(len(self._rows)):
-            workers.append(Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout,
-                                  wakeup=self.wakeup))
+            workers.append(
+                Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout, wakeup=self.wakeup)
+            )
         self._workers = workers
         pickled = cloudpickle.dumps(factory) if factory is not None else None
         # MAKE everywhere first, then collect: the servers build their envs in parallel
         for w, rows in zip(workers, self._rows):
-            w.send(Opcode.MAKE, self._codec.encode({
-                "env_id": env_id, "kwargs": env_kwargs, "num_envs": len(rows), "vector": True,
-                "autoreset_mode": self.autoreset_mode.value, "factory": pickled, "benchmark": benchmark,
-                "allow_pickle": allow_pickle,
-            }))
+            w.send(
+                Opcode.MAKE,
+                self._codec.encode(
+                    {
+                        "env_id": env_id,
+                        "kwargs": env_kwargs,
+                        "num_envs": len(rows),
+                        "vector": True,
+                        "autoreset_mode": self.autoreset_mode.value,
+                        "factory": pickled,
+                        "benchmark": benchmark,
+                        "allow_pickle": allow_pickle,
+                    }
+                ),
+            )
         infos = []
         for w in workers:
             infos.append(self._codec.decode(w.receive(timeout=max(start_timeout, self.timeout or 0))[1:]))
@@ -113,8 +148,10 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         self.single_observation_space = rebuild(info["observation_space"])
         self.single_action_space = rebuild(info["action_space"])
         for other in infos[1:]:
-            if (rebuild(other["observation_space"]) != self.single_observation_space
-                    or rebuild(other["action_space"]) != self.single_action_space):
+            if (
+                rebuild(other["observation_space"]) != self.single_observation_space
+                or rebuild(other["action_space"]) != self.single_action_space
+            ):
                 raise ProtocolError("the workers' envs have different spaces")
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -142,18 +179,30 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         spin_ns, adaptive = wait_policy(wait, 1 + len(workers))
         for w, rows in zip(workers, self._rows):
             w.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
-            w.request(Opcode.CONFIGURE, self._codec.encode({
-                "slab": slab.path.name, "layout": lay.to_wire(), "rows": [rows.start, rows.stop],
-                "spin_ns": spin_ns, "adaptive": adaptive,
-            }))
+            w.request(
+                Opcode.CONFIGURE,
+                self._codec.encode(
+                    {
+                        "slab": slab.path.name,
+                        "layout": lay.to_wire(),
+                        "rows": [rows.start, rows.stop],
+                        "spin_ns": spin_ns,
+                        "adaptive": adaptive,
+                    }
+                ),
+            )
 
     # -- stepping --------------------------------------------------------------------------
 
     def step_async(self, actions: Any) -> None:
         """Send the actions to every worker; they step while the host does other work."""
         batch = self._act_batch
-        if (type(actions) is np.ndarray and batch is not None and actions.dtype == batch.dtype
-                and actions.shape == batch.shape):
+        if (
+            type(actions) is np.ndarray
+            and batch is not None
+            and actions.dtype == batch.dtype
+            and actions.shape == batch.shape
+        ):
             batch[...] = actions
             for w in self._workers:
                 w.send(Opcode.STEP, flag=ActionTag.SLAB_ARRAY)
@@ -163,7 +212,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         if len(items) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions, got {len(items)}")
         for w, rows in zip(self._workers, self._rows):
-            w.send(Opcode.STEP, self._codec.encode(items[rows.start:rows.stop]), flag=ActionTag.CODEC)
+            w.send(Opcode.STEP, self._codec.encode(items[rows.start : rows.stop]), flag=ActionTag.CODEC)
 
     def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Collect the workers' results (each waits at most ``timeout``, default the env's)."""
@@ -173,8 +222,13 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         batch = self._act_batch
-        if (len(self._workers) == 1 and type(actions) is np.ndarray and batch is not None
-                and actions.dtype == batch.dtype and actions.shape == batch.shape):
+        if (
+            len(self._workers) == 1
+            and type(actions) is np.ndarray
+            and batch is not None
+            and actions.dtype == batch.dtype
+            and actions.shape == batch.shape
+        ):
             w = self._workers[0]
             if w.state is WorkerState.READY:
                 # one worker: the step is one round trip, without the per-worker bookkeeping
@@ -201,7 +255,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         for w, rows in zip(self._workers, self._rows):
             try:
                 mv = w.receive(timeout)
-            except ShmbenchError as exc:   # keep collecting so no reply is left behind
+            except ShmbenchError as exc:  # keep collecting so no reply is left behind
                 error = error or exc
                 continue
             infos = self._absorb(w, rows, mv, infos, env_obs)
@@ -228,18 +282,21 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                 env_obs.extend(part)
         return infos
 
-    def reset(self, *, seed: int | list[int | None] | None = None,
-              options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict]:
         if seed is None:
             seed = [None for _ in range(self.num_envs)]
         elif isinstance(seed, int):
             seed = [seed + i for i in range(self.num_envs)]
         if len(seed) != self.num_envs:
-            raise ValueError(f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
-                             f"but got length={len(seed)}.")
+            raise ValueError(
+                f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
+                f"but got length={len(seed)}."
+            )
         mask = None
         if options is not None and "reset_mask" in options:
-            mask = options.pop("reset_mask")   # popped, as SyncVectorEnv does
+            mask = options.pop("reset_mask")  # popped, as SyncVectorEnv does
             if not isinstance(mask, np.ndarray):
                 raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
             if mask.shape != (self.num_envs,):
@@ -247,15 +304,23 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
             if mask.dtype != np.bool_:
                 raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
             if not np.any(mask):
-                raise ValueError(f"`options['reset_mask']` must contain a boolean array with at least one True "
-                                 f"value, got reset_mask={mask}")
+                raise ValueError(
+                    f"`options['reset_mask']` must contain a boolean array with at least one True "
+                    f"value, got reset_mask={mask}"
+                )
         for w, rows in zip(self._workers, self._rows):
-            if mask is not None and not mask[rows.start:rows.stop].any():
+            if mask is not None and not mask[rows.start : rows.stop].any():
                 continue
-            w.send(Opcode.RESET, self._codec.encode({
-                "seeds": list(seed[rows.start:rows.stop]), "options": options,
-                "mask": None if mask is None else [bool(m) for m in mask[rows.start:rows.stop]],
-            }))
+            w.send(
+                Opcode.RESET,
+                self._codec.encode(
+                    {
+                        "seeds": list(seed[rows.start : rows.stop]),
+                        "options": options,
+                        "mask": None if mask is None else [bool(m) for m in mask[rows.start : rows.stop]],
+                    }
+                ),
+            )
         if mask is None:
             infos = self._collect(self.timeout)
         else:
@@ -266,7 +331,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
     def _collect_some(self, mask: np.ndarray) -> dict:
         workers, rows = self._workers, self._rows
         try:
-            keep = [i for i, r in enumerate(rows) if mask[r.start:r.stop].any()]
+            keep = [i for i, r in enumerate(rows) if mask[r.start : r.stop].any()]
             self._workers = [workers[i] for i in keep]
             self._rows = [rows[i] for i in keep]
             return self._collect(self.timeout)
@@ -305,9 +370,11 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         if not isinstance(values, (list, tuple)):
             values = [values for _ in range(self.num_envs)]
         if len(values) != self.num_envs:
-            raise ValueError("Values must be a list or tuple with length equal to the number of environments. "
-                             f"Got `{len(values)}` values for {self.num_envs} environments.")
-        self._each(Opcode.SET_ATTR, [(name, list(values[r.start:r.stop])) for r in self._rows])
+            raise ValueError(
+                "Values must be a list or tuple with length equal to the number of environments. "
+                f"Got `{len(values)}` values for {self.num_envs} environments."
+            )
+        self._each(Opcode.SET_ATTR, [(name, list(values[r.start : r.stop])) for r in self._rows])
 
     @property
     def np_random_seed(self) -> tuple:  # type: ignore[override]  # a tuple of the envs' seeds, as SyncVectorEnv's
@@ -315,8 +382,10 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
 
     def __repr__(self) -> str:
         env_id = self.spec.id if self.spec is not None else "?"
-        return (f"<ShmVectorEnv {env_id} x{self.num_envs} in {len(self._rows)} workers via "
-                f"{self.runtime.name}{' closed' if self.closed else ''}>")
+        return (
+            f"<ShmVectorEnv {env_id} x{self.num_envs} in {len(self._rows)} workers via "
+            f"{self.runtime.name}{' closed' if self.closed else ''}>"
+        )
 
 
 def _rows_of(tree: Any, rows: range) -> Any:
@@ -324,17 +393,33 @@ def _rows_of(tree: Any, rows: range) -> Any:
         return {k: _rows_of(v, rows) for k, v in tree.items()}
     if type(tree) is tuple:
         return tuple(_rows_of(v, rows) for v in tree)
-    return tree[rows.start:rows.stop]
+    return tree[rows.start : rows.stop]
 
 
-def make_vec(env_id: str, num_envs: int, *, num_workers: int | None = None, runtime="auto", image=None,
-             autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP, copy: bool = True,
-             **env_kwargs) -> ShmVectorEnv:
+def make_vec(
+    env_id: str,
+    num_envs: int,
+    *,
+    num_workers: int | None = None,
+    runtime="auto",
+    image=None,
+    autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP,
+    copy: bool = True,
+    **env_kwargs,
+) -> ShmVectorEnv:
     """``num_envs`` copies of ``env_id`` in ``num_workers`` servers, as one VectorEnv.
 
     Keyword arguments of :class:`~shmbench.host.env.RemoteEnvironmentClient` (``binds``,
     ``environment``, ``wait``, ``timeout``, ``factory``, ``benchmark``, ``allow_pickle``) are
     accepted too; everything else goes to ``gymnasium.make`` in the servers.
     """
-    return ShmVectorEnv(env_id, num_envs, num_workers=num_workers, runtime=runtime, image=image,
-                        autoreset_mode=autoreset_mode, copy=copy, **env_kwargs)
+    return ShmVectorEnv(
+        env_id,
+        num_envs,
+        num_workers=num_workers,
+        runtime=runtime,
+        image=image,
+        autoreset_mode=autoreset_mode,
+        copy=copy,
+        **env_kwargs,
+    )

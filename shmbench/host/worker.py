@@ -37,10 +37,10 @@ CLOSE_TIMEOUT = 5.0
 
 
 class WorkerState(enum.Enum):
-    READY = "ready"        # idle: a request may be sent
-    PENDING = "pending"    # a request is out, its reply not yet read
-    BROKEN = "broken"      # a timeout or protocol error: the stream is out of step
-    DEAD = "dead"          # the server is gone
+    READY = "ready"  # idle: a request may be sent
+    PENDING = "pending"  # a request is out, its reply not yet read
+    BROKEN = "broken"  # a timeout or protocol error: the stream is out of step
+    DEAD = "dead"  # the server is gone
     CLOSED = "closed"
 
 
@@ -68,8 +68,16 @@ def wait_policy(wait: str | int | float, processes: int) -> tuple[int, bool]:
 class Worker:
     """One server process and its channel, seen from the host."""
 
-    def __init__(self, session: Session, index: int, runtime: Runtime, *, codec: Codec,
-                 timeout: float | None = None, wakeup: str = "futex") -> None:
+    def __init__(
+        self,
+        session: Session,
+        index: int,
+        runtime: Runtime,
+        *,
+        codec: Codec,
+        timeout: float | None = None,
+        wakeup: str = "futex",
+    ) -> None:
         self.index = index
         self.runtime = runtime
         self.codec = codec
@@ -77,15 +85,21 @@ class Worker:
         self.name = f"worker {index} ({runtime.name} runtime, image {runtime.describe_image()})"
         self.state = WorkerState.CLOSED
         if wakeup != "futex" and runtime.isolated:
-            raise ValueError(f"wakeup={wakeup!r} needs the host's /dev/shm, which the {runtime.name} "
-                             f"runtime hides from the server; use the default futex wake-ups")
+            raise ValueError(
+                f"wakeup={wakeup!r} needs the host's /dev/shm, which the {runtime.name} "
+                f"runtime hides from the server; use the default futex wake-ups"
+            )
         self.channel: Channel = session.create_channel(f"w{index}", wakeup=wakeup)
         self.process: ServerProcess | None = None
         try:
-            self.process = runtime.start(Launch(
-                session_dir=session.path, channel_name=self.channel.path.name,
-                log_path=session.path / f"w{index}.log", name=self.name,
-            ))
+            self.process = runtime.start(
+                Launch(
+                    session_dir=session.path,
+                    channel_name=self.channel.path.name,
+                    log_path=session.path / f"w{index}.log",
+                    name=self.name,
+                )
+            )
             self.channel.set_peer(death_fds=[self.process.pidfd()])
         except BaseException:
             self.channel.close()
@@ -101,8 +115,9 @@ class Worker:
         if self.state is not WorkerState.READY:
             self._refuse()
         try:
-            self.channel.send(bytes((op, flag)) + bytes(payload) if payload else bytes((op, flag)),
-                              timeout=self.timeout)
+            self.channel.send(
+                bytes((op, flag)) + bytes(payload) if payload else bytes((op, flag)), timeout=self.timeout
+            )
         except ShmbenchError as exc:
             raise self.failure(exc) from None
         self.state = WorkerState.PENDING
@@ -170,14 +185,19 @@ class Worker:
             self.state = WorkerState.BROKEN
             return ChannelTimeout(
                 f"{self.name} did not answer within {timeout} s; the worker is now marked "
-                f"broken (a late reply must not be read as the next one): close the env")
+                f"broken (a late reply must not be read as the next one): close the env"
+            )
         if isinstance(exc, (PeerDied, ChannelClosed)):
             self.state = WorkerState.DEAD
             status = self.process.exit_status(wait=1.0) if self.process else None
-            return PeerDied("the env server died" if isinstance(exc, PeerDied)
-                            else "the env server closed the channel unexpectedly",
-                            peer=self.name, exit_status=status,
-                            log_tail=self.process.log_tail() if self.process else None)
+            return PeerDied(
+                "the env server died"
+                if isinstance(exc, PeerDied)
+                else "the env server closed the channel unexpectedly",
+                peer=self.name,
+                exit_status=status,
+                log_tail=self.process.log_tail() if self.process else None,
+            )
         if isinstance(exc, ProtocolError):
             self.state = WorkerState.BROKEN
         return exc
@@ -186,14 +206,17 @@ class Worker:
         if self.state is WorkerState.CLOSED:
             raise ChannelClosed(f"{self.name} is closed")
         if self.state is WorkerState.PENDING:
-            raise RequestPending(f"{self.name} has a request in flight: wait for it first "
-                                 f"(step_wait after step_async)")
+            raise RequestPending(f"{self.name} has a request in flight: wait for it first (step_wait after step_async)")
         if self.state is WorkerState.DEAD:
-            raise PeerDied("the env server is gone", peer=self.name,
-                           exit_status=self.process.exit_status() if self.process else None,
-                           log_tail=self.process.log_tail() if self.process else None)
-        raise ChannelTimeout(f"{self.name} is broken after an earlier timeout or protocol error; "
-                             f"close the env and make a new one")
+            raise PeerDied(
+                "the env server is gone",
+                peer=self.name,
+                exit_status=self.process.exit_status() if self.process else None,
+                log_tail=self.process.log_tail() if self.process else None,
+            )
+        raise ChannelTimeout(
+            f"{self.name} is broken after an earlier timeout or protocol error; close the env and make a new one"
+        )
 
     # -- handshake -----------------------------------------------------------------------
 

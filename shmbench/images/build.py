@@ -46,12 +46,18 @@ Builder = Literal["auto", "apptainer", "native"]
 _DIGEST_VERSION = b"shmbench-image-v1\0"  # bump when the builder's output changes
 
 
-
 # ---------------------------------------------------------------------------- public
 
-def build(recipe: str | os.PathLike[str], output: str | os.PathLike[str], *,
-          build_args: Mapping[str, str] | None = None, builder: Builder = "auto",
-          fakeroot: bool | None = None, quiet: bool = False) -> Path:
+
+def build(
+    recipe: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    build_args: Mapping[str, str] | None = None,
+    builder: Builder = "auto",
+    fakeroot: bool | None = None,
+    quiet: bool = False,
+) -> Path:
     """Build the SIF image ``output`` from the definition file ``recipe``.
 
     Args:
@@ -80,20 +86,18 @@ def build(recipe: str | os.PathLike[str], output: str | os.PathLike[str], *,
     defn = read_definition(recipe, build_args)
     binary = find_binary() if builder != "native" else None
     if builder == "apptainer" and binary is None:
-        raise RuntimeUnavailable("builder='apptainer' but neither apptainer nor singularity "
-                                 "is on PATH")
+        raise RuntimeUnavailable("builder='apptainer' but neither apptainer nor singularity is on PATH")
     output.parent.mkdir(parents=True, exist_ok=True)
     if binary is not None:
-        _build_with_apptainer(defn, output, binary,
-                              fakeroot=os.geteuid() != 0 if fakeroot is None else fakeroot,
-                              quiet=quiet)
+        _build_with_apptainer(
+            defn, output, binary, fakeroot=os.geteuid() != 0 if fakeroot is None else fakeroot, quiet=quiet
+        )
     else:
         NativeBuild(defn, output, quiet=quiet).run()
     return output
 
 
-def recipe_digest(recipe: str | os.PathLike[str],
-                  build_args: Mapping[str, str] | None = None) -> str:
+def recipe_digest(recipe: str | os.PathLike[str], build_args: Mapping[str, str] | None = None) -> str:
     """The sha256 (hex) of everything a build of ``recipe`` depends on.
 
     The rendered recipe text, the build arguments, and each ``%files`` source's
@@ -110,9 +114,15 @@ def recipe_digest(recipe: str | os.PathLike[str],
     return h.hexdigest()
 
 
-def build_cached(recipe: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                 build_args: Mapping[str, str] | None = None, *, builder: Builder = "auto",
-                 quiet: bool = True, timeout: float | None = None) -> Path:
+def build_cached(
+    recipe: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    build_args: Mapping[str, str] | None = None,
+    *,
+    builder: Builder = "auto",
+    quiet: bool = True,
+    timeout: float | None = None,
+) -> Path:
     """A SIF built from ``recipe``, reused from ``cache_dir`` when its inputs are unchanged.
 
     The image is ``CACHE/<recipe_digest>.sif`` (default cache:
@@ -126,9 +136,13 @@ def build_cached(recipe: str | os.PathLike[str], cache_dir: str | os.PathLike[st
         root.mkdir(parents=True, exist_ok=True)
     key = recipe_digest(recipe, build_args)
     target = root / f"{key}.sif"
-    return make_once(root / f"{key}.lock", lambda: target if target.is_file() else None,
-                     lambda: build(recipe, target, build_args=build_args, builder=builder, quiet=quiet),
-                     timeout=timeout, what=f"build {recipe}")
+    return make_once(
+        root / f"{key}.lock",
+        lambda: target if target.is_file() else None,
+        lambda: build(recipe, target, build_args=build_args, builder=builder, quiet=quiet),
+        timeout=timeout,
+        what=f"build {recipe}",
+    )
 
 
 def _hash_tree(h: hashlib._Hash, path: Path) -> None:
@@ -149,13 +163,13 @@ def _hash_tree(h: hashlib._Hash, path: Path) -> None:
 
 # ------------------------------------------------------------------------- apptainer
 
+
 def apptainer_options(*, fakeroot: bool) -> list[str]:
     """The options shmbench adds to ``apptainer build`` (never sudo)."""
     return ["--fakeroot"] if fakeroot else []
 
 
-def _build_with_apptainer(defn: Definition, output: Path, binary: str, *, fakeroot: bool,
-                          quiet: bool) -> None:
+def _build_with_apptainer(defn: Definition, output: Path, binary: str, *, fakeroot: bool, quiet: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix=".shmbench-build-", dir=output.parent))
     try:
         rendered = work / "recipe.def"
@@ -163,14 +177,20 @@ def _build_with_apptainer(defn: Definition, output: Path, binary: str, *, fakero
         image = work / "image.sif"
         client = spython_client(binary)
         try:
-            client.build(recipe=str(rendered), image=str(image), sudo=False,
-                         options=apptainer_options(fakeroot=fakeroot), quiet=quiet)
-        except SystemExit as exc:   # spython reports some failures with sys.exit
-            raise ImageError(f"{binary} build failed (spython exited with status "
-                             f"{exc.code})") from None
+            client.build(
+                recipe=str(rendered),
+                image=str(image),
+                sudo=False,
+                options=apptainer_options(fakeroot=fakeroot),
+                quiet=quiet,
+            )
+        except SystemExit as exc:  # spython reports some failures with sys.exit
+            raise ImageError(f"{binary} build failed (spython exited with status {exc.code})") from None
         if not image.is_file():
-            raise ImageError(f"{binary} build failed: no image was written "
-                             f"(its output is above{'; rerun with quiet=False' if quiet else ''})")
+            raise ImageError(
+                f"{binary} build failed: no image was written "
+                f"(its output is above{'; rerun with quiet=False' if quiet else ''})"
+            )
         read_sif(image)
         os.replace(image, output)
     finally:

@@ -49,18 +49,34 @@ __all__ = [
 ]
 
 #: The sections of a single-stage recipe, in the order Apptainer acts on them.
-SECTIONS = ("arguments", "setup", "files", "post", "environment", "runscript", "startscript",
-            "test", "labels", "help")
-_APP_SECTIONS = ("appinstall", "applabels", "appfiles", "appenv", "apphelp", "apprun",
-                 "apptest", "appstart")
+SECTIONS = ("arguments", "setup", "files", "post", "environment", "runscript", "startscript", "test", "labels", "help")
+_APP_SECTIONS = ("appinstall", "applabels", "appfiles", "appenv", "apphelp", "apprun", "apptest", "appstart")
 _LEGACY_SECTIONS = ("pre",)
 
 # Apptainer's header keywords (all bootstrap agents); anything else is a typo.
-_HEADER_KEYS = frozenset({
-    "bootstrap", "from", "osversion", "mirrorurl", "include", "updateurl", "stage",
-    "fingerprints", "registry", "namespace", "library", "includecmd", "product", "user",
-    "regcode", "productpgp", "setopt", "confurl", "authfile",
-})
+_HEADER_KEYS = frozenset(
+    {
+        "bootstrap",
+        "from",
+        "osversion",
+        "mirrorurl",
+        "include",
+        "updateurl",
+        "stage",
+        "fingerprints",
+        "registry",
+        "namespace",
+        "library",
+        "includecmd",
+        "product",
+        "user",
+        "regcode",
+        "productpgp",
+        "setopt",
+        "confurl",
+        "authfile",
+    }
+)
 _OTHERURL = re.compile(r"otherurl\d+")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -126,8 +142,9 @@ class Definition:
             else:
                 matches = [Path(pattern)] if os.path.lexists(pattern) else []
             if not matches:
-                raise ImageError(f"%files source {src!r} matches nothing "
-                                 f"(relative sources are looked up in {self.base_dir})")
+                raise ImageError(
+                    f"%files source {src!r} matches nothing (relative sources are looked up in {self.base_dir})"
+                )
             result.extend((m, dst) for m in matches)
         return result
 
@@ -143,7 +160,7 @@ class Definition:
         out.append("")
         for name, section in self.sections.items():
             if name == "arguments":
-                continue        # already applied; older Apptainer rejects the section
+                continue  # already applied; older Apptainer rejects the section
             out.append(f"%{name} {section.args}".rstrip())
             out.append(section.body.rstrip("\n"))
             out.append("")
@@ -157,9 +174,17 @@ class Definition:
         return "\n".join(out)
 
 
-_HEADER_SPELLING = {"bootstrap": "Bootstrap", "from": "From", "osversion": "OSVersion",
-                    "mirrorurl": "MirrorURL", "include": "Include", "updateurl": "UpdateURL",
-                    "includecmd": "IncludeCmd", "setopt": "SetOpt", "confurl": "ConfURL"}
+_HEADER_SPELLING = {
+    "bootstrap": "Bootstrap",
+    "from": "From",
+    "osversion": "OSVersion",
+    "mirrorurl": "MirrorURL",
+    "include": "Include",
+    "updateurl": "UpdateURL",
+    "includecmd": "IncludeCmd",
+    "setopt": "SetOpt",
+    "confurl": "ConfURL",
+}
 
 
 def _quote_files_word(word: str) -> str:
@@ -167,6 +192,7 @@ def _quote_files_word(word: str) -> str:
 
 
 # ------------------------------------------------------------------------ templating
+
 
 def parse_arguments(text: str) -> dict[str, str]:
     """The defaults of an ``%arguments`` section body: ``name=value`` lines.
@@ -189,8 +215,9 @@ def parse_arguments(text: str) -> dict[str, str]:
     return defaults
 
 
-def render_template(text: str, build_args: Mapping[str, str] | None = None,
-                    defaults: Mapping[str, str] | None = None) -> tuple[str, set[str]]:
+def render_template(
+    text: str, build_args: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None
+) -> tuple[str, set[str]]:
     """Substitute ``{{ name }}`` placeholders; return the text and the names used.
 
     Raises:
@@ -204,16 +231,18 @@ def render_template(text: str, build_args: Mapping[str, str] | None = None,
     for match in _PLACEHOLDER.finditer(text):
         line_start = text.rfind("\n", 0, match.start()) + 1
         if _COMMENT_MARK.search(text, line_start, match.start()):
-            continue                        # inside a comment: left as written
+            continue  # inside a comment: left as written
         name = match.group(1)
         if name in build_args:
             value = build_args[name]
         elif name in defaults:
             value = defaults[name]
         else:
-            raise ImageError(f"build argument {name!r} is not defined: pass it as a build "
-                             f"argument or give it a default in the %arguments section")
-        out.append(text[last:match.start()])
+            raise ImageError(
+                f"build argument {name!r} is not defined: pass it as a build "
+                f"argument or give it a default in the %arguments section"
+            )
+        out.append(text[last : match.start()])
         out.append(str(value))
         used.add(name)
         last = match.end()
@@ -222,6 +251,7 @@ def render_template(text: str, build_args: Mapping[str, str] | None = None,
 
 
 # --------------------------------------------------------------------------- parsing
+
 
 def _split_blocks(text: str) -> tuple[str, list[tuple[str, str, str]]]:
     """(header text, [(section name, args, body)]) of a recipe."""
@@ -261,8 +291,10 @@ def _parse_header(text: str, where: str) -> dict[str, str]:
         if key not in _HEADER_KEYS and not _OTHERURL.fullmatch(key):
             raise ImageError(f"{where}: unknown header keyword {key!r}")
         if key == "bootstrap" and "bootstrap" in header:
-            raise ImageError(f"{where}: multi-stage definition files (several Bootstrap "
-                             f"lines) are not supported; build them with apptainer directly")
+            raise ImageError(
+                f"{where}: multi-stage definition files (several Bootstrap "
+                f"lines) are not supported; build them with apptainer directly"
+            )
         if not header and key != "bootstrap":
             raise ImageError(f"{where}: the header must start with 'Bootstrap:' (got {key!r})")
         header[key] = value
@@ -286,8 +318,9 @@ def _parse_files(body: str, where: str) -> list[tuple[str, str]]:
         except ValueError as exc:
             raise ImageError(f"{where}: bad %files line {line!r}: {exc}") from None
         if len(words) > 2:
-            raise ImageError(f"{where}: %files line {line!r} has more than a source and a "
-                             f"destination (quote paths with spaces)")
+            raise ImageError(
+                f"{where}: %files line {line!r} has more than a source and a destination (quote paths with spaces)"
+            )
         src = words[0]
         dst = words[1] if len(words) == 2 else src
         pairs.append((src, dst))
@@ -305,9 +338,13 @@ def _parse_labels(body: str) -> dict[str, str]:
     return labels
 
 
-def parse_definition(text: str, build_args: Mapping[str, str] | None = None, *,
-                     base_dir: str | os.PathLike[str] | None = None,
-                     where: str = "definition file") -> Definition:
+def parse_definition(
+    text: str,
+    build_args: Mapping[str, str] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    where: str = "definition file",
+) -> Definition:
     """Render and parse a single-stage definition file.
 
     Args:
@@ -329,8 +366,10 @@ def parse_definition(text: str, build_args: Mapping[str, str] | None = None, *,
     rendered, used = render_template(text, build_args, defaults)
     unused = sorted(set(build_args or {}) - used)
     if unused:
-        raise ImageError(f"{where}: build argument(s) {', '.join(unused)} are not used by "
-                         f"this recipe (it uses: {', '.join(sorted(used)) or 'none'})")
+        raise ImageError(
+            f"{where}: build argument(s) {', '.join(unused)} are not used by "
+            f"this recipe (it uses: {', '.join(sorted(used)) or 'none'})"
+        )
 
     header_text, blocks = _split_blocks(rendered)
     header = _parse_header(header_text, where)
@@ -338,14 +377,14 @@ def parse_definition(text: str, build_args: Mapping[str, str] | None = None, *,
     files: list[tuple[str, str]] = []
     for name, args, body in blocks:
         if name in _APP_SECTIONS:
-            raise ImageError(f"{where}: SCIF app sections (%{name}) are not supported; "
-                             f"build this recipe with apptainer directly")
+            raise ImageError(
+                f"{where}: SCIF app sections (%{name}) are not supported; build this recipe with apptainer directly"
+            )
         if name not in SECTIONS and name not in _LEGACY_SECTIONS:
             raise ImageError(f"{where}: unknown section %{name}")
         if name == "files":
             if args:
-                raise ImageError(f"{where}: '%files {args}' (copying from another stage) "
-                                 f"is not supported")
+                raise ImageError(f"{where}: '%files {args}' (copying from another stage) is not supported")
             files.extend(_parse_files(body, where))
             continue
         previous = sections.get(name)
@@ -354,13 +393,16 @@ def parse_definition(text: str, build_args: Mapping[str, str] | None = None, *,
             args = previous.args or args
         sections[name] = Section(name=name, args=args, body=body)
     return Definition(
-        header=header, sections=sections, files=files,
+        header=header,
+        sections=sections,
+        files=files,
         labels=_parse_labels(sections["labels"].body) if "labels" in sections else {},
-        text=rendered, base_dir=Path(base_dir).absolute() if base_dir else Path.cwd())
+        text=rendered,
+        base_dir=Path(base_dir).absolute() if base_dir else Path.cwd(),
+    )
 
 
-def read_definition(path: str | os.PathLike[str],
-                    build_args: Mapping[str, str] | None = None) -> Definition:
+def read_definition(path: str | os.PathLike[str], build_args: Mapping[str, str] | None = None) -> Definition:
     """Read, render and parse the recipe at ``path``; ``%files`` sources are relative to it."""
     path = Path(path)
     try:

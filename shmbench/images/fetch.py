@@ -110,8 +110,7 @@ class _HashingWriter:
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.limit is not None and self.size > self.limit:
-            raise ImageError(f"image {self._ref}: the server sent more than the {self.limit} "
-                             "bytes it declared")
+            raise ImageError(f"image {self._ref}: the server sent more than the {self.limit} bytes it declared")
         self.hasher.update(data)
         self._out.write(data)
         self.bar.update(len(data))
@@ -153,8 +152,14 @@ class _PassiveBar:
         pass
 
 
-def pull(ref: str | ImageRef, digest: str | None, *, offline: bool = False, progress: bool = True,
-         insecure: bool | None = None) -> Path:
+def pull(
+    ref: str | ImageRef,
+    digest: str | None,
+    *,
+    offline: bool = False,
+    progress: bool = True,
+    insecure: bool | None = None,
+) -> Path:
     """Return a local file holding the image ``ref``, whose sha256 must be ``digest``.
 
     Downloaded into the cache on first use; later calls (from any process) return the
@@ -191,9 +196,11 @@ def pull(ref: str | ImageRef, digest: str | None, *, offline: bool = False, prog
         touch(hit)
         return hit
     if offline:
-        raise ImageError(f"image {parsed} ({digest}) is not in the image cache {images_dir()} "
-                         "and offline mode is on; pull it once while online, or copy the file there "
-                         f"as {name}")
+        raise ImageError(
+            f"image {parsed} ({digest}) is not in the image cache {images_dir()} "
+            "and offline mode is on; pull it once while online, or copy the file there "
+            f"as {name}"
+        )
 
     directory = cache_subdir(IMAGES_SUBDIR)
     final = directory / name
@@ -222,8 +229,7 @@ def pull(ref: str | ImageRef, digest: str | None, *, offline: bool = False, prog
     # The lock is per image: pulls of different images proceed in parallel. flock(2) is
     # released by the kernel when its holder dies, so a crashed pull never blocks the next,
     # and a live holder's transfer is bounded by NETWORK_TIMEOUT, so waiting here ends.
-    return make_once(directory / f".{name}.lock", done, download, timeout=None,
-                     what=f"download image {parsed}")
+    return make_once(directory / f".{name}.lock", done, download, timeout=None, what=f"download image {parsed}")
 
 
 def _check_local(parsed: ImageRef, digest: str | None, progress: bool) -> Path:
@@ -236,8 +242,10 @@ def _check_local(parsed: ImageRef, digest: str | None, progress: bool) -> Path:
         return path
     expected = normalize_digest(digest)
     if not path.is_file():
-        raise ImageError(f"image {parsed}: a digest was given but {path} is not a regular file "
-                         "(a sandbox directory has no file digest)")
+        raise ImageError(
+            f"image {parsed}: a digest was given but {path} is not a regular file "
+            "(a sandbox directory has no file digest)"
+        )
     try:
         actual = file_digest(path, progress=progress)
     except OSError as exc:
@@ -272,10 +280,13 @@ def _download(parsed: ImageRef, tmp: Path, digest: str, *, progress: bool, insec
     from tqdm import tqdm
 
     fetchers: dict[str, Callable[[ImageRef, _HashingWriter, str, bool | None], None]] = {
-        "oras": _fetch_oras, "http": _fetch_http, "https": _fetch_http, "file": _fetch_file}
+        "oras": _fetch_oras,
+        "http": _fetch_http,
+        "https": _fetch_http,
+        "file": _fetch_file,
+    }
     label = parsed.text.rsplit("/", 1)[-1][:40]
-    with open(tmp, "xb") as out, tqdm(unit="B", unit_scale=True, desc=label, disable=not progress,
-                                      leave=False) as bar:
+    with open(tmp, "xb") as out, tqdm(unit="B", unit_scale=True, desc=label, disable=not progress, leave=False) as bar:
         writer = _HashingWriter(out, bar, parsed)
         try:
             fetchers[parsed.scheme](parsed, writer, digest, insecure)
@@ -312,8 +323,7 @@ def _fetch_file(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure:
 def _fetch_http(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure: bool | None) -> None:
     import pooch
 
-    downloader = pooch.HTTPDownloader(progressbar=_PassiveBar(writer.bar), chunk_size=_CHUNK,
-                                      timeout=NETWORK_TIMEOUT)
+    downloader = pooch.HTTPDownloader(progressbar=_PassiveBar(writer.bar), chunk_size=_CHUNK, timeout=NETWORK_TIMEOUT)
     downloader(parsed.text, writer, None)
 
 
@@ -343,6 +353,7 @@ def _oras_registry(host: str, plain_http: bool) -> Any:
 
     class _Registry(base):  # type: ignore[misc, valid-type]
         if single_try is not None:
+
             def do_request(self, *args: Any, **kwargs: Any) -> Any:
                 return single_try(self, *args, **kwargs)
 
@@ -364,12 +375,16 @@ def _sif_layer(parsed: ImageRef, body: bytes) -> tuple[str, int]:
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
         count = len(layers) if isinstance(layers, list) else "no"
-        raise ImageError(f"image {parsed}: an oras SIF image has exactly one layer, this manifest has "
-                         f"{count} (an image index or a multi-file artifact is not a SIF push)")
+        raise ImageError(
+            f"image {parsed}: an oras SIF image has exactly one layer, this manifest has "
+            f"{count} (an image index or a multi-file artifact is not a SIF push)"
+        )
     layer = layers[0]
     if layer.get("mediaType") not in _LAYER_MEDIA_TYPES:
-        raise ImageError(f"image {parsed}: layer media type {layer.get('mediaType')!r} is not a SIF "
-                         f"(expected {SIF_LAYER_MEDIA_TYPE})")
+        raise ImageError(
+            f"image {parsed}: layer media type {layer.get('mediaType')!r} is not a SIF "
+            f"(expected {SIF_LAYER_MEDIA_TYPE})"
+        )
     digest, size = layer.get("digest"), layer.get("size")
     if not isinstance(digest, str) or type(size) is not int or size < 0:
         raise ImageError(f"image {parsed}: malformed layer descriptor {layer!r}")
@@ -397,12 +412,12 @@ def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure:
     url = f"{registry.prefix}://{container.manifest_url()}"
     response = registry.do_request(url, "GET", headers={"Accept": ", ".join(_MANIFEST_MEDIA_TYPES)})
     if response.status_code != 200:
-        raise ImageError(f"image {parsed}: the registry answered {response.status_code} "
-                         f"{response.reason} for the manifest ({url})")
+        raise ImageError(
+            f"image {parsed}: the registry answered {response.status_code} {response.reason} for the manifest ({url})"
+        )
     body = response.content
     if parsed.manifest_digest and "sha256:" + hashlib.sha256(body).hexdigest() != parsed.manifest_digest:
-        raise ImageError(f"image {parsed}: the registry sent a manifest whose digest is not "
-                         f"{parsed.manifest_digest}")
+        raise ImageError(f"image {parsed}: the registry sent a manifest whose digest is not {parsed.manifest_digest}")
     layer_digest, size = _sif_layer(parsed, body)
     if layer_digest != digest:
         # The registry's own content address already says these are other bytes: refuse
@@ -413,7 +428,8 @@ def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure:
     writer.limit = size
     with registry.get_blob(container, layer_digest, stream=True) as blob:
         if blob.status_code != 200:
-            raise ImageError(f"image {parsed}: the registry answered {blob.status_code} "
-                             f"{blob.reason} for blob {layer_digest}")
+            raise ImageError(
+                f"image {parsed}: the registry answered {blob.status_code} {blob.reason} for blob {layer_digest}"
+            )
         for chunk in blob.iter_content(chunk_size=_CHUNK):
             writer.write(chunk)

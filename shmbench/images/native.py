@@ -29,14 +29,27 @@ __all__ = ["NativeBuild", "sif_arch_code"]
 
 _LAUNCH = b"#!/usr/bin/env run-singularity\n"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_STAGING = ".shmbench-build"           # scratch directory inside the rootfs while building
+_STAGING = ".shmbench-build"  # scratch directory inside the rootfs while building
 # siftool's numeric codes (its CLI numbers, not the on-disk values): --datatype 1 is a
 # definition file, 4 a partition; --parttype 2 the primary system partition (the one
 # Apptainer runs); --partfs 1 squashfs.
 _SIFTOOL_DEFFILE, _SIFTOOL_PARTITION, _SIFTOOL_PRIMSYS, _SIFTOOL_SQUASHFS = 1, 4, 2, 1
-_SIF_ARCH = {"i386": 1, "i686": 1, "x86_64": 2, "amd64": 2, "armv7l": 3, "armv6l": 3,
-             "aarch64": 4, "arm64": 4, "ppc64": 5, "ppc64le": 6, "mips": 7, "mips64": 9,
-             "s390x": 11, "riscv64": 12}
+_SIF_ARCH = {
+    "i386": 1,
+    "i686": 1,
+    "x86_64": 2,
+    "amd64": 2,
+    "armv7l": 3,
+    "armv6l": 3,
+    "aarch64": 4,
+    "arm64": 4,
+    "ppc64": 5,
+    "ppc64le": 6,
+    "mips": 7,
+    "mips64": 9,
+    "s390x": 11,
+    "riscv64": 12,
+}
 _PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 
 
@@ -52,8 +65,7 @@ def sif_arch_code(machine: str | None = None) -> int:
 def _require(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise ImageError(f"{tool} not found: building without Apptainer needs it "
-                         f"(apt-get install {package})")
+        raise ImageError(f"{tool} not found: building without Apptainer needs it (apt-get install {package})")
     return path
 
 
@@ -94,7 +106,8 @@ class NativeBuild:
             raise RuntimeUnavailable(
                 f"'Bootstrap: {defn.header['bootstrap']}' needs Apptainer (or Singularity) to "
                 f"build, and neither apptainer nor singularity is on PATH; without it "
-                f"shmbench builds only 'Bootstrap: debootstrap' recipes")
+                f"shmbench builds only 'Bootstrap: debootstrap' recipes"
+            )
         for key in ("osversion", "mirrorurl"):
             if not defn.header.get(key):
                 raise ImageError(f"a debootstrap recipe needs a '{key}' header")
@@ -104,7 +117,8 @@ class NativeBuild:
             raise ImageError(
                 "building without Apptainer runs debootstrap, which needs root: run the "
                 "build as root, or install Apptainer and build unprivileged with "
-                "'apptainer build --fakeroot'")
+                "'apptainer build --fakeroot'"
+            )
         self.debootstrap = _require("debootstrap", "debootstrap")
         self.bwrap = _require("bwrap", "bubblewrap")
         self.mksquashfs = _require("mksquashfs", "squashfs-tools")
@@ -115,19 +129,30 @@ class NativeBuild:
 
     # -- running things ---------------------------------------------------------------
 
-    def _run(self, argv: Sequence[str | os.PathLike[str]], what: str, *, env: Mapping[str, str] | None = None,
-             cwd: str | os.PathLike[str] | None = None) -> None:
+    def _run(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        what: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         """Run one build step; its output goes to the terminal, or to the log when quiet."""
         if self.quiet:
             with open(self.log, "ab") as log:
                 log.write(f"\n==> {what}: {' '.join(map(str, argv))}\n".encode())
                 log.flush()
-                proc = subprocess.run(list(map(str, argv)), stdin=subprocess.DEVNULL,
-                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                      check=False)
+                proc = subprocess.run(
+                    list(map(str, argv)),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=cwd,
+                    check=False,
+                )
         else:
-            proc = subprocess.run(list(map(str, argv)), stdin=subprocess.DEVNULL, env=env,
-                                  cwd=cwd, check=False)
+            proc = subprocess.run(list(map(str, argv)), stdin=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
         if proc.returncode != 0:
             raise ImageError(f"{what} failed (exit status {proc.returncode})" + self._tail())
 
@@ -138,9 +163,14 @@ class NativeBuild:
         return ":\n" + "\n".join(lines)
 
     def _sandbox_env(self) -> dict[str, str]:
-        env = {"PATH": _PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
-               "SINGULARITY_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
-               "APPTAINER_ENVIRONMENT": "/.singularity.d/env/91-environment.sh"}
+        env = {
+            "PATH": _PATH,
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "SINGULARITY_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
+            "APPTAINER_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
+        }
         for name in _PROXY_VARS:
             for variant in (name, name.upper()):
                 if variant in os.environ:
@@ -151,9 +181,22 @@ class NativeBuild:
         """bwrap with the rootfs as ``/``: as root with all capabilities (dpkg chowns
         files, apt drops to its own user), sharing the host network (apt, pip) and its
         name resolution, private pid/ipc/uts namespaces, ``/dev`` and ``/proc``."""
-        argv = [self.bwrap, "--bind" if writable else "--ro-bind", str(self.rootfs), "/",
-                "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--die-with-parent", "--cap-add", "ALL"]
+        argv = [
+            self.bwrap,
+            "--bind" if writable else "--ro-bind",
+            str(self.rootfs),
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--die-with-parent",
+            "--cap-add",
+            "ALL",
+        ]
         if not writable:
             argv += ["--tmpfs", "/tmp"]
         for name in ("/etc/resolv.conf", "/etc/hosts"):
@@ -192,38 +235,64 @@ class NativeBuild:
         # Apptainer's own debootstrap options: a minimal system, apt always included,
         # and a few packages a container never needs left out.
         include = ",".join(["apt", *self.defn.include])
-        self._run([self.debootstrap, "--variant=minbase",
-                   "--exclude=openssl,udev,debconf-i18n,e2fsprogs", f"--include={include}",
-                   self.defn.header["osversion"], self.rootfs, self.defn.header["mirrorurl"]],
-                  "debootstrap")
+        self._run(
+            [
+                self.debootstrap,
+                "--variant=minbase",
+                "--exclude=openssl,udev,debconf-i18n,e2fsprogs",
+                f"--include={include}",
+                self.defn.header["osversion"],
+                self.rootfs,
+                self.defn.header["mirrorurl"],
+            ],
+            "debootstrap",
+        )
         os.chmod(self.rootfs, 0o755)
 
     def base_environment(self) -> None:
         """Apptainer's skeleton: the directories and scripts its runtime expects."""
         root = self.rootfs
-        for d in (".singularity.d/libs", ".singularity.d/actions", ".singularity.d/env", "dev",
-                  "proc", "sys", "root", "tmp", "var/tmp", "etc", "home", "shmbench", _STAGING):
+        for d in (
+            ".singularity.d/libs",
+            ".singularity.d/actions",
+            ".singularity.d/env",
+            "dev",
+            "proc",
+            "sys",
+            "root",
+            "tmp",
+            "var/tmp",
+            "etc",
+            "home",
+            "shmbench",
+            _STAGING,
+        ):
             (root / d).mkdir(parents=True, exist_ok=True)
-        for name in ("etc/hosts", "etc/resolv.conf"):   # runtimes bind the host's over them
+        for name in ("etc/hosts", "etc/resolv.conf"):  # runtimes bind the host's over them
             _write(root / name, "")
-        sourcing = ('for script in /.singularity.d/env/*.sh; do\n'
-                    '    if [ -f "$script" ]; then . "$script"; fi\n'
-                    'done\n')
+        sourcing = 'for script in /.singularity.d/env/*.sh; do\n    if [ -f "$script" ]; then . "$script"; fi\ndone\n'
         actions = {
             "exec": sourcing + 'exec "$@"\n',
-            "run": sourcing + (
+            "run": sourcing
+            + (
                 'if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi\n'
-                'echo "No runscript found, executing /bin/sh"\nexec /bin/sh "$@"\n'),
-            "shell": sourcing + (
+                'echo "No runscript found, executing /bin/sh"\nexec /bin/sh "$@"\n'
+            ),
+            "shell": sourcing
+            + (
                 'if [ -n "${APPTAINER_SHELL:-}" ] && [ -x "$APPTAINER_SHELL" ]; then exec "$APPTAINER_SHELL" "$@"; fi\n'
                 'if [ -x /bin/bash ]; then SHELL=/bin/bash; export SHELL; exec /bin/bash --norc "$@"; fi\n'
-                'SHELL=/bin/sh; export SHELL; exec /bin/sh "$@"\n'),
+                'SHELL=/bin/sh; export SHELL; exec /bin/sh "$@"\n'
+            ),
             # an instance's PID 1 waits for this signal before the start script runs
-            "start": 'kill -CONT 1\n' + sourcing + (
-                'if [ -x /.singularity.d/startscript ]; then exec /.singularity.d/startscript; fi\n'),
-            "test": sourcing + (
+            "start": "kill -CONT 1\n"
+            + sourcing
+            + ("if [ -x /.singularity.d/startscript ]; then exec /.singularity.d/startscript; fi\n"),
+            "test": sourcing
+            + (
                 'if [ -x /.singularity.d/test ]; then exec /.singularity.d/test "$@"; fi\n'
-                'echo "No test found in container, executing /bin/sh -c true"\nexec /bin/sh -c true\n'),
+                'echo "No test found in container, executing /bin/sh -c true"\nexec /bin/sh -c true\n'
+            ),
         }
         for name, body in actions.items():
             _write(root / ".singularity.d/actions" / name, "#!/bin/sh\n\n" + body, 0o755)
@@ -232,28 +301,33 @@ class NativeBuild:
             "01-base.sh": "#!/bin/sh\n",
             "90-environment.sh": env_header,
             "91-environment.sh": env_header,
-            "99-base.sh": ('#!/bin/sh\nif [ -z "${LD_LIBRARY_PATH:-}" ]; then\n'
-                           '    LD_LIBRARY_PATH=/.singularity.d/libs\nelse\n'
-                           '    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\n'
-                           'PS1="Apptainer> "\nexport LD_LIBRARY_PATH PS1\n'),
+            "99-base.sh": (
+                '#!/bin/sh\nif [ -z "${LD_LIBRARY_PATH:-}" ]; then\n'
+                "    LD_LIBRARY_PATH=/.singularity.d/libs\nelse\n"
+                '    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\n'
+                'PS1="Apptainer> "\nexport LD_LIBRARY_PATH PS1\n'
+            ),
             "99-runtimevars.sh": (
-                '#!/bin/sh\n'
+                "#!/bin/sh\n"
                 'if [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then PATH="${SING_USER_DEFINED_PREPEND_PATH}:${PATH}"; fi\n'
                 'if [ -n "${SING_USER_DEFINED_APPEND_PATH:-}" ]; then PATH="${PATH}:${SING_USER_DEFINED_APPEND_PATH}"; fi\n'
                 'if [ -n "${SING_USER_DEFINED_PATH:-}" ]; then PATH="${SING_USER_DEFINED_PATH}"; fi\n'
-                'unset SING_USER_DEFINED_PREPEND_PATH SING_USER_DEFINED_APPEND_PATH SING_USER_DEFINED_PATH\n'
-                'export PATH\n'),
+                "unset SING_USER_DEFINED_PREPEND_PATH SING_USER_DEFINED_APPEND_PATH SING_USER_DEFINED_PATH\n"
+                "export PATH\n"
+            ),
         }
         for name, text in env_files.items():
             _write(root / ".singularity.d/env" / name, text, 0o755)
         _write(root / ".singularity.d/runscript", "#!/bin/sh\n", 0o755)
         _write(root / ".singularity.d/startscript", "#!/bin/sh\n", 0o755)
-        for link, target in (("singularity", ".singularity.d/runscript"),
-                             (".run", ".singularity.d/actions/run"),
-                             (".exec", ".singularity.d/actions/exec"),
-                             (".shell", ".singularity.d/actions/shell"),
-                             (".test", ".singularity.d/actions/test"),
-                             ("environment", ".singularity.d/env/90-environment.sh")):
+        for link, target in (
+            ("singularity", ".singularity.d/runscript"),
+            (".run", ".singularity.d/actions/run"),
+            (".exec", ".singularity.d/actions/exec"),
+            (".shell", ".singularity.d/actions/shell"),
+            (".test", ".singularity.d/actions/test"),
+            ("environment", ".singularity.d/env/90-environment.sh"),
+        ):
             if not os.path.lexists(root / link):
                 os.symlink(target, root / link)
 
@@ -264,8 +338,9 @@ class NativeBuild:
         script = self.work / "setup.sh"
         script.write_text(body, encoding="utf-8")
         env = dict(os.environ, SINGULARITY_ROOTFS=str(self.rootfs), APPTAINER_ROOTFS=str(self.rootfs))
-        self._run([_shell_of(self.defn, "setup"), "-ex", script], "%setup (on the host)",
-                  env=env, cwd=self.defn.base_dir)
+        self._run(
+            [_shell_of(self.defn, "setup"), "-ex", script], "%setup (on the host)", env=env, cwd=self.defn.base_dir
+        )
 
     def copy_files(self) -> None:
         """``%files``: staged on the host (symlinks followed), then copied inside the
@@ -286,13 +361,18 @@ class NativeBuild:
             if not dst.startswith("/"):
                 dst = "/" + dst
             pairs += [f"/{_STAGING}/files/{index}/{src.name}", dst]
-        script = ('while [ $# -gt 0 ]; do\n'
-                  '    src=$1; dst=$2; shift 2\n'
-                  '    case $dst in */) mkdir -p "$dst" ;; *) mkdir -p "$(dirname "$dst")" ;; esac\n'
-                  '    cp -fr "$src" "$dst"\n'
-                  'done\n')
-        self._run([*self._bwrap(writable=True), "/bin/sh", "-e", "-c", script, "files", *pairs],
-                  "%files", env=self._sandbox_env())
+        script = (
+            "while [ $# -gt 0 ]; do\n"
+            "    src=$1; dst=$2; shift 2\n"
+            '    case $dst in */) mkdir -p "$dst" ;; *) mkdir -p "$(dirname "$dst")" ;; esac\n'
+            '    cp -fr "$src" "$dst"\n'
+            "done\n"
+        )
+        self._run(
+            [*self._bwrap(writable=True), "/bin/sh", "-e", "-c", script, "files", *pairs],
+            "%files",
+            env=self._sandbox_env(),
+        )
 
     def post(self) -> None:
         body = self.defn.script("post")
@@ -307,8 +387,7 @@ class NativeBuild:
             # proxy, say); the image's own trust store is left as its packages made it.
             inner = f"/{_STAGING}/host-ca.crt"
             argv += ["--ro-bind", ca, inner]
-            for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-                         "GIT_SSL_CAINFO"):
+            for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
                 env[name] = inner
         argv += ["--chdir", "/", _shell_of(self.defn, "post"), "-ex", f"/{_STAGING}/post.sh"]
         self._run(argv, "%post (inside the image)", env=env)
@@ -320,15 +399,15 @@ class NativeBuild:
         _write(d / "env/90-environment.sh", env_header + self.defn.script("environment"), 0o755)
         for section in ("runscript", "startscript", "test"):
             if section in self.defn.sections:
-                _write(d / section, _as_script(self.defn.script(section),
-                                               _shell_of(self.defn, section)), 0o755)
+                _write(d / section, _as_script(self.defn.script(section), _shell_of(self.defn, section)), 0o755)
         if self.defn.script("help").strip():
             _write(d / "runscript.help", self.defn.script("help"))
         _write(d / "Singularity", self.defn.text)
         labels = {
             "org.label-schema.schema-version": "1.0",
-            "org.label-schema.build-date":
-                datetime.datetime.now(datetime.timezone.utc).strftime("%A_%d_%B_%Y_%H:%M:%S_%Z"),
+            "org.label-schema.build-date": datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%A_%d_%B_%Y_%H:%M:%S_%Z"
+            ),
             "org.label-schema.build-arch": platform.machine(),
             "org.label-schema.usage.shmbench.builder": "shmbench native (debootstrap + bwrap)",
         }
@@ -343,8 +422,11 @@ class NativeBuild:
     def test(self) -> None:
         if not self.defn.script("test").strip():
             return
-        self._run([*self._bwrap(writable=False), "--chdir", "/", "/.singularity.d/actions/test"],
-                  "%test (inside the finished image)", env=self._sandbox_env())
+        self._run(
+            [*self._bwrap(writable=False), "--chdir", "/", "/.singularity.d/actions/test"],
+            "%test (inside the finished image)",
+            env=self._sandbox_env(),
+        )
 
     def clean(self) -> None:
         shutil.rmtree(self.rootfs / _STAGING, ignore_errors=True)
@@ -361,12 +443,29 @@ class NativeBuild:
         self._run([self.siftool, "new", sif], "siftool new")
         # Group 1 holds the image's objects, as Apptainer's builds do (signing and
         # verification work on object groups).
-        self._run([self.siftool, "add", "--datatype", str(_SIFTOOL_DEFFILE), "--groupid", "1",
-                   sif, deffile], "siftool add (definition file)")
-        self._run([self.siftool, "add", "--datatype", str(_SIFTOOL_PARTITION),
-                   "--parttype", str(_SIFTOOL_PRIMSYS), "--partfs", str(_SIFTOOL_SQUASHFS),
-                   "--partarch", str(sif_arch_code()), "--groupid", "1", sif, squash],
-                  "siftool add (root filesystem)")
+        self._run(
+            [self.siftool, "add", "--datatype", str(_SIFTOOL_DEFFILE), "--groupid", "1", sif, deffile],
+            "siftool add (definition file)",
+        )
+        self._run(
+            [
+                self.siftool,
+                "add",
+                "--datatype",
+                str(_SIFTOOL_PARTITION),
+                "--parttype",
+                str(_SIFTOOL_PRIMSYS),
+                "--partfs",
+                str(_SIFTOOL_SQUASHFS),
+                "--partarch",
+                str(sif_arch_code()),
+                "--groupid",
+                "1",
+                sif,
+                squash,
+            ],
+            "siftool add (root filesystem)",
+        )
         _set_launch_script(sif)
         return sif
 

@@ -135,9 +135,11 @@ def parse_ref(text: str) -> ImageRef:
         raise ImageError(
             f"image reference {text!r}: {scheme}:// images are built or converted by Apptainer, "
             "so they cannot be pinned by a file digest; push the SIF with `apptainer push "
-            "IMAGE.sif oras://...` and reference that")
-    raise ImageError(f"image reference {text!r}: unknown scheme {scheme!r} "
-                     "(expected oras://, https://, http://, file:// or a path)")
+            "IMAGE.sif oras://...` and reference that"
+        )
+    raise ImageError(
+        f"image reference {text!r}: unknown scheme {scheme!r} (expected oras://, https://, http://, file:// or a path)"
+    )
 
 
 def _parse_oras(text: str, rest: str) -> ImageRef:
@@ -157,12 +159,13 @@ def _parse_oras(text: str, rest: str) -> ImageRef:
         if not _TAG_RE.fullmatch(tag):
             raise ImageError(f"image reference {text!r}: invalid tag {tag!r}")
     if not _REPO_RE.fullmatch(name):
-        raise ImageError(f"image reference {text!r}: invalid repository {name!r} "
-                         "(lower-case letters, digits and . _ - separators, as OCI requires)")
+        raise ImageError(
+            f"image reference {text!r}: invalid repository {name!r} "
+            "(lower-case letters, digits and . _ - separators, as OCI requires)"
+        )
     if tag is None and manifest_digest is None:
         tag = "latest"
-    return ImageRef(text=text, scheme="oras", host=host, repository=name, tag=tag,
-                    manifest_digest=manifest_digest)
+    return ImageRef(text=text, scheme="oras", host=host, repository=name, tag=tag, manifest_digest=manifest_digest)
 
 
 def normalize_digest(digest: str) -> str:

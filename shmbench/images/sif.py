@@ -61,7 +61,7 @@ SQUASHFS_MAGIC = b"hsqs"
 _HEADER = struct.Struct("<32s10s3s3s16s8q")
 _DESCRIPTOR = struct.Struct("<i?IIIqqqqqqq128s384s")
 _PARTITION = struct.Struct("<ii3s")
-HEADER_SIZE = _HEADER.size          # 128
+HEADER_SIZE = _HEADER.size  # 128
 DESCRIPTOR_SIZE = _DESCRIPTOR.size  # 585
 
 # The reference creates 48 descriptors; a cap keeps a corrupt count from making us read
@@ -107,8 +107,17 @@ class PartType(enum.IntEnum):
 
 # SIF architecture codes (header and partition ``arch``), as written by the reference.
 _ARCH_NAMES = {
-    "01": "386", "02": "amd64", "03": "arm", "04": "arm64", "05": "ppc64", "06": "ppc64le",
-    "07": "mips", "08": "mipsle", "09": "mips64", "10": "mips64le", "11": "s390x",
+    "01": "386",
+    "02": "amd64",
+    "03": "arm",
+    "04": "arm64",
+    "05": "ppc64",
+    "06": "ppc64le",
+    "07": "mips",
+    "08": "mipsle",
+    "09": "mips64",
+    "10": "mips64le",
+    "11": "s390x",
     "12": "riscv64",
 }
 
@@ -200,9 +209,12 @@ class SifImage:
             system = [d for d in parts if d.part_type == PartType.SYSTEM]
             primary = system if len(system) == 1 else []
         if not primary:
-            kinds = ", ".join(
-                f"id {d.id}: {_enum_name(PartType, d.part_type)}/{_enum_name(FsType, d.fs_type)}"
-                for d in parts) or "no partitions at all"
+            kinds = (
+                ", ".join(
+                    f"id {d.id}: {_enum_name(PartType, d.part_type)}/{_enum_name(FsType, d.fs_type)}" for d in parts
+                )
+                or "no partitions at all"
+            )
             raise ImageError(f"{self.path}: no primary system partition in this SIF ({kinds})")
         return primary[0]
 
@@ -232,8 +244,8 @@ def read_sif(path: str | os.PathLike[str]) -> SifImage:
                 raise ImageError(f"{path}: not a SIF file (no SIF_MAGIC in its header)")
             if len(head) < HEADER_SIZE:
                 raise ImageError(
-                    f"{path}: truncated SIF file ({file_size} bytes, shorter than its "
-                    f"{HEADER_SIZE}-byte header)")
+                    f"{path}: truncated SIF file ({file_size} bytes, shorter than its {HEADER_SIZE}-byte header)"
+                )
             header = _parse_header(path, head, file_size)
             f.seek(header.descriptors_offset)
             table_size = header.descriptors_total * DESCRIPTOR_SIZE
@@ -261,41 +273,52 @@ def read_sif(path: str | os.PathLike[str]) -> SifImage:
 
 
 def _parse_header(path: Path, head: bytes, file_size: int) -> SifHeader:
-    (launch, magic, version, arch, uuid, ctime, mtime, dfree, dtotal, descroff, descrlen,
-     dataoff, datalen) = _HEADER.unpack(head)
+    (launch, magic, version, arch, uuid, ctime, mtime, dfree, dtotal, descroff, descrlen, dataoff, datalen) = (
+        _HEADER.unpack(head)
+    )
     if magic.rstrip(b"\0") != SIF_MAGIC:
         raise ImageError(f"{path}: not a SIF file (no SIF_MAGIC in its header)")
     version_text = _cstr(version)
     if version_text != SIF_VERSION:
-        raise ImageError(f"{path}: unsupported SIF version {version_text!r} "
-                         f"(this reader knows version {SIF_VERSION})")
+        raise ImageError(f"{path}: unsupported SIF version {version_text!r} (this reader knows version {SIF_VERSION})")
     if not 0 <= dtotal <= _MAX_DESCRIPTORS:
         raise ImageError(f"{path}: corrupt SIF header (descriptor count {dtotal})")
     if descroff < HEADER_SIZE or descroff > file_size:
-        raise ImageError(f"{path}: corrupt or truncated SIF file (descriptor table at "
-                         f"{descroff}, file size {file_size})")
+        raise ImageError(
+            f"{path}: corrupt or truncated SIF file (descriptor table at {descroff}, file size {file_size})"
+        )
     if descroff + dtotal * DESCRIPTOR_SIZE > file_size:
-        raise ImageError(f"{path}: truncated SIF file (descriptor table ends past the end "
-                         f"of the {file_size}-byte file)")
+        raise ImageError(
+            f"{path}: truncated SIF file (descriptor table ends past the end of the {file_size}-byte file)"
+        )
     uuid_hex = uuid.hex()
     return SifHeader(
-        launch=_cstr(launch), version=version_text, arch=_arch_name(_cstr(arch)),
+        launch=_cstr(launch),
+        version=version_text,
+        arch=_arch_name(_cstr(arch)),
         uuid=f"{uuid_hex[:8]}-{uuid_hex[8:12]}-{uuid_hex[12:16]}-{uuid_hex[16:20]}-{uuid_hex[20:]}",
-        created=ctime, modified=mtime, descriptors_free=dfree, descriptors_total=dtotal,
-        descriptors_offset=descroff, descriptors_size=descrlen, data_offset=dataoff,
-        data_size=datalen)
+        created=ctime,
+        modified=mtime,
+        descriptors_free=dfree,
+        descriptors_total=dtotal,
+        descriptors_offset=descroff,
+        descriptors_size=descrlen,
+        data_offset=dataoff,
+        data_size=datalen,
+    )
 
 
-def _parse_descriptor(path: Path, table: bytes, index: int,
-                      file_size: int) -> SifDescriptor | None:
-    (datatype, used, obj_id, group, link, offset, size, _storesize, ctime, mtime, _uid, _gid,
-     name, extra) = _DESCRIPTOR.unpack_from(table, index * DESCRIPTOR_SIZE)
+def _parse_descriptor(path: Path, table: bytes, index: int, file_size: int) -> SifDescriptor | None:
+    (datatype, used, obj_id, group, link, offset, size, _storesize, ctime, mtime, _uid, _gid, name, extra) = (
+        _DESCRIPTOR.unpack_from(table, index * DESCRIPTOR_SIZE)
+    )
     if not used:
         return None
     if offset < 0 or size < 0 or offset + size > file_size:
         raise ImageError(
             f"{path}: truncated or corrupt SIF file (data object {obj_id} spans bytes "
-            f"{offset}..{offset + size}, file size {file_size})")
+            f"{offset}..{offset + size}, file size {file_size})"
+        )
     try:
         datatype = DataType(datatype)
     except ValueError:
@@ -305,9 +328,19 @@ def _parse_descriptor(path: Path, table: bytes, index: int,
         fs_type, part_type, arch_raw = _PARTITION.unpack_from(extra)
         arch = _arch_name(_cstr(arch_raw))
     return SifDescriptor(
-        datatype=datatype, id=obj_id, group_id=group & ~_GROUP_MASK, linked_id=link,
-        offset=offset, size=size, created=ctime, modified=mtime, name=_cstr(name),
-        fs_type=fs_type, part_type=part_type, arch=arch)
+        datatype=datatype,
+        id=obj_id,
+        group_id=group & ~_GROUP_MASK,
+        linked_id=link,
+        offset=offset,
+        size=size,
+        created=ctime,
+        modified=mtime,
+        name=_cstr(name),
+        fs_type=fs_type,
+        part_type=part_type,
+        arch=arch,
+    )
 
 
 def find_squashfs(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -321,26 +354,30 @@ def find_squashfs(path: str | os.PathLike[str]) -> tuple[int, int]:
     part = image.primary_partition()
     if part.fs_type != FsType.SQUASHFS:
         hint = " (encrypted images need Apptainer)" if part.fs_type == FsType.ENCRYPTED_SQUASHFS else ""
-        raise ImageError(f"{image.path}: the primary partition is "
-                         f"{_enum_name(FsType, part.fs_type)}, not squashfs{hint}")
+        raise ImageError(
+            f"{image.path}: the primary partition is {_enum_name(FsType, part.fs_type)}, not squashfs{hint}"
+        )
     # Cheap corruption check before handing the offset to unsquashfs: a squashfs
     # superblock starts with "hsqs" (little-endian squashfs, the only kind Linux writes).
     with open(image.path, "rb") as f:
         f.seek(part.offset)
         if f.read(4) != SQUASHFS_MAGIC:
-            raise ImageError(f"{image.path}: partition {part.id} does not start with a "
-                             f"squashfs superblock (corrupt image?)")
+            raise ImageError(
+                f"{image.path}: partition {part.id} does not start with a squashfs superblock (corrupt image?)"
+            )
     return part.offset, part.size
 
 
 # --------------------------------------------------------------------------- unpacking
 
+
 def _default_unpack_dir() -> Path:
     return cache_subdir("unpacked")
 
 
-def unpack_sif(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-               *, timeout: float | None = None) -> Path:
+def unpack_sif(
+    path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+) -> Path:
     """Unpack the root filesystem of a SIF image once; return the rootfs directory.
 
     The tree lives at ``CACHE/<sha256 of the SIF>`` (default cache:
@@ -369,24 +406,44 @@ def unpack_sif(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] |
         _unsquash(Path(path), offset, root, dest)
         return dest
 
-    return make_once(root / f"{digest}.lock", lambda: dest if dest.is_dir() else None, unpack,
-                     timeout=timeout, what=f"unpack {path}")
+    return make_once(
+        root / f"{digest}.lock", lambda: dest if dest.is_dir() else None, unpack, timeout=timeout, what=f"unpack {path}"
+    )
 
 
 def _unsquash(sif: Path, offset: int, root: Path, dest: Path) -> None:
     unsquashfs = shutil.which("unsquashfs")
     if unsquashfs is None:
-        raise ImageError("unsquashfs not found: unpacking a SIF without Apptainer needs "
-                         "squashfs-tools >= 4.5 (apt-get install squashfs-tools)")
+        raise ImageError(
+            "unsquashfs not found: unpacking a SIF without Apptainer needs "
+            "squashfs-tools >= 4.5 (apt-get install squashfs-tools)"
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".unpack-{dest.name[:12]}-", dir=root))
     tree = staging / "rootfs"
     try:
         # -no-xattrs: no security.capability on host files; dev/*: no device nodes (bwrap
         # mounts its own /dev, and a non-root unsquashfs cannot create them anyway).
-        argv = [unsquashfs, "-no-progress", "-no-xattrs", "-excludes", "-o", str(offset),
-                "-d", str(tree), str(sif), "dev/*"]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace", check=False)
+        argv = [
+            unsquashfs,
+            "-no-progress",
+            "-no-xattrs",
+            "-excludes",
+            "-o",
+            str(offset),
+            "-d",
+            str(tree),
+            str(sif),
+            "dev/*",
+        ]
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            check=False,
+        )
         if proc.returncode != 0 or not tree.is_dir():
             tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
             if "SYNTAX:" in proc.stdout:

@@ -82,8 +82,9 @@ def cache_subdir(name: str) -> Path:
     return path
 
 
-def make_once(lock_path: Path, done: Callable[[], T | None], make: Callable[[], T], *,
-              timeout: float | None, what: str) -> T:
+def make_once(
+    lock_path: Path, done: Callable[[], T | None], make: Callable[[], T], *, timeout: float | None, what: str
+) -> T:
     """``done()`` if it has a result, else ``make()`` -- under a file lock, so that processes
     racing for one cache entry make it once: a waiter re-checks ``done()`` when it gets the
     lock and finds the winner's result. ``make`` must publish atomically (rename).
@@ -99,8 +100,9 @@ def make_once(lock_path: Path, done: Callable[[], T | None], make: Callable[[], 
     try:
         lock.acquire(timeout=-1 if timeout is None else timeout)
     except filelock.Timeout:
-        raise ImageError(f"timed out after {timeout} s waiting for another process to {what} "
-                         f"(lock {lock_path})") from None
+        raise ImageError(
+            f"timed out after {timeout} s waiting for another process to {what} (lock {lock_path})"
+        ) from None
     try:
         found = done()
         return found if found is not None else make()
@@ -136,8 +138,10 @@ def file_digest(path: str | os.PathLike[str], *, progress: bool = False) -> str:
 
     name = Path(path).name
     hasher = hashlib.sha256()
-    with open(key[0], "rb") as f, tqdm(total=key[2], unit="B", unit_scale=True, desc=f"sha256 {name}",
-                                       disable=not progress, leave=False) as bar:
+    with (
+        open(key[0], "rb") as f,
+        tqdm(total=key[2], unit="B", unit_scale=True, desc=f"sha256 {name}", disable=not progress, leave=False) as bar,
+    ):
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
             bar.update(len(chunk))
@@ -172,7 +176,7 @@ def cached_path(digest: str) -> Path | None:
     path = images_dir() / cache_name(digest)
     if not path.is_file():
         return None
-    remember_digest(path, digest)    # it got that name only after it was verified
+    remember_digest(path, digest)  # it got that name only after it was verified
     return path
 
 
@@ -216,8 +220,14 @@ def list_images() -> list[CachedImage]:
         if not match or not entry.is_file(follow_symlinks=False):
             continue  # lock files (empty; they stay), partial downloads, other tools' files
         st = entry.stat(follow_symlinks=False)
-        found.append(CachedImage(path=Path(entry.path), digest="sha256:" + match.group(1), size=st.st_size,
-                                 last_used=datetime.fromtimestamp(st.st_atime, tz=timezone.utc)))
+        found.append(
+            CachedImage(
+                path=Path(entry.path),
+                digest="sha256:" + match.group(1),
+                size=st.st_size,
+                last_used=datetime.fromtimestamp(st.st_atime, tz=timezone.utc),
+            )
+        )
     found.sort(key=lambda image: image.last_used, reverse=True)
     return found
 

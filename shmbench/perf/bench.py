@@ -47,17 +47,23 @@ def find_bench_dir() -> Path:
             return path.resolve()
     raise FileNotFoundError(
         "the benchmark suites live in a shmbench source checkout's bench/ directory, which "
-        f"was not found (looked in {', '.join(map(str, candidates))}); set {BENCH_DIR_ENV}")
+        f"was not found (looked in {', '.join(map(str, candidates))}); set {BENCH_DIR_ENV}"
+    )
 
 
 def pytest_args(bench_dir: Path, json_path: Path, quick: bool, extra_args: Sequence[str] = ()) -> list[str]:
     """The child pytest's command line."""
     opts = _QUICK if quick else _FULL
     return [
-        sys.executable, "-m", "pytest", str(bench_dir),
-        "-v", "-rfEs",                       # a line per benchmark; failures, errors, skip reasons
-        "-p", "no:cacheprovider",
-        "--benchmark-enable",                # the checkout's addopts disable benchmarks
+        sys.executable,
+        "-m",
+        "pytest",
+        str(bench_dir),
+        "-v",
+        "-rfEs",  # a line per benchmark; failures, errors, skip reasons
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-enable",  # the checkout's addopts disable benchmarks
         f"--benchmark-json={json_path}",
         f"--benchmark-min-rounds={opts['min_rounds']}",
         f"--benchmark-max-time={opts['max_time']}",
@@ -84,7 +90,7 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
         return 2
     json_path = (out / "bench.json").resolve()
     if json_path.exists():
-        json_path.unlink()       # a stale file must not be reported as this run
+        json_path.unlink()  # a stale file must not be reported as this run
     env = dict(os.environ)
     if quick:
         env[QUICK_ENV] = "1"

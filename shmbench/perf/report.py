@@ -54,33 +54,98 @@ PLOT_COLUMNS = 2
 #: (what, (group, method), (group, method) or None, kind, goal)
 #: kinds: "time_ratio" (a/b <= goal), "speedup" (b/a >= goal), "seconds" (a <= goal)
 TARGETS: list[tuple[str, tuple[str, str], tuple[str, str] | None, str, float]] = [
-    ("CartPole step, shmbench (default wait) vs native", ("cartpole", "shmbench-process"),
-     ("cartpole", "native"), "time_ratio", 1.3),
-    ("CartPole step, shmbench wait=spin vs native", ("cartpole", "shmbench-process-spin"),
-     ("cartpole", "native"), "time_ratio", 1.3),
-    ("1 MiB obs with copy=False vs the CartPole step (env hands out its own frames: "
-     "the server copies them into the slab)", ("obs-1MiB-f32", "shmbench-process-nocopy"),
-     ("cartpole", "shmbench-process"), "time_ratio", 1.2),
-    ("1 MiB obs with copy=False vs the CartPole step (env writes into the slab: no copy)",
-     ("obs-1MiB-f32-inplace", "shmbench-process-nocopy"), ("cartpole", "shmbench-process"), "time_ratio", 1.2),
-    ("8x CartPole env-steps/s vs AsyncVectorEnv", ("vec8-cartpole", "shmbench-process"),
-     ("vec8-cartpole", "async-vector"), "speedup", 8.0),
-    ("8x CartPole env-steps/s vs SyncVectorEnv", ("vec8-cartpole", "shmbench-process"),
-     ("vec8-cartpole", "sync-vector"), "speedup", 0.9),
-    ("8x 1 ms envs, 2 workers, vs SyncVectorEnv", ("vec8-busy1ms", "shmbench-process-w2"),
-     ("vec8-busy1ms", "sync-vector"), "speedup", 1.8),
-    ("8x 1 ms envs, default workers, vs SyncVectorEnv", ("vec8-busy1ms", "shmbench-process"),
-     ("vec8-busy1ms", "sync-vector"), "speedup", 1.8),
-    ("8x CartPole env-steps/s, wait=spin, vs SyncVectorEnv", ("vec8-cartpole", "shmbench-process-spin"),
-     ("vec8-cartpole", "sync-vector"), "speedup", 0.9),
-    ("CartPole step, bwrap (host root) vs process", ("cartpole", "shmbench-bwrap"),
-     ("cartpole", "shmbench-process"), "time_ratio", 1.1),
-    ("CartPole step, bwrap (host root) vs process, wait=spin", ("cartpole", "shmbench-bwrap-spin"),
-     ("cartpole", "shmbench-process-spin"), "time_ratio", 1.1),
-    ("CartPole step, bwrap (SIF) vs process", ("cartpole", "shmbench-bwrap-sif"),
-     ("cartpole", "shmbench-process"), "time_ratio", 1.1),
-    ("CartPole step, bwrap (SIF) vs process, wait=spin", ("cartpole", "shmbench-bwrap-sif-spin"),
-     ("cartpole", "shmbench-process-spin"), "time_ratio", 1.1),
+    (
+        "CartPole step, shmbench (default wait) vs native",
+        ("cartpole", "shmbench-process"),
+        ("cartpole", "native"),
+        "time_ratio",
+        1.3,
+    ),
+    (
+        "CartPole step, shmbench wait=spin vs native",
+        ("cartpole", "shmbench-process-spin"),
+        ("cartpole", "native"),
+        "time_ratio",
+        1.3,
+    ),
+    (
+        "1 MiB obs with copy=False vs the CartPole step (env hands out its own frames: "
+        "the server copies them into the slab)",
+        ("obs-1MiB-f32", "shmbench-process-nocopy"),
+        ("cartpole", "shmbench-process"),
+        "time_ratio",
+        1.2,
+    ),
+    (
+        "1 MiB obs with copy=False vs the CartPole step (env writes into the slab: no copy)",
+        ("obs-1MiB-f32-inplace", "shmbench-process-nocopy"),
+        ("cartpole", "shmbench-process"),
+        "time_ratio",
+        1.2,
+    ),
+    (
+        "8x CartPole env-steps/s vs AsyncVectorEnv",
+        ("vec8-cartpole", "shmbench-process"),
+        ("vec8-cartpole", "async-vector"),
+        "speedup",
+        8.0,
+    ),
+    (
+        "8x CartPole env-steps/s vs SyncVectorEnv",
+        ("vec8-cartpole", "shmbench-process"),
+        ("vec8-cartpole", "sync-vector"),
+        "speedup",
+        0.9,
+    ),
+    (
+        "8x 1 ms envs, 2 workers, vs SyncVectorEnv",
+        ("vec8-busy1ms", "shmbench-process-w2"),
+        ("vec8-busy1ms", "sync-vector"),
+        "speedup",
+        1.8,
+    ),
+    (
+        "8x 1 ms envs, default workers, vs SyncVectorEnv",
+        ("vec8-busy1ms", "shmbench-process"),
+        ("vec8-busy1ms", "sync-vector"),
+        "speedup",
+        1.8,
+    ),
+    (
+        "8x CartPole env-steps/s, wait=spin, vs SyncVectorEnv",
+        ("vec8-cartpole", "shmbench-process-spin"),
+        ("vec8-cartpole", "sync-vector"),
+        "speedup",
+        0.9,
+    ),
+    (
+        "CartPole step, bwrap (host root) vs process",
+        ("cartpole", "shmbench-bwrap"),
+        ("cartpole", "shmbench-process"),
+        "time_ratio",
+        1.1,
+    ),
+    (
+        "CartPole step, bwrap (host root) vs process, wait=spin",
+        ("cartpole", "shmbench-bwrap-spin"),
+        ("cartpole", "shmbench-process-spin"),
+        "time_ratio",
+        1.1,
+    ),
+    (
+        "CartPole step, bwrap (SIF) vs process",
+        ("cartpole", "shmbench-bwrap-sif"),
+        ("cartpole", "shmbench-process"),
+        "time_ratio",
+        1.1,
+    ),
+    (
+        "CartPole step, bwrap (SIF) vs process, wait=spin",
+        ("cartpole", "shmbench-bwrap-sif-spin"),
+        ("cartpole", "shmbench-process-spin"),
+        "time_ratio",
+        1.1,
+    ),
     ("start-up, bwrap host root (s)", ("startup-cartpole", "shmbench-bwrap"), None, "seconds", 0.5),
 ]
 
@@ -93,11 +158,11 @@ class Row:
     group: str
     method: str
     name: str
-    median: float            # seconds per round
+    median: float  # seconds per round
     iqr: float
     rounds: int
     payload_bytes: int = 0
-    env_steps: int = 1       # env steps per round (0: not a step, e.g. start-up)
+    env_steps: int = 1  # env steps per round (0: not a step, e.g. start-up)
     native: bool = False
     peer: bool = False
     extra: dict = field(default_factory=dict)
@@ -118,7 +183,7 @@ class Run:
     datetime: str
     version: str
     rows: list[Row]
-    other: list[dict]        # benchmarks without workload/method in extra_info
+    other: list[dict]  # benchmarks without workload/method in extra_info
 
 
 def _flag(value: Any) -> bool:
@@ -143,17 +208,33 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> Run:
             other.append(bench)
             continue
         steps = extra.get("env_steps_per_round", 1)
-        rows.append(Row(
-            run=label, group=str(bench.get("group") or extra["workload"]), method=str(extra["method"]),
-            name=str(bench.get("name", "")), median=float(stats["median"]), iqr=float(stats.get("iqr", 0.0)),
-            rounds=int(stats.get("rounds", 0)), payload_bytes=int(extra.get("payload_bytes") or 0),
-            env_steps=int(steps) if isinstance(steps, (int, float)) else 1,
-            native=_flag(extra.get("native")), peer=_flag(extra.get("peer")), extra=extra,
-        ))
+        rows.append(
+            Row(
+                run=label,
+                group=str(bench.get("group") or extra["workload"]),
+                method=str(extra["method"]),
+                name=str(bench.get("name", "")),
+                median=float(stats["median"]),
+                iqr=float(stats.get("iqr", 0.0)),
+                rounds=int(stats.get("rounds", 0)),
+                payload_bytes=int(extra.get("payload_bytes") or 0),
+                env_steps=int(steps) if isinstance(steps, (int, float)) else 1,
+                native=_flag(extra.get("native")),
+                peer=_flag(extra.get("peer")),
+                extra=extra,
+            )
+        )
     _disambiguate(rows)
-    return Run(label=label, path=path, machine=data.get("machine_info") or {},
-               commit=data.get("commit_info") or {}, datetime=str(data.get("datetime", "")),
-               version=str(data.get("version", "")), rows=rows, other=other)
+    return Run(
+        label=label,
+        path=path,
+        machine=data.get("machine_info") or {},
+        commit=data.get("commit_info") or {},
+        datetime=str(data.get("datetime", "")),
+        version=str(data.get("version", "")),
+        rows=rows,
+        other=other,
+    )
 
 
 def _disambiguate(rows: list[Row]) -> None:
@@ -183,6 +264,7 @@ def _references(rows: list[Row]) -> tuple[str | None, list[str]]:
 
 # --------------------------------------------------------------------------- formatting
 
+
 def _num(x: float, digits: int = 3) -> str:
     if x is None or not math.isfinite(x):
         return "–"
@@ -205,8 +287,10 @@ def _ratio(a: float, b: float) -> float:
 
 def _table(headers: list[str], lines: list[list[str]], text_columns: int = 1) -> str:
     """A Markdown table: the first ``text_columns`` columns left-aligned, numbers right."""
-    out = ["| " + " | ".join(headers) + " |",
-           "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(headers))) + "|"]
+    out = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(headers))) + "|",
+    ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out)
 
@@ -238,10 +322,17 @@ def _group_table(group: str, rows: list[Row], runs: list[Run]) -> str:
         run_rows = by_run.get(run.label, [])
         medians = {r.method: r.median for r in run_rows}
         for r in sorted(run_rows, key=lambda r: r.median):
-            kind = " (native)" if r.native and r.method != "native" else (
-                " (peer)" if r.method in refs[run.label][1] else "")
+            kind = (
+                " (native)"
+                if r.native and r.method != "native"
+                else (" (peer)" if r.method in refs[run.label][1] else "")
+            )
             line = ([run.label] if multi else []) + [
-                f"{r.method}{kind}", _num(r.median * scale), _num(r.iqr * scale, 2), str(r.rounds)]
+                f"{r.method}{kind}",
+                _num(r.median * scale),
+                _num(r.iqr * scale, 2),
+                str(r.rounds),
+            ]
             for n in ref_names:
                 ref = medians.get(n)
                 if ref is None or n == r.method:
@@ -281,7 +372,7 @@ def _targets_table(runs: list[Run]) -> str | None:
             elif kind == "time_ratio":
                 value = _ratio(a.median, b.median)
                 ok, goal_text, shown = value <= goal, f"≤ {goal:g}×", f"{_num(value)}×"
-            else:   # speedup
+            else:  # speedup
                 value = _ratio(b.median, a.median)
                 ok, goal_text, shown = value >= goal, f"≥ {goal:g}×", f"{_num(value)}×"
             lines.append(([run.label] if len(runs) > 1 else []) + [what, shown, goal_text, "yes" if ok else "no"])
@@ -296,11 +387,14 @@ def _machine_lines(run: Run) -> list[str]:
     cpu = m.get("cpu") or {}
     extra = m.get("shmbench") or {}
     out = [f"- **{run.label}** (`{run.path.name}`, {run.datetime or 'undated'}, pytest-benchmark {run.version or '?'})"]
-    parts = [m.get("node"), cpu.get("brand_raw") or m.get("processor"),
-             f"{cpu.get('count')} CPUs" if cpu.get("count") else None,
-             f"{extra['usable_cpus']} usable" if extra.get("usable_cpus") else None,
-             f"{m.get('system', '')} {m.get('release', '')}".strip() or None,
-             f"{m.get('python_implementation', 'Python')} {m.get('python_version', '')}".strip()]
+    parts = [
+        m.get("node"),
+        cpu.get("brand_raw") or m.get("processor"),
+        f"{cpu.get('count')} CPUs" if cpu.get("count") else None,
+        f"{extra['usable_cpus']} usable" if extra.get("usable_cpus") else None,
+        f"{m.get('system', '')} {m.get('release', '')}".strip() or None,
+        f"{m.get('python_implementation', 'Python')} {m.get('python_version', '')}".strip(),
+    ]
     out.append("  - machine: " + ", ".join(str(p) for p in parts if p))
     loads: list[tuple[str, list]] = []
     for when, key in (("start", "loadavg_start"), ("end", "loadavg_end")):
@@ -308,21 +402,31 @@ def _machine_lines(run: Run) -> list[str]:
         if isinstance(value, list) and value:
             loads.append((when, value))
     if loads:
-        out.append("  - load average (1/5/15 min): " + "; ".join(
-            f"{when} {' '.join(f'{x:.2f}' for x in v)}" for when, v in loads))
+        out.append(
+            "  - load average (1/5/15 min): "
+            + "; ".join(f"{when} {' '.join(f'{x:.2f}' for x in v)}" for when, v in loads)
+        )
     if extra.get("quick"):
         out.append("  - quick mode (subset, few rounds)")
     runtimes = extra.get("runtimes") or {}
     if runtimes:
-        out.append("  - runtimes: " + "; ".join(
-            f"{name}: {'ok' if v.get('ok') else 'unavailable'} ({v.get('detail', '')})" for name, v in runtimes.items()))
+        out.append(
+            "  - runtimes: "
+            + "; ".join(
+                f"{name}: {'ok' if v.get('ok') else 'unavailable'} ({v.get('detail', '')})"
+                for name, v in runtimes.items()
+            )
+        )
     if c.get("id"):
-        out.append(f"  - commit: `{str(c['id'])[:12]}`{' (dirty tree)' if c.get('dirty') else ''}"
-                   f"{' on ' + str(c['branch']) if c.get('branch') else ''}")
+        out.append(
+            f"  - commit: `{str(c['id'])[:12]}`{' (dirty tree)' if c.get('dirty') else ''}"
+            f"{' on ' + str(c['branch']) if c.get('branch') else ''}"
+        )
     return out
 
 
 # -------------------------------------------------------------------------------- plots
+
 
 def plot_size(panels: int) -> tuple[int, int]:
     """The pixel size (width, height) of a plot with ``panels`` panels."""
@@ -378,13 +482,14 @@ def _plot(groups: dict[str, list[Row]], path: Path, title: str, throughput: bool
             ax.annotate(_num(v), (v, i), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
         if throughput:
             ax.margins(x=0.15)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title + "  (green: native, blue: shmbench, orange: peers)", fontsize=10)
     fig.savefig(path, dpi=PLOT_DPI)
 
 
 # ------------------------------------------------------------------------------- report
+
 
 def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``report.md`` and its plots into ``out_dir`` from one or more runs' JSON;
@@ -404,10 +509,13 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
     multi = len(runs) > 1
 
     md = ["# shmbench overhead report", ""]
-    md += ["Medians of pytest-benchmark rounds; ratios are taken within one run only. "
-           "`× REF` = this median / REF's median (lower is faster); `speed-up vs REF` = REF's "
-           "median / this median (higher is better); GB/s = observation bytes delivered per "
-           "second.", ""]
+    md += [
+        "Medians of pytest-benchmark rounds; ratios are taken within one run only. "
+        "`× REF` = this median / REF's median (lower is faster); `speed-up vs REF` = REF's "
+        "median / this median (higher is better); GB/s = observation bytes delivered per "
+        "second.",
+        "",
+    ]
     md += ["## Runs", ""]
     for run in runs:
         md += _machine_lines(run)
@@ -422,11 +530,25 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
         md += ["No benchmark recorded a workload and a method in its extra_info.", ""]
     other = [(run.label, b) for run in runs for b in run.other]
     if other:
-        md += ["### Other benchmarks", "", _table(
-            (["run"] if multi else []) + ["benchmark", "group", "median µs", "rounds"],
-            [([label] if multi else []) + [str(b.get("name")), str(b.get("group") or "–"),
-                                           _num(b["stats"]["median"] * 1e6), str(b["stats"].get("rounds", ""))]
-             for label, b in other], text_columns=3 if multi else 2), ""]
+        md += [
+            "### Other benchmarks",
+            "",
+            _table(
+                (["run"] if multi else []) + ["benchmark", "group", "median µs", "rounds"],
+                [
+                    ([label] if multi else [])
+                    + [
+                        str(b.get("name")),
+                        str(b.get("group") or "–"),
+                        _num(b["stats"]["median"] * 1e6),
+                        str(b["stats"].get("rounds", "")),
+                    ]
+                    for label, b in other
+                ],
+                text_columns=3 if multi else 2,
+            ),
+            "",
+        ]
     md += ["## Plots", ""]
     if step_groups:
         _plot(step_groups, out / "step-time.png", "Time per round by method", throughput=False, multi=multi)
@@ -444,5 +566,5 @@ def _labels(paths: list[Path]) -> list[str]:
     stems = [p.stem for p in paths]
     out = []
     for i, s in enumerate(stems):
-        out.append(s if stems.count(s) == 1 else f"{s}#{stems[:i + 1].count(s)}")
+        out.append(s if stems.count(s) == 1 else f"{s}#{stems[: i + 1].count(s)}")
     return out

@@ -81,8 +81,7 @@ MIN_SINGULARITY = (3, 7, 0)
 #: image references ``apptainer exec`` takes besides local files and directories
 URI_SCHEMES = ("docker", "oras", "library", "shub")
 
-_VERSION_LINE = re.compile(r"^(?:(?P<name>[A-Za-z][\w.-]*)\s+)?version\s+(?P<version>\S+)$",
-                           re.IGNORECASE)
+_VERSION_LINE = re.compile(r"^(?:(?P<name>[A-Za-z][\w.-]*)\s+)?version\s+(?P<version>\S+)$", re.IGNORECASE)
 _RELEASE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # characters the container's shell evaluation of its environment would act on
@@ -92,6 +91,7 @@ _COMPETING_ENV = ("APPTAINERENV_SHMBENCH_CHANNEL", "SINGULARITYENV_SHMBENCH_CHAN
 
 
 # ----------------------------------------------------------------------------- versions
+
 
 @dataclass(frozen=True)
 class ApptainerVersion:
@@ -125,8 +125,9 @@ class ApptainerVersion:
             return True, f"version {self.text!r} is not a release number; assuming >= {need}"
         if self.release < self.minimum:
             what = "Apptainer" if self.is_apptainer else "Singularity"
-            return False, (f"{self.text!r} is too old: shmbench needs {what} >= {need} "
-                           f"(--env and reliable --containall)")
+            return False, (
+                f"{self.text!r} is too old: shmbench needs {what} >= {need} (--env and reliable --containall)"
+            )
         return True, ""
 
 
@@ -190,8 +191,9 @@ def spython_client(binary: str) -> Any:
 def binary_version(binary: str, timeout: float = 30.0) -> ApptainerVersion:
     """Run ``BINARY --version`` and parse it; RuntimeUnavailable when that fails."""
     try:
-        out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [binary, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeUnavailable(f"'{binary} --version' could not run: {exc}") from None
     if out.returncode != 0:
@@ -199,12 +201,14 @@ def binary_version(binary: str, timeout: float = 30.0) -> ApptainerVersion:
         raise RuntimeUnavailable(f"'{binary} --version' failed: {said}")
     version = parse_version(out.stdout, binary)
     if version is None:
-        raise RuntimeUnavailable(f"'{binary} --version' printed {out.stdout.strip()!r}, "
-                                 f"which is not an Apptainer or Singularity version")
+        raise RuntimeUnavailable(
+            f"'{binary} --version' printed {out.stdout.strip()!r}, which is not an Apptainer or Singularity version"
+        )
     return version
 
 
 # ------------------------------------------------------------------------------ runtime
+
 
 def _check_env(name: str, value: str) -> None:
     """Refuse what ``--env`` would not deliver literally (see the module docstring)."""
@@ -214,14 +218,18 @@ def _check_env(name: str, value: str) -> None:
         raise TypeError(f"environment variable {name} must be a str, not {type(value).__name__}")
     bad = sorted(_ENV_SHELL.intersection(value))
     if bad:
-        raise ValueError(f"environment variable {name}={value!r}: apptainer --env would not pass "
-                         f"{''.join(bad)!r} literally (the container evaluates its environment "
-                         f"in a shell); set it in the image's %environment instead")
+        raise ValueError(
+            f"environment variable {name}={value!r}: apptainer --env would not pass "
+            f"{''.join(bad)!r} literally (the container evaluates its environment "
+            f"in a shell); set it in the image's %environment instead"
+        )
     # KEY=VALUE with a second '=' is read as a CSV record: a comma would split it
     # (double quotes, which pflag also treats specially, are refused above)
     if "=" in value and "," in value:
-        raise ValueError(f"environment variable {name}={value!r}: apptainer --env reads a value "
-                         f"holding both '=' and ',' as several variables")
+        raise ValueError(
+            f"environment variable {name}={value!r}: apptainer --env reads a value "
+            f"holding both '=' and ',' as several variables"
+        )
 
 
 def _check_bind_path(path: str, spec: str) -> None:
@@ -229,24 +237,29 @@ def _check_bind_path(path: str, spec: str) -> None:
     # quotes), and ':' separates the fields of each bind
     bad = sorted(set(path) & set(',:"\n\r'))
     if bad:
-        raise ValueError(f"bind {spec!r}: apptainer --bind cannot express a path holding "
-                         f"{''.join(bad)!r} ({path!r})")
+        raise ValueError(f"bind {spec!r}: apptainer --bind cannot express a path holding {''.join(bad)!r} ({path!r})")
 
 
 def _image_reference(image: os.PathLike | str | None) -> str:
     if image is None:
-        raise ValueError("the apptainer runtime needs an image: a SIF file, a sandbox directory "
-                         "or a docker:// oras:// library:// shub:// reference (to run on the "
-                         "host, use runtime='bwrap' or 'process')")
+        raise ValueError(
+            "the apptainer runtime needs an image: a SIF file, a sandbox directory "
+            "or a docker:// oras:// library:// shub:// reference (to run on the "
+            "host, use runtime='bwrap' or 'process')"
+        )
     text = os.fspath(image)
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme == "instance":
-            raise ValueError(f"image {text!r}: a running instance cannot host a fresh, contained "
-                             f"server (exec into it ignores --containall); give its image")
+            raise ValueError(
+                f"image {text!r}: a running instance cannot host a fresh, contained "
+                f"server (exec into it ignores --containall); give its image"
+            )
         if scheme not in URI_SCHEMES:
-            raise ValueError(f"image {text!r}: apptainer exec takes {', '.join(URI_SCHEMES)} "
-                             f"references, local SIF files and sandbox directories")
+            raise ValueError(
+                f"image {text!r}: apptainer exec takes {', '.join(URI_SCHEMES)} "
+                f"references, local SIF files and sandbox directories"
+            )
         return text
     path = Path(text)
     if not path.exists():
@@ -271,9 +284,17 @@ class ApptainerRuntime(Runtime):
 
     name = "apptainer"
 
-    def __init__(self, image=None, binds=(), environment=None, *, nv: bool = False,
-                 extra_args: Sequence[str] = (), python: str = "python3",
-                 binary: str | None = None) -> None:
+    def __init__(
+        self,
+        image=None,
+        binds=(),
+        environment=None,
+        *,
+        nv: bool = False,
+        extra_args: Sequence[str] = (),
+        python: str = "python3",
+        binary: str | None = None,
+    ) -> None:
         super().__init__(image, binds, environment)
         self.image_ref = _image_reference(image)
         for spec in self.binds:
@@ -310,20 +331,28 @@ class ApptainerRuntime(Runtime):
         session = os.path.abspath(launch.session_dir)
         _check_bind_path(session, session)
         env = {**self.environment, **launch.environment}
-        env.pop("SHMBENCH_CHANNEL", None)           # reserved: the runtime sets it
+        env.pop("SHMBENCH_CHANNEL", None)  # reserved: the runtime sets it
         for key, value in env.items():
             _check_env(key, value)
-        argv = [self.binary, "exec", "--containall", "--cleanenv", "--pwd", "/tmp",
-                "--bind", f"{session}:{CHANNEL_MOUNT}",
-                "--env", f"SHMBENCH_CHANNEL={CHANNEL_MOUNT}/{launch.channel_name}"]
+        argv = [
+            self.binary,
+            "exec",
+            "--containall",
+            "--cleanenv",
+            "--pwd",
+            "/tmp",
+            "--bind",
+            f"{session}:{CHANNEL_MOUNT}",
+            "--env",
+            f"SHMBENCH_CHANNEL={CHANNEL_MOUNT}/{launch.channel_name}",
+        ]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
         for spec in self.binds:
             src, dst, mode = parse_bind(spec)
             src = os.path.abspath(src)
             if not os.path.exists(src):
-                raise FileNotFoundError(errno.ENOENT,
-                                        f"bind source {src} does not exist ({spec!r})")
+                raise FileNotFoundError(errno.ENOENT, f"bind source {src} does not exist ({spec!r})")
             argv += ["--bind", f"{src}:{dst}:{mode}"]
         if self.nv:
             argv.append("--nv")

@@ -51,8 +51,8 @@ __all__ = [
 #: what ``apptainer pull`` fetches (spython's pull accepts the same list)
 PULL_SCHEMES = ("docker", "oras", "library", "shub", "https")
 INSTANCE_PREFIX = "shmbench-"
-_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")   # Apptainer's rule for instance names
-_SESSION = re.compile(r"^(\d+)-[0-9a-f]{8}$")       # shmbench.transport.session.Session.name
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # Apptainer's rule for instance names
+_SESSION = re.compile(r"^(\d+)-[0-9a-f]{8}$")  # shmbench.transport.session.Session.name
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -86,8 +86,7 @@ def _message(result: Mapping) -> str:
     return _clean(str(msg or "")) or f"exit status {result.get('return_code')}"
 
 
-def _run(binary: str, args: Sequence[str], what: str,
-         error: type[ShmbenchError] = RuntimeUnavailable) -> list[str]:
+def _run(binary: str, args: Sequence[str], what: str, error: type[ShmbenchError] = RuntimeUnavailable) -> list[str]:
     """Run ``BINARY ARGS`` through spython's command runner; its output, or raise ``error``.
 
     The output is spython's list: stdout, then stderr, each only when non-empty.
@@ -103,8 +102,9 @@ def _run(binary: str, args: Sequence[str], what: str,
     return [str(m) for m in result.get("message") or []]
 
 
-def pull(ref: str, dest: os.PathLike | str, *, force: bool = False, binary: str | None = None,
-         quiet: bool = True) -> Path:
+def pull(
+    ref: str, dest: os.PathLike | str, *, force: bool = False, binary: str | None = None, quiet: bool = True
+) -> Path:
     """``apptainer pull`` ``ref`` into the SIF file ``dest``; returns ``dest``.
 
     The image is pulled next to ``dest`` under a temporary name, checked to be a SIF, then
@@ -121,8 +121,9 @@ def pull(ref: str, dest: os.PathLike | str, *, force: bool = False, binary: str 
     """
     scheme = ref.split("://", 1)[0].lower() if "://" in ref else ""
     if scheme not in PULL_SCHEMES:
-        raise ValueError(f"cannot pull {ref!r}: apptainer pull takes "
-                         f"{', '.join(s + '://' for s in PULL_SCHEMES)} references")
+        raise ValueError(
+            f"cannot pull {ref!r}: apptainer pull takes {', '.join(s + '://' for s in PULL_SCHEMES)} references"
+        )
     binary = require_binary(binary)
     dest = Path(dest).absolute()
     if dest.exists() and not force:
@@ -194,6 +195,7 @@ def inspect_labels(image: os.PathLike | str, *, binary: str | None = None) -> di
 
 # ---------------------------------------------------------------------------- instances
 
+
 @dataclass(frozen=True)
 class Instance:
     """One line of ``apptainer instance list --json``."""
@@ -214,8 +216,7 @@ def parse_instance_list(text: str) -> list[Instance]:
     try:
         doc = json.loads(text)
     except ValueError:
-        raise RuntimeUnavailable(f"apptainer instance list --json printed {text[:200]!r}, "
-                                 f"not JSON") from None
+        raise RuntimeUnavailable(f"apptainer instance list --json printed {text[:200]!r}, not JSON") from None
     items = doc.get("instances") if isinstance(doc, Mapping) else None
     if items is None:
         items = []
@@ -225,10 +226,16 @@ def parse_instance_list(text: str) -> list[Instance]:
     for item in items:
         if not isinstance(item, Mapping) or not isinstance(item.get("instance"), str):
             raise RuntimeUnavailable(f"apptainer instance list --json: unexpected entry {item!r}")
-        out.append(Instance(name=item["instance"], pid=int(item.get("pid") or 0),
-                            image=str(item.get("img") or ""), ip=str(item.get("ip") or ""),
-                            log_err=str(item.get("logErrPath") or ""),
-                            log_out=str(item.get("logOutPath") or "")))
+        out.append(
+            Instance(
+                name=item["instance"],
+                pid=int(item.get("pid") or 0),
+                image=str(item.get("img") or ""),
+                ip=str(item.get("ip") or ""),
+                log_err=str(item.get("logErrPath") or ""),
+                log_out=str(item.get("logOutPath") or ""),
+            )
+        )
     return out
 
 
@@ -251,8 +258,7 @@ def stop_instance(name: str, *, timeout: float = 10.0, binary: str | None = None
     if not _INSTANCE_NAME.match(name):
         raise ValueError(f"{name!r} is not an instance name")
     binary = require_binary(binary)
-    _run(binary, ["instance", "stop", "-t", str(max(1, int(timeout))), name],
-         f"{binary} instance stop {name}")
+    _run(binary, ["instance", "stop", "-t", str(max(1, int(timeout))), name], f"{binary} instance stop {name}")
 
 
 def instance_name(session: str, worker: str | int, prefix: str = INSTANCE_PREFIX) -> str:
@@ -273,7 +279,7 @@ def session_of_instance(name: str, prefix: str = INSTANCE_PREFIX) -> str | None:
     """The session an instance named by :func:`instance_name` belongs to; None otherwise."""
     if not name.startswith(prefix):
         return None
-    m = re.match(r"^(\d+-[0-9a-f]{8})-[A-Za-z0-9._-]+$", name[len(prefix):])
+    m = re.match(r"^(\d+-[0-9a-f]{8})-[A-Za-z0-9._-]+$", name[len(prefix) :])
     return m.group(1) if m else None
 
 
@@ -291,7 +297,7 @@ def _session_alive(base: Path, session: str) -> bool:
         if fd is not None:
             os.close(fd)
             return False
-        return lock.exists()        # held -- or removed just now by a reaper: recheck later
+        return lock.exists()  # held -- or removed just now by a reaper: recheck later
     pid = int(session.split("-", 1)[0])
     try:
         os.kill(pid, 0)
@@ -302,8 +308,9 @@ def _session_alive(base: Path, session: str) -> bool:
     return True
 
 
-def stale_instances(prefix: str = INSTANCE_PREFIX, *, base: os.PathLike | str | None = None,
-                    binary: str | None = None) -> list[Instance]:
+def stale_instances(
+    prefix: str = INSTANCE_PREFIX, *, base: os.PathLike | str | None = None, binary: str | None = None
+) -> list[Instance]:
     """Running instances named ``<prefix><session>-<worker>`` whose session's host is dead.
 
     Instances under the prefix whose names do not carry a session are not shmbench's to
@@ -318,8 +325,9 @@ def stale_instances(prefix: str = INSTANCE_PREFIX, *, base: os.PathLike | str | 
     return stale
 
 
-def stop_instances(instances: Iterable[Instance | str], *, timeout: float = 10.0,
-                   binary: str | None = None) -> list[str]:
+def stop_instances(
+    instances: Iterable[Instance | str], *, timeout: float = 10.0, binary: str | None = None
+) -> list[str]:
     """Stop each instance; returns the names stopped (or already gone).
 
     Every instance is tried; failures are raised together afterwards.
@@ -330,7 +338,7 @@ def stop_instances(instances: Iterable[Instance | str], *, timeout: float = 10.0
         try:
             stop_instance(name, timeout=timeout, binary=binary)
         except RuntimeUnavailable as exc:
-            if "no instance found" in str(exc).lower():     # stopped meanwhile
+            if "no instance found" in str(exc).lower():  # stopped meanwhile
                 stopped.append(name)
             else:
                 failed.append(str(exc))
@@ -341,11 +349,11 @@ def stop_instances(instances: Iterable[Instance | str], *, timeout: float = 10.0
     return stopped
 
 
-def gc_instances(prefix: str = INSTANCE_PREFIX, *, base: os.PathLike | str | None = None,
-                 timeout: float = 10.0) -> list[str]:
+def gc_instances(
+    prefix: str = INSTANCE_PREFIX, *, base: os.PathLike | str | None = None, timeout: float = 10.0
+) -> list[str]:
     """For ``shmbench gc``: stop stale instances; nothing to do without Apptainer."""
     binary = find_binary()
     if binary is None:
         return []
-    return stop_instances(stale_instances(prefix, base=base, binary=binary), timeout=timeout,
-                          binary=binary)
+    return stop_instances(stale_instances(prefix, base=base, binary=binary), timeout=timeout, binary=binary)

@@ -86,9 +86,9 @@ class Launch:
     """What one server needs: where its channel is, where to log, extra environment."""
 
     session_dir: Path
-    channel_name: str          # file name of the channel inside session_dir
+    channel_name: str  # file name of the channel inside session_dir
     log_path: Path
-    name: str                  # for messages: "worker 0 (bwrap)"
+    name: str  # for messages: "worker 0 (bwrap)"
     environment: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -131,7 +131,7 @@ class ServerProcess:
         """Wait for a clean exit, then SIGTERM, then SIGKILL (the whole process group)."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
-                self.proc.stdin.close()     # EOF: the server knows its host is leaving
+                self.proc.stdin.close()  # EOF: the server knows its host is leaving
             except OSError:
                 pass
         status = self.exit_status(wait=grace) if grace else self.proc.poll()
@@ -189,8 +189,13 @@ class Runtime(ABC):
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, close_fds=True,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
             )
         return ServerProcess(proc, launch.name, launch.log_path)
 

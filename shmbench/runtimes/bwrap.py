@@ -36,8 +36,7 @@ __all__ = ["BwrapRuntime", "find_bwrap"]
 _HOST_SKIP = {"dev", "proc", "tmp", "run", "lost+found", "shmbench", "sys"}
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # source the image's environment like `apptainer exec` does, then run the command
-_ENV_WRAPPER = ('for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; '
-                'exec "$@"')
+_ENV_WRAPPER = 'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; exec "$@"'
 
 
 def find_bwrap() -> str | None:
@@ -58,8 +57,9 @@ class BwrapRuntime(Runtime):
 
     name = "bwrap"
 
-    def __init__(self, image=None, binds=(), environment=None, *, python: str | None = None,
-                 share_net: bool = False) -> None:
+    def __init__(
+        self, image=None, binds=(), environment=None, *, python: str | None = None, share_net: bool = False
+    ) -> None:
         super().__init__(image, binds, environment)
         self.share_net = share_net
         self.rootfs: Path | None = None
@@ -82,9 +82,22 @@ class BwrapRuntime(Runtime):
             return False, "bwrap is not installed (apt-get install bubblewrap)"
         try:
             out = subprocess.run(
-                [exe, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev",
-                 "--proc", "/proc", "true"],
-                capture_output=True, timeout=10)
+                [
+                    exe,
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "true",
+                ],
+                capture_output=True,
+                timeout=10,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"bwrap could not run: {exc}"
         if out.returncode != 0:
@@ -107,8 +120,10 @@ class BwrapRuntime(Runtime):
         for d in missing:
             top = d.strip("/").split("/")[0]
             if d.strip("/") != top and (source / top).exists() and not (source / d.lstrip("/")).exists():
-                raise ImageError(f"cannot bind to {d}: it does not exist in {self.describe_image()}, "
-                                 f"which is read-only (bind to a new top-level directory instead)")
+                raise ImageError(
+                    f"cannot bind to {d}: it does not exist in {self.describe_image()}, "
+                    f"which is read-only (bind to a new top-level directory instead)"
+                )
         if root is not None and not missing:
             return ["--ro-bind", str(root), "/"]
         args = ["--tmpfs", "/"]
@@ -130,8 +145,18 @@ class BwrapRuntime(Runtime):
         exe = find_bwrap()
         if exe is None:
             raise ImageError("bwrap is not installed (apt-get install bubblewrap)")
-        args = [exe, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
-                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "shmbench"]
+        args = [
+            exe,
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "shmbench",
+        ]
         if not self.share_net:
             args.append("--unshare-net")
         if os.geteuid() == 0:
@@ -139,20 +164,31 @@ class BwrapRuntime(Runtime):
         binds = [parse_bind(spec) for spec in self.binds]
         root = self._root_args([CHANNEL_MOUNT] + [dst for _, dst, _ in binds])
         args += root
-        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                 "--bind", str(launch.session_dir), CHANNEL_MOUNT]
-        user_env = {**self.environment, **launch.environment,
-                    "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}"}
+        args += [
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(launch.session_dir),
+            CHANNEL_MOUNT,
+        ]
+        user_env = {
+            **self.environment,
+            **launch.environment,
+            "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}",
+        }
         if self.rootfs is None:
             for path in self._hidden_host_paths(user_env):
                 args += ["--ro-bind", path, path]
         for src, dst, mode in binds:
             args += ["--ro-bind" if mode == "ro" else "--bind", src, dst]
         if root[0] == "--tmpfs":
-            args += ["--remount-ro", "/"]   # nothing but /tmp and /shmbench stays writable
+            args += ["--remount-ro", "/"]  # nothing but /tmp and /shmbench stays writable
         env = {
-            "PATH": _DEFAULT_PATH if self.rootfs is not None
-            else f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}",
+            "PATH": _DEFAULT_PATH if self.rootfs is not None else f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}",
             "HOME": "/tmp",
             "LANG": "C.UTF-8",
         }
@@ -164,12 +200,23 @@ class BwrapRuntime(Runtime):
             args += ["--setenv", k, v]
         # over the host root the server runs the host's own shmbench (see server_command);
         # an image runs the shmbench installed in it
-        server = ([self.python, "-s", "-m", "shmbench.server"] if self.rootfs is not None
-                  else server_command(self.python, "-s"))
+        server = (
+            [self.python, "-s", "-m", "shmbench.server"]
+            if self.rootfs is not None
+            else server_command(self.python, "-s")
+        )
         if self.rootfs is not None and (self.rootfs / ".singularity.d" / "env").is_dir():
             # image scripts first, then our variables on top of them
-            args += ["--", "/bin/sh", "-c", _ENV_WRAPPER, "sh", "env",
-                     *[f"{k}={v}" for k, v in user_env.items()], *server]
+            args += [
+                "--",
+                "/bin/sh",
+                "-c",
+                _ENV_WRAPPER,
+                "sh",
+                "env",
+                *[f"{k}={v}" for k, v in user_env.items()],
+                *server,
+            ]
         else:
             for k, v in user_env.items():
                 args += ["--setenv", k, v]
@@ -191,8 +238,12 @@ class BwrapRuntime(Runtime):
         out: list[str] = []
         for path in wanted:
             parts = Path(path).parts
-            if (len(parts) > 2 and parts[1] in ("tmp", "run") and os.path.isdir(path)
-                    and not any(path == o or path.startswith(o + os.sep) for o in out)):
+            if (
+                len(parts) > 2
+                and parts[1] in ("tmp", "run")
+                and os.path.isdir(path)
+                and not any(path == o or path.startswith(o + os.sep) for o in out)
+            ):
                 out.append(path)
         return out
 

@@ -46,8 +46,10 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, image=None, binds=(), environment=None) -> None:
         if image is not None:
-            raise ValueError("the process runtime runs on the host; it takes no image "
-                             "(use runtime='bwrap' or 'apptainer' for images)")
+            raise ValueError(
+                "the process runtime runs on the host; it takes no image "
+                "(use runtime='bwrap' or 'apptainer' for images)"
+            )
         if binds:
             raise ValueError("the process runtime shares the host's file system; binds make no sense")
         super().__init__(None, (), environment)

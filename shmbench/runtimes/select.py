@@ -59,7 +59,7 @@ def _choose(runtime: str, image) -> tuple[str, list[str]]:
                 continue
             if name == "apptainer" and image is None:
                 reasons.append("apptainer: needs an image")
-                continue   # Apptainer runs images; with none, bwrap runs the host's own software
+                continue  # Apptainer runs images; with none, bwrap runs the host's own software
             if name == "process" and image is not None:
                 break
             ok, why = _probe(name)
@@ -91,8 +91,7 @@ def choose(runtime: str | Runtime = "auto", *, image=None) -> str:
     return _choose(runtime, image)[0]
 
 
-def get_runtime(runtime: str | Runtime = "auto", *, image=None, binds=(), environment=None,
-                **options) -> Runtime:
+def get_runtime(runtime: str | Runtime = "auto", *, image=None, binds=(), environment=None, **options) -> Runtime:
     """A runtime instance for ``runtime`` (see :func:`choose` for how one is picked).
 
     When ``"auto"`` falls back to a plain process it says so with a one-line warning, since
@@ -102,8 +101,13 @@ def get_runtime(runtime: str | Runtime = "auto", *, image=None, binds=(), enviro
         return runtime
     name, reasons = _choose(runtime, image)
     if name == "process" and reasons:
-        warnings.warn("shmbench: no container runtime works here (" + "; ".join(reasons)
-                      + "); running the env in a plain process without isolation", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "shmbench: no container runtime works here ("
+            + "; ".join(reasons)
+            + "); running the env in a plain process without isolation",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if name == "singularity" and "binary" not in options:
         import shutil
 

@@ -73,16 +73,28 @@ class Channel(_ring.Channel):
     path: Path
 
     @classmethod
-    def create(cls, path: os.PathLike | str, *, request_capacity: int = REQUEST_CAPACITY,
-               reply_capacity: int = REPLY_CAPACITY, max_message: int = 256 << 20) -> Channel:
+    def create(
+        cls,
+        path: os.PathLike | str,
+        *,
+        request_capacity: int = REQUEST_CAPACITY,
+        reply_capacity: int = REPLY_CAPACITY,
+        max_message: int = 256 << 20,
+    ) -> Channel:
         """Create a new channel file (mode 0600) and map it as the host."""
         path = Path(path)
         size = _ring.layout_size(request_capacity, reply_capacity)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             reserve(fd, size, path)
-            self = cls(fd, HOST, create=True, request_capacity=request_capacity,
-                       reply_capacity=reply_capacity, max_message=max_message)
+            self = cls(
+                fd,
+                HOST,
+                create=True,
+                request_capacity=request_capacity,
+                reply_capacity=reply_capacity,
+                max_message=max_message,
+            )
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -91,8 +103,7 @@ class Channel(_ring.Channel):
         return self
 
     @classmethod
-    def attach(cls, path: os.PathLike | str, *, max_message: int = 256 << 20,
-               watch_stdin: bool = True) -> Channel:
+    def attach(cls, path: os.PathLike | str, *, max_message: int = 256 << 20, watch_stdin: bool = True) -> Channel:
         """Attach to an existing channel as the server.
 
         Takes the server lock (``<path>.lock``) that tells the host this side lives, and

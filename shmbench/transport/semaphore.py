@@ -73,8 +73,8 @@ class SemaphoreChannel(Channel):
 
     wakeup = "posix_ipc"
     slice_s = SLICE_S
-    _mine: Any          # posix_ipc.Semaphore: this side sleeps on it
-    _theirs: Any        # the peer's, posted after a send
+    _mine: Any  # posix_ipc.Semaphore: this side sleeps on it
+    _theirs: Any  # the peer's, posted after a send
     _sem_names: tuple[str, ...]
     _sem_owner: bool
 
@@ -108,8 +108,10 @@ class SemaphoreChannel(Channel):
         names_file = Path(str(self.path) + SEM_SUFFIX)
         if create:
             session_dir = self.path.parent
-            base = (f"/{_PREFIX}{os.getuid()}-{_base_tag(session_dir.parent)}-"
-                    f"{_clean(session_dir.name, 60)}-{_clean(self.path.stem, 40)}-{secrets.token_hex(4)}")
+            base = (
+                f"/{_PREFIX}{os.getuid()}-{_base_tag(session_dir.parent)}-"
+                f"{_clean(session_dir.name, 60)}-{_clean(self.path.stem, 40)}-{secrets.token_hex(4)}"
+            )
             names: tuple[str, ...] = (base + "-h2s", base + "-s2h")
             h2s = posix_ipc.Semaphore(names[0], posix_ipc.O_CREX, mode=0o600, initial_value=0)
             try:
@@ -128,8 +130,9 @@ class SemaphoreChannel(Channel):
             try:
                 names = tuple(names_file.read_text().split())
             except FileNotFoundError:
-                raise ChannelMismatch(f"{names_file} is missing: the host did not create "
-                                      f"{self.path} with the posix_ipc wake-up backend") from None
+                raise ChannelMismatch(
+                    f"{names_file} is missing: the host did not create {self.path} with the posix_ipc wake-up backend"
+                ) from None
             if len(names) != 2 or not all(_NAME_RE.match(n) for n in names):
                 raise ChannelMismatch(f"{names_file} does not name two shmbench semaphores")
             try:
@@ -139,7 +142,8 @@ class SemaphoreChannel(Channel):
                 raise ChannelMismatch(
                     f"the semaphores named in {names_file} do not exist here: is /dev/shm "
                     f"private to this container (--contain/--containall)? Use the default "
-                    f"futex wake-ups there") from None
+                    f"futex wake-ups there"
+                ) from None
             self._sem_names = names
             self._mine, self._theirs = h2s, s2h
 
@@ -153,7 +157,7 @@ class SemaphoreChannel(Channel):
 
     def send(self, data, timeout: float | None = None) -> None:
         if memoryview(data).nbytes > self.max_record:
-            self._post()          # wake the consumer first: it must drain the fragments
+            self._post()  # wake the consumer first: it must drain the fragments
         super().send(data, timeout)
         self._post()
 
@@ -185,7 +189,7 @@ class SemaphoreChannel(Channel):
                 except ChannelTimeout:
                     continue
             try:
-                self._mine.acquire(left)   # releases the GIL; Ctrl-C raises KeyboardInterrupt
+                self._mine.acquire(left)  # releases the GIL; Ctrl-C raises KeyboardInterrupt
             except posix_ipc.BusyError:
                 # a slice without a post: is the peer alive (or closed: recv(0) raises)?
                 try:
@@ -283,7 +287,7 @@ def sweep(base: os.PathLike | str) -> list[str]:
     for name in _semaphore_names():
         if not name.startswith(head) or not _NAME_RE.match(name):
             continue
-        if name[len(head):].split("-", 1)[0] in sessions:
+        if name[len(head) :].split("-", 1)[0] in sessions:
             continue
         try:
             posix_ipc.unlink_semaphore(name)

@@ -142,7 +142,7 @@ class Slab:
         try:
             self.buffer.close()
         except BufferError:
-            pass   # numpy views still export it; the mapping goes with the last of them
+            pass  # numpy views still export it; the mapping goes with the last of them
 
     def unlink(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -45,7 +45,7 @@ EXT_NPSCALAR = 3
 EXT_BIGINT = 4
 EXT_PICKLE = 6
 
-MAX_DEPTH = 64          # nesting of tuples/arrays decoded through extension records
+MAX_DEPTH = 64  # nesting of tuples/arrays decoded through extension records
 MAX_NDIM = 64
 _ALIGN = 16
 _HEAD = struct.Struct("<I")
@@ -80,7 +80,7 @@ def _tuples(x: Any, depth: int = 0) -> Any:
             if isinstance(field, list):
                 items = [_tuples(i, depth + 1) for i in field]
                 if items and isinstance(items[0], list):
-                    items[0] = tuple(items[0])      # a titled field's (title, name)
+                    items[0] = tuple(items[0])  # a titled field's (title, name)
                 field = tuple(items)
             out.append(field)
         return out
@@ -144,8 +144,11 @@ class Codec:
             if d >= MAX_DEPTH:
                 raise EncodeError("value nested too deeply")
             while len(packers) <= d:
-                packers.append(msgpack.Packer(strict_types=True, use_bin_type=True, datetime=False,
-                                              autoreset=True, default=_trampoline))
+                packers.append(
+                    msgpack.Packer(
+                        strict_types=True, use_bin_type=True, datetime=False, autoreset=True, default=_trampoline
+                    )
+                )
             depth[0] = d + 1
             hooks.append(default)
             try:
@@ -246,8 +249,9 @@ class Codec:
                 # timestamp=2: msgpack turns its own ext -1 (a timestamp) into an object
                 # without asking ext_hook; we never send one, and as an int (nanoseconds) a
                 # peer's forged timestamp is at least a type this codec promises
-                return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=ext_hook,
-                                       use_list=True, timestamp=2)
+                return msgpack.unpackb(
+                    payload, raw=False, strict_map_key=False, ext_hook=ext_hook, use_list=True, timestamp=2
+                )
             finally:
                 depth_left[0] += 1
 
@@ -295,8 +299,7 @@ class Codec:
             raise DecodeError("bad array record")
         desc, shape, offset, nbytes = spec
         dtype = _dtype_from_wire(desc)
-        if (type(shape) is not list or len(shape) > MAX_NDIM
-                or any(type(d) is not int or d < 0 for d in shape)):
+        if type(shape) is not list or len(shape) > MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
             raise DecodeError("bad array shape")
         if type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0:
             raise DecodeError("bad array extent")
@@ -343,8 +346,7 @@ def _mark_bigints(obj: Any, pack, depth: int) -> Any:
     if t is list:
         return [_mark_bigints(x, pack, depth + 1) for x in obj]
     if t is dict:
-        return {_mark_bigints(k, pack, depth + 1): _mark_bigints(v, pack, depth + 1)
-                for k, v in obj.items()}
+        return {_mark_bigints(k, pack, depth + 1): _mark_bigints(v, pack, depth + 1) for k, v in obj.items()}
     if t is tuple:
         items = [_mark_bigints(x, pack, depth + 1) for x in obj]
         return msgpack.ExtType(EXT_TUPLE, pack(items))

@@ -79,33 +79,33 @@ class Status(IntEnum):
 class ActionTag(IntEnum):
     """How a STEP request's action travels (the request's second byte)."""
 
-    SLAB_ARRAY = 0    # an ndarray of exactly the slab's dtype and shape
-    SLAB_INT = 1      # a Python int, in the int64 slab of a Discrete space
-    SLAB_SCALAR = 2   # a numpy scalar of the slab's dtype (shape ())
-    CODEC = 3         # anything else: the payload is the codec-encoded action
+    SLAB_ARRAY = 0  # an ndarray of exactly the slab's dtype and shape
+    SLAB_INT = 1  # a Python int, in the int64 slab of a Discrete space
+    SLAB_SCALAR = 2  # a numpy scalar of the slab's dtype (shape ())
+    CODEC = 3  # anything else: the payload is the codec-encoded action
 
 
 class ObsTag(IntEnum):
     """How an observation comes back."""
 
-    SLAB_ARRAY = 0    # one ndarray leaf, exactly the slab's dtype and shape
-    SLAB_INT = 1      # a Python int in a Discrete slab
-    SLAB_SCALAR = 2   # a numpy scalar of the slab's dtype
-    SLAB_TREE = 3     # Dict/Tuple whose leaves are all exact ndarrays, keys in space order
-    CODEC = 255       # in the extras
+    SLAB_ARRAY = 0  # one ndarray leaf, exactly the slab's dtype and shape
+    SLAB_INT = 1  # a Python int in a Discrete slab
+    SLAB_SCALAR = 2  # a numpy scalar of the slab's dtype
+    SLAB_TREE = 3  # Dict/Tuple whose leaves are all exact ndarrays, keys in space order
+    CODEC = 255  # in the extras
 
 
 class ScalarTag(IntEnum):
     """Type of the reward / terminated / truncated values in a step reply."""
 
-    FLOAT = 0         # Python float
-    INT = 1           # Python int (within int64)
-    BOOL = 2          # Python bool
+    FLOAT = 0  # Python float
+    INT = 1  # Python int (within int64)
+    BOOL = 2  # Python bool
     NP_FLOAT64 = 3
     NP_FLOAT32 = 4
     NP_INT64 = 5
     NP_BOOL = 6
-    CODEC = 255       # in the extras
+    CODEC = 255  # in the extras
 
 
 # status, obs tag, reward tag, terminated flag, truncated flag, pad, reward: 8 raw bytes,
@@ -206,8 +206,8 @@ def raise_remote(payload: Any) -> None:
 # single-env replies: STEP and RESET share the fixed head (RESET leaves reward and flags 0)
 # ------------------------------------------------------------------------------------------
 
-def step_reply(otag: int, obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any,
-               codec: Codec) -> bytes:
+
+def step_reply(otag: int, obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any, codec: Codec) -> bytes:
     """A STEP reply: the fixed head, and extras for whatever the head cannot carry.
 
     ``otag`` says where the observation is (:class:`ObsTag`); with ``ObsTag.CODEC`` it
@@ -217,8 +217,14 @@ def step_reply(otag: int, obs: Any, reward: Any, terminated: Any, truncated: Any
     tflag = encode_flag(terminated)
     uflag = encode_flag(truncated)
     head = STEP_REPLY.pack(Status.OK, otag, rtag, tflag, uflag, raw)
-    if (otag != ObsTag.CODEC and rtag != ScalarTag.CODEC and tflag != FLAG_CODEC and uflag != FLAG_CODEC
-            and type(info) is dict and not info):
+    if (
+        otag != ObsTag.CODEC
+        and rtag != ScalarTag.CODEC
+        and tflag != FLAG_CODEC
+        and uflag != FLAG_CODEC
+        and type(info) is dict
+        and not info
+    ):
         return head
     extras: dict[str, Any] = {"info": info}
     if otag == ObsTag.CODEC:
@@ -263,7 +269,7 @@ def read_step_reply(mv: memoryview, codec: Codec) -> tuple[int, Any, Any, Any, A
     if len(mv) < STEP_REPLY.size:
         raise ProtocolError("short step reply")
     _status, otag, rtag, tflag, uflag, raw = STEP_REPLY.unpack_from(mv)
-    extras = codec.decode(mv[STEP_REPLY.size:]) if len(mv) > STEP_REPLY.size else None
+    extras = codec.decode(mv[STEP_REPLY.size :]) if len(mv) > STEP_REPLY.size else None
     if rtag == ScalarTag.FLOAT:
         reward = _F64.unpack(raw)[0]
     elif rtag == ScalarTag.CODEC:
@@ -285,6 +291,7 @@ def codec_obs(extras: Any) -> Any:
 # vector replies: one worker's rows
 # ------------------------------------------------------------------------------------------
 
+
 def vector_reply(obs_in_slab: bool, infos: list, env_obs: list, codec: Codec) -> bytes:
     """A worker's reply to a vector STEP or RESET: its rows' observations are in the slab
     (``obs_in_slab``) or in the extras, with the infos as ``[(row, info), ...]``."""
@@ -305,7 +312,7 @@ def read_vector_reply(mv: memoryview, codec: Codec, rows: int) -> tuple[list | N
     if len(mv) < VEC_REPLY.size:
         raise ProtocolError("short vector reply")
     otag = VEC_REPLY.unpack_from(mv)[1]
-    extras = codec.decode(mv[VEC_REPLY.size:]) if len(mv) > VEC_REPLY.size else None
+    extras = codec.decode(mv[VEC_REPLY.size :]) if len(mv) > VEC_REPLY.size else None
     infos: list[tuple[int, dict]] = []
     if extras is not None:
         if not isinstance(extras, dict):
@@ -314,8 +321,13 @@ def read_vector_reply(mv: memoryview, codec: Codec, rows: int) -> tuple[list | N
         if not isinstance(raw, (list, tuple)):
             raise ProtocolError("malformed vector infos")
         for entry in raw:
-            if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or type(entry[0]) is not int
-                    or not 0 <= entry[0] < rows or not isinstance(entry[1], dict)):
+            if (
+                not isinstance(entry, (list, tuple))
+                or len(entry) != 2
+                or type(entry[0]) is not int
+                or not 0 <= entry[0] < rows
+                or not isinstance(entry[1], dict)
+            ):
                 raise ProtocolError("malformed vector info entry")
             infos.append((entry[0], entry[1]))
     if otag == ObsTag.SLAB_ARRAY:

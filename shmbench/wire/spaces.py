@@ -41,6 +41,7 @@ SLAB_ALIGN = 64
 # describe (server side): space -> plain data
 # ----------------------------------------------------------------------------------------
 
+
 @singledispatch
 def describe(space: spaces.Space) -> dict:
     """Plain-data description of ``space`` (raises SpaceNotSupported, naming it)."""
@@ -63,8 +64,7 @@ def _(space: spaces.Discrete) -> dict:
 
 @describe.register
 def _(space: spaces.MultiDiscrete) -> dict:
-    return {"type": "MultiDiscrete", "nvec": space.nvec, "start": space.start,
-            "dtype": space.dtype.str}
+    return {"type": "MultiDiscrete", "nvec": space.nvec, "start": space.start, "dtype": space.dtype.str}
 
 
 @describe.register
@@ -75,8 +75,12 @@ def _(space: spaces.MultiBinary) -> dict:
 
 @describe.register
 def _(space: spaces.Text) -> dict:
-    return {"type": "Text", "max_length": int(space.max_length), "min_length": int(space.min_length),
-            "charset": space.characters}
+    return {
+        "type": "Text",
+        "max_length": int(space.max_length),
+        "min_length": int(space.min_length),
+        "charset": space.characters,
+    }
 
 
 @describe.register
@@ -98,8 +102,7 @@ _MAX_ELEMENTS = 1 << 28
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, (list, tuple)) or len(shape) > 32 or not all(
-            type(d) is int and 0 <= d for d in shape):
+    if not isinstance(shape, (list, tuple)) or len(shape) > 32 or not all(type(d) is int and 0 <= d for d in shape):
         raise ProtocolError(f"bad space shape {shape!r}")
     n = 1
     for d in shape:
@@ -117,6 +120,7 @@ def _rebuilds(kind: str) -> Callable[[Callable[[dict, int], spaces.Space]], Call
     def register(fn: Callable[[dict, int], spaces.Space]) -> Callable[[dict, int], spaces.Space]:
         _REBUILDERS[kind] = fn
         return fn
+
     return register
 
 
@@ -168,8 +172,7 @@ def _(desc: dict, depth: int) -> spaces.Space:
 
 @_rebuilds("Text")
 def _(desc: dict, depth: int) -> spaces.Space:
-    return spaces.Text(int(desc["max_length"]), min_length=int(desc["min_length"]),
-                       charset=str(desc["charset"]))
+    return spaces.Text(int(desc["max_length"]), min_length=int(desc["min_length"]), charset=str(desc["charset"]))
 
 
 @_rebuilds("Dict")
@@ -192,6 +195,7 @@ def _(desc: dict, depth: int) -> spaces.Space:
 # leaves and slab layout
 # ----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Leaf:
     """One fixed-size array of a space: its path in the structure, dtype and shape."""
@@ -203,7 +207,7 @@ class Leaf:
 
 @singledispatch
 def _leaves(space: spaces.Space, path: tuple) -> list[Leaf] | None:
-    return None   # not slab-able (Text, or a space only described, never laid out)
+    return None  # not slab-able (Text, or a space only described, never laid out)
 
 
 @_leaves.register
@@ -257,6 +261,7 @@ def leaves(space: spaces.Space) -> list[Leaf] | None:
 # observations as slab leaves: the tree of a Dict/Tuple value <-> its leaves in space order
 # ----------------------------------------------------------------------------------------
 
+
 @singledispatch
 def unflatten(space: spaces.Space, leaves: Iterator[Any]) -> Any:
     """The value of ``space`` made of ``leaves`` (taken in structure order).
@@ -294,7 +299,7 @@ def _flatten(space: spaces.Space, value: Any, dst: list[np.ndarray], out: list[n
 
 @_flatten.register
 def _(space: spaces.Discrete, value: Any, dst: list[np.ndarray], out: list[np.ndarray]) -> bool:
-    return False    # scalars inside trees keep their exact Python/numpy type via the codec
+    return False  # scalars inside trees keep their exact Python/numpy type via the codec
 
 
 @_flatten.register
@@ -358,9 +363,16 @@ class SlabLayout:
             if entries is None:
                 return None
             return [[list(leaf.path), leaf.dtype.str, list(leaf.shape), off] for leaf, off in entries]
-        return {"batch": self.batch, "obs": enc(self.obs), "action": enc(self.action),
-                "rewards": self.rewards, "terminations": self.terminations,
-                "truncations": self.truncations, "size": self.size}
+
+        return {
+            "batch": self.batch,
+            "obs": enc(self.obs),
+            "action": enc(self.action),
+            "rewards": self.rewards,
+            "terminations": self.terminations,
+            "truncations": self.truncations,
+            "size": self.size,
+        }
 
     @classmethod
     def from_wire(cls, d: dict) -> SlabLayout:
@@ -368,8 +380,10 @@ class SlabLayout:
             if entries is None:
                 return None
             return tuple((Leaf(tuple(p), np.dtype(dt), tuple(shape)), off) for p, dt, shape, off in entries)
-        return cls(d["batch"], dec(d["obs"]), dec(d["action"]), d["rewards"], d["terminations"],
-                   d["truncations"], d["size"])
+
+        return cls(
+            d["batch"], dec(d["obs"]), dec(d["action"]), d["rewards"], d["terminations"], d["truncations"], d["size"]
+        )
 
     def arrays(self, buf, which: str) -> list[np.ndarray] | None:
         """numpy views of ``which`` ('obs' or 'action') over ``buf``, one per leaf."""
@@ -392,8 +406,7 @@ class SlabLayout:
         return np.frombuffer(buf, dtype=dtype, count=self.batch, offset=off)
 
 
-def layout(observation_space: spaces.Space, action_space: spaces.Space,
-           batch: int | None = None) -> SlabLayout:
+def layout(observation_space: spaces.Space, action_space: spaces.Space, batch: int | None = None) -> SlabLayout:
     """Lay out the fast-path arrays for one worker's envs, each SLAB_ALIGN-aligned."""
     pos = 0
 

@@ -44,8 +44,11 @@ def describe_spec(env: Any, codec: Codec) -> dict | None:
         "disable_env_checker": bool(spec.disable_env_checker),
         "kwargs": {k: v for k, v in spec.kwargs.items() if plain(v) is not None or v is None},
         "additional_wrappers": [
-            [w.name, w.entry_point if isinstance(w.entry_point, str) else repr(w.entry_point),
-             {k: v for k, v in (w.kwargs or {}).items() if plain(v) is not None or v is None}]
+            [
+                w.name,
+                w.entry_point if isinstance(w.entry_point, str) else repr(w.entry_point),
+                {k: v for k, v in (w.kwargs or {}).items() if plain(v) is not None or v is None},
+            ]
             for w in spec.additional_wrappers
         ],
         "vector_entry_point": spec.vector_entry_point if isinstance(spec.vector_entry_point, str) else None,
@@ -59,13 +62,15 @@ def rebuild_spec(fields: dict | None) -> EnvSpec | None:
     try:
         wrappers = tuple(WrapperSpec(name, ep, kwargs) for name, ep, kwargs in fields.get("additional_wrappers", []))
         return EnvSpec(
-            id=fields["id"], entry_point=fields.get("entry_point"),
+            id=fields["id"],
+            entry_point=fields.get("entry_point"),
             reward_threshold=fields.get("reward_threshold"),
             nondeterministic=fields.get("nondeterministic", False),
             max_episode_steps=fields.get("max_episode_steps"),
             order_enforce=fields.get("order_enforce", True),
             disable_env_checker=fields.get("disable_env_checker", False),
-            kwargs=fields.get("kwargs") or {}, additional_wrappers=wrappers,
+            kwargs=fields.get("kwargs") or {},
+            additional_wrappers=wrappers,
             vector_entry_point=fields.get("vector_entry_point"),
         )
     except Exception:

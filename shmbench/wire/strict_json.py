@@ -52,8 +52,14 @@ def _experiment_error(path: str, problem: str) -> Exception:
     return ExperimentError(f"{path}: {problem}")
 
 
-def strict_json(value: Any, *, where: str = "config", exact: bool = False, dotted: bool = False,
-                error: Callable[[str, str], Exception] = _experiment_error) -> Any:
+def strict_json(
+    value: Any,
+    *,
+    where: str = "config",
+    exact: bool = False,
+    dotted: bool = False,
+    error: Callable[[str, str], Exception] = _experiment_error,
+) -> Any:
     """Return a plain copy of ``value`` made only of JSON types, or raise.
 
     Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists and dicts with
@@ -153,6 +159,7 @@ def loads(text: str | bytes, *, where: str = "config") -> Any:
     Raises:
         ExperimentError: for malformed or non-strict text.
     """
+
     def refuse_constant(name: str) -> Any:
         raise ExperimentError(f"{where}: {name} is not JSON (strict JSON has no NaN or infinity)")
 

@@ -18,15 +18,24 @@ with atheris.instrument_imports(include=["shmbench", "numpy.lib.format"]):
     from shmbench.errors import DecodeError
     from shmbench.wire import codec
 
-SEEDS = [codec.encode(x) for x in (
-    None, [1, 2.5, "x", b"y", (1,), {"k": None}], 2**80, np.float32(1.5),
-    np.arange(6, dtype=">i4").reshape(2, 3), np.zeros(2, dtype=[("a", "<f8"), ("b", "S3", (2,))]),
-    np.array(["2024-01-01"], dtype="M8[D]"), np.str_("ab"), {"obs": np.ones((4, 4), np.float32)},
-)]
+SEEDS = [
+    codec.encode(x)
+    for x in (
+        None,
+        [1, 2.5, "x", b"y", (1,), {"k": None}],
+        2**80,
+        np.float32(1.5),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+        np.zeros(2, dtype=[("a", "<f8"), ("b", "S3", (2,))]),
+        np.array(["2024-01-01"], dtype="M8[D]"),
+        np.str_("ab"),
+        {"obs": np.ones((4, 4), np.float32)},
+    )
+]
 
 
 def one_input(data: bytes) -> None:
-    if data[:1] == b"\xff" and len(data) > 1:      # mutate a valid message instead
+    if data[:1] == b"\xff" and len(data) > 1:  # mutate a valid message instead
         seed = bytearray(SEEDS[data[1] % len(SEEDS)])
         for i, b in enumerate(data[2:]):
             seed[(i * 7919 + b) % len(seed)] ^= b
