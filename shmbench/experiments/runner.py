@@ -37,7 +37,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +47,7 @@ from shmbench.benchmarks.factory import make_env
 from shmbench.errors import ExperimentError, RemoteEnvError, ShmbenchError
 from shmbench.experiments.combine import Experiment, resolve_experiment, slug
 from shmbench.experiments.records import WrapperSpec
+from shmbench.experiments.results import EpisodeResult, RunResult
 from shmbench.host.env import RemoteEnvironmentClient
 from shmbench.host.worker import START_TIMEOUT
 from shmbench.images.fetch import pull_spec
@@ -115,61 +115,19 @@ class RemoteRunnerServer:
 
 
 # ------------------------------------------------------------------------------------------
-# results
-# ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    """One finished episode.
-
-    Attributes:
-        episode: its index within the runner (0-based, across ``run`` calls).
-        seed: the seed its reset used (None: it continued the env's generator).
-        instance: the env's instance id when it exposes one (``instance_id`` or ``inst_id``).
-        steps: how many steps it took.
-        reward: the sum of its rewards (its return).
-        final_reward: the last step's reward (what DACBench's ``run_benchmark`` averages).
-    """
-
-    episode: int
-    seed: int | None
-    instance: Any
-    steps: int
-    reward: float
-    final_reward: Any
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What :meth:`Runner.run` returns."""
-
-    episodes: tuple[EpisodeResult, ...]
-    log_path: Path | None
-    wall_time: float
-
-    @property
-    def episode_rewards(self) -> list[float]:
-        """The return (sum of rewards) of each episode."""
-        return [e.reward for e in self.episodes]
-
-    @property
-    def episode_lengths(self) -> list[int]:
-        return [e.steps for e in self.episodes]
-
-    @property
-    def mean_reward(self) -> float:
-        return float(np.mean(self.episode_rewards)) if self.episodes else float("nan")
-
-
-# ------------------------------------------------------------------------------------------
 # runners
 # ------------------------------------------------------------------------------------------
+
 
 def _versions() -> dict[str, str]:
     import shmbench
 
-    return {"python": sys.version.split()[0], "numpy": np.__version__,
-            "gymnasium": gymnasium.__version__, "shmbench": shmbench.__version__}
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "gymnasium": gymnasium.__version__,
+        "shmbench": shmbench.__version__,
+    }
 
 
 def _describe_agent(agent: Any) -> dict[str, Any]:
@@ -180,7 +138,7 @@ def _describe_agent(agent: Any) -> dict[str, Any]:
         except Exception:
             pass
     out: dict[str, Any] = {"class": f"{type(agent).__module__}.{type(agent).__qualname__}"}
-    for name in ("seed", "action"):    # what the baseline agents are made of
+    for name in ("seed", "action"):  # what the baseline agents are made of
         value = getattr(agent, name, _MISSING)
         if value is not _MISSING and not callable(value):
             out[name] = to_plain(value)
@@ -207,13 +165,21 @@ class Runner(abc.ABC):
     #: the name the log header gives this runner
     kind: ClassVar[str] = "runner"
 
-    def __init__(self, benchmark: Any = None, experiment_identifier: str | None = None, *,
-                 config: Mapping[str, Any] | None = None, seed: int | None = None,
-                 image: str | os.PathLike[str] | ImageSpec | None = None, image_digest: str | None = None,
-                 log_dir: str | os.PathLike[str] | None = DEFAULT_LOG_DIR,
-                 log_path: str | os.PathLike[str] | None = None) -> None:
-        self.experiment = resolve_experiment(benchmark, experiment_identifier, config=config, seed=seed,
-                                             image=image, image_digest=image_digest)
+    def __init__(
+        self,
+        benchmark: Any = None,
+        experiment_identifier: str | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        image: str | os.PathLike[str] | ImageSpec | None = None,
+        image_digest: str | None = None,
+        log_dir: str | os.PathLike[str] | None = DEFAULT_LOG_DIR,
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.experiment = resolve_experiment(
+            benchmark, experiment_identifier, config=config, seed=seed, image=image, image_digest=image_digest
+        )
         # absolute now: a later chdir must not move the log
         self.log_dir = Path(log_dir).absolute() if log_dir is not None else None
         self._log_path_arg = Path(log_path).absolute() if log_path is not None else None
@@ -252,8 +218,9 @@ class Runner(abc.ABC):
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, agent: Any, number_of_episodes: int, *,
-            callback: Callable[[EpisodeResult], None] | None = None) -> RunResult:
+    def run(
+        self, agent: Any, number_of_episodes: int, *, callback: Callable[[EpisodeResult], None] | None = None
+    ) -> RunResult:
         """Run ``agent`` for ``number_of_episodes`` episodes, logging each step.
 
         The loop is DACBench's ``run_benchmark``: ``reset`` (seeded by the experiment's
@@ -276,12 +243,19 @@ class Runner(abc.ABC):
         policy = self.experiment.seed_policy
         t_run = time.perf_counter()
         if log is not None:
-            log.write({"type": "run", "started_at": timestamp(), "agent": _describe_agent(agent),
-                       "first_episode": self._next_episode, "episodes": number_of_episodes})
+            log.write(
+                {
+                    "type": "run",
+                    "started_at": timestamp(),
+                    "agent": _describe_agent(agent),
+                    "first_episode": self._next_episode,
+                    "episodes": number_of_episodes,
+                }
+            )
         results = []
         for _ in range(number_of_episodes):
             episode = self._next_episode
-            self._next_episode += 1     # a failed episode keeps its index: no duplicate rows
+            self._next_episode += 1  # a failed episode keeps its index: no duplicate rows
             seed = policy.seed_for(episode)
             t_episode = time.perf_counter()
             state, _info = env.reset(seed=seed)
@@ -302,8 +276,14 @@ class Runner(abc.ABC):
                 self._steps += 1
                 if log is not None:
                     now = timestamp()
-                    row: dict[str, Any] = {"episode": episode, "step": step, "instance": instance, "seed": seed,
-                                           "terminated": bool(terminated), "truncated": bool(truncated)}
+                    row: dict[str, Any] = {
+                        "episode": episode,
+                        "step": step,
+                        "instance": instance,
+                        "seed": seed,
+                        "terminated": bool(terminated),
+                        "truncated": bool(truncated),
+                    }
                     if "reward" in fields:
                         row["reward"] = {"values": [reward], "times": [now]}
                     if "action" in fields:
@@ -384,8 +364,10 @@ class Runner(abc.ABC):
             self._log = RunLog(self._log_path_arg)
         elif self.log_dir is not None:
             exp = self.experiment
-            stem = (f"{slug(exp.record.identifier)}_seed{exp.seed_policy.base}_"
-                    f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            stem = (
+                f"{slug(exp.record.identifier)}_seed{exp.seed_policy.base}_"
+                f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+            )
             for n in range(1000):
                 try:
                     self._log = RunLog(self.log_dir / f"{stem}{'' if n == 0 else f'-{n}'}.jsonl")
@@ -412,11 +394,16 @@ class Runner(abc.ABC):
         self._closed = True
         try:
             if self._log is not None:
-                self._log.write({
-                    "type": "end", "finished_at": timestamp(), "episodes": len(self._episodes),
-                    "steps": self._steps, "episode_rewards": [e.reward for e in self._episodes],
-                    "episode_lengths": [e.steps for e in self._episodes],
-                })
+                self._log.write(
+                    {
+                        "type": "end",
+                        "finished_at": timestamp(),
+                        "episodes": len(self._episodes),
+                        "steps": self._steps,
+                        "episode_rewards": [e.reward for e in self._episodes],
+                        "episode_lengths": [e.steps for e in self._episodes],
+                    }
+                )
                 self._log.close()
         finally:
             self._close_environment()
@@ -437,8 +424,10 @@ class Runner(abc.ABC):
 
     def __repr__(self) -> str:
         exp = self.experiment
-        return (f"<{type(self).__name__} {exp.record.identifier} ({exp.record.benchmark}, seed "
-                f"{exp.seed_policy.base}){' closed' if self._closed else ''}>")
+        return (
+            f"<{type(self).__name__} {exp.record.identifier} ({exp.record.benchmark}, seed "
+            f"{exp.seed_policy.base}){' closed' if self._closed else ''}>"
+        )
 
 
 class LocalRunner(Runner):
@@ -493,11 +482,23 @@ class RemoteRunner(Runner):
 
     kind = "remote"
 
-    def __init__(self, benchmark: Any = None, experiment_identifier: str | None = None, *,
-                 runtime: Any = "auto", image: str | os.PathLike[str] | ImageSpec | None = None,
-                 image_digest: str | None = None, binds=(), environment=None, offline: bool = False,
-                 timeout: float | None = None, start_timeout: float = START_TIMEOUT, wait="auto",
-                 progress: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        benchmark: Any = None,
+        experiment_identifier: str | None = None,
+        *,
+        runtime: Any = "auto",
+        image: str | os.PathLike[str] | ImageSpec | None = None,
+        image_digest: str | None = None,
+        binds=(),
+        environment=None,
+        offline: bool = False,
+        timeout: float | None = None,
+        start_timeout: float = START_TIMEOUT,
+        wait="auto",
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(benchmark, experiment_identifier, image=image, image_digest=image_digest, **kwargs)
         self.image_path: Path | None = None
         spec = self.experiment.image
@@ -513,12 +514,21 @@ class RemoteRunner(Runner):
                 f"shmbench: image {spec.ref} was pulled and verified ({self.image_digest}), but the "
                 "process runtime runs the env on the host, not in the image; use runtime='bwrap' or "
                 "'apptainer' to run in it (the log header records image_used: false)",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning,
+                stacklevel=2,
+            )
             run_image = None
         self.image_used = run_image is not None
         self._client = RemoteEnvironmentClient(
-            benchmark=self.experiment.benchmark_spec(), runtime=runtime, image=run_image, binds=binds,
-            environment=environment, timeout=timeout, start_timeout=start_timeout, wait=wait)
+            benchmark=self.experiment.benchmark_spec(),
+            runtime=runtime,
+            image=run_image,
+            binds=binds,
+            environment=environment,
+            timeout=timeout,
+            start_timeout=start_timeout,
+            wait=wait,
+        )
         try:
             self.get_environment()
         except BaseException:
@@ -551,5 +561,3 @@ class RemoteRunner(Runner):
             super()._close_environment()
         finally:
             self._client.close()
-
-
