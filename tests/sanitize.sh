@@ -2,7 +2,7 @@
 # Build shmbench._ring with AddressSanitizer + UndefinedBehaviorSanitizer and run the channel
 # and hostile-peer tests against that build.
 #
-#   bash tests/sanitize.sh                 # tests/test_channel.py + tests/test_fuzz.py
+#   bash tests/sanitize.sh                 # the channel tests (test_channel*.py, test_session.py) + test_fuzz.py
 #   bash tests/sanitize.sh -k fuzz         # extra arguments go to pytest
 #
 # The build happens in a temporary copy of the tree, so the checkout keeps its normal
@@ -31,7 +31,7 @@ tar -C "$root" --exclude=.git --exclude='*.so' --exclude=build --exclude='*.egg-
 
 cd "$work"
 SHMBENCH_SANITIZE=1 python setup.py -q build_ext --inplace 2>&1 | grep -v -i "warning: .*deprecated" || true
-so=$(ls "$work"/shmbench/_ring*.so)
+so=$(ls "$work"/shmbench/_ring/_ring*.so)
 if ! nm -D "$so" | grep -q __asan_; then
     echo "sanitize.sh: $so was not built with AddressSanitizer" >&2
     exit 1
@@ -47,9 +47,10 @@ export PYTHONDONTWRITEBYTECODE=1
 
 python - "$work" <<'EOF'
 import sys
-import shmbench._ring as ring
+import shmbench._ring._ring as ring
 assert ring.__file__.startswith(sys.argv[1]), f"imported {ring.__file__}, not the sanitized build"
 print("sanitized build:", ring.__file__)
 EOF
 
-python -m pytest -q -p no:cacheprovider tests/test_channel.py tests/test_fuzz.py "$@"
+python -m pytest -q -p no:cacheprovider tests/test_channel.py tests/test_channel_waits.py \
+    tests/test_channel_liveness.py tests/test_session.py tests/test_protocol.py tests/test_fuzz.py "$@"
