@@ -8,8 +8,8 @@ import os
 
 from setuptools import Extension, setup
 
-cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
-ldflags = []
+cflags = ["-std=c11", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+ldflags = ["-pthread"]   # the heartbeat thread
 if os.environ.get("SHMBENCH_SANITIZE"):
     cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                "-fno-sanitize-recover=undefined"]

@@ -73,7 +73,7 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
         "loadavg_end": _loadavg(),
     }
     try:
-        from shmbench.runtimes.select import probe_all
+        from shmbench.runtimes.selection import probe_all
 
         info["runtimes"] = {name: {"ok": ok, "detail": why} for name, (ok, why) in probe_all().items()}
     except Exception as exc:  # the report still works without it
@@ -108,9 +108,9 @@ def require_runtime():
 def runtime_or_skip(name: str) -> None:
     """Skip unless runtime ``name`` exists in shmbench and works on this machine."""
     try:
-        from shmbench.runtimes.select import RUNTIMES, probe_all
+        from shmbench.runtimes.selection import RUNTIMES, probe_all
     except ImportError as exc:
-        pytest.skip(f"shmbench.runtimes.select cannot be imported: {exc}")
+        pytest.skip(f"shmbench.runtimes.selection cannot be imported: {exc}")
     if name not in RUNTIMES:
         if name == "bwrap":
             pytest.skip("shmbench.runtimes.bwrap is not available yet (BwrapRuntime missing)")

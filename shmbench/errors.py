@@ -7,6 +7,8 @@ The C extension raises these same classes (it imports this module at load time).
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ShmbenchError",
     "ProtocolError",
@@ -15,6 +17,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelFull",
     "PeerDied",
+    "PeerStalled",
     "RequestPending",
     "RemoteEnvError",
     "SpaceNotSupported",
@@ -25,6 +28,16 @@ __all__ = [
     "DigestMismatch",
     "ExperimentError",
 ]
+
+
+# terminal control sequences (CSI, OSC) and other control characters, which text from a
+# peer must not carry into the host's terminal; tab and newline stay
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def sanitize(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (a peer wrote it)."""
+    return _CONTROL.sub("", text)
 
 
 class ShmbenchError(Exception):
@@ -74,7 +87,7 @@ class PeerDied(ShmbenchError, ConnectionError):
     ) -> None:
         self.peer = peer
         self.exit_status = exit_status
-        self.log_tail = log_tail
+        self.log_tail = log_tail = sanitize(log_tail) if log_tail else log_tail
         parts = [message]
         if peer:
             parts.append(f"peer: {peer}")
@@ -87,6 +100,11 @@ class PeerDied(ShmbenchError, ConnectionError):
         if log_tail:
             text += "\n--- last lines of its log ---\n" + log_tail.rstrip()
         super().__init__(text)
+
+
+class PeerStalled(ChannelTimeout):
+    """The peer process lives but its heartbeat stopped: it is stopped (SIGSTOP, Ctrl-Z) or
+    frozen. Noticed with ``timeout=None`` too; a peer busy in a long step keeps beating."""
 
 
 class RequestPending(ShmbenchError, RuntimeError):
@@ -103,6 +121,8 @@ class RemoteEnvError(ShmbenchError, RuntimeError):
     """
 
     def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        # the peer wrote all three: no escape sequence reaches the host's terminal
+        type_name, message, traceback_text = sanitize(type_name), sanitize(message), sanitize(traceback_text)
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = traceback_text

@@ -1,8 +1,11 @@
 """The container side: ``python -m shmbench.server`` serves one worker's env(s) on a channel.
 
-It attaches to the channel named by ``$SHMBENCH_CHANNEL`` (or its first argument), builds
-the env(s) the host asks for, and answers requests until the host closes the channel, sends
-CLOSE, or dies (stdin EOF, or its ``host.lock`` going free). It keeps serving after an
+It attaches to the channel it inherited as file descriptor ``$SHMBENCH_CHANNEL_FD`` (sealed
+memory; its slab is ``$SHMBENCH_SLAB_FD``), or to a channel file named by its first
+argument or ``$SHMBENCH_CHANNEL``. It starts its heartbeat (a thread that needs no GIL, so
+that the host can tell a long step from a frozen server), builds the env(s) the host asks
+for, and answers requests until the host closes the channel, sends CLOSE, or dies (stdin
+EOF; for a file channel also its ``host.lock`` going free). It keeps serving after an
 exception in the env: the error goes back to the host as a reply.
 
 In vector mode it steps its envs exactly as ``gymnasium.vector.SyncVectorEnv`` would
@@ -81,12 +84,18 @@ class RemoteEnvironmentServer:
     """Serves one worker's env(s) over one channel (the container side).
 
     Args:
-        channel_path: the channel file (inside a container: under ``/shmbench``).
+        channel: the inherited descriptor of a sealed channel, or a channel file's path.
+        slab_fd: the inherited descriptor of the slab (None: a ``slab`` file beside a
+            channel file).
+        semaphores: the names of the posix_ipc backend's semaphores, when the host chose it.
     """
 
-    def __init__(self, channel_path: os.PathLike | str) -> None:
-        self.channel_path = Path(channel_path)
-        self.channel = attach(self.channel_path)
+    def __init__(
+        self, channel: os.PathLike | str | int, *, slab_fd: int | None = None, semaphores: str | None = None
+    ) -> None:
+        self.channel_path = None if isinstance(channel, int) else Path(channel)
+        self.channel = attach(channel, semaphores=semaphores)
+        self.slab_fd = slab_fd
         self.codec = Codec()
         self.envs: list[Any] = []
         self.vector = False
@@ -186,8 +195,9 @@ class RemoteEnvironmentServer:
         if self.slab is not None:
             self.slab.close()
         self.channel.close()
-        if self.host_died:
-            # the survivor cleans up: our files, then the session if nobody else holds it
+        if self.host_died and self.channel_path is not None:
+            # a file channel's survivor cleans up: our files, then the session if nobody
+            # else holds it (sealed memory needs nothing: the kernel frees it)
             self.channel.unlink()
             if self.slab is not None:
                 self.slab.unlink()
@@ -250,8 +260,13 @@ class RemoteEnvironmentServer:
         self.layout = layout = SlabLayout.from_wire(cfg["layout"])
         self.rows = slice(*cfg["rows"])
         self.channel.configure_wait(spin_ns=int(cfg["spin_ns"]), adaptive=bool(cfg["adaptive"]))
-        slab_path = self.channel_path.parent / Path(cfg["slab"]).name
-        self.slab = Slab.attach(slab_path, layout.size)
+        if self.slab_fd is not None:
+            self.slab = Slab.attach(self.slab_fd, layout.size)
+            self.slab_fd = None  # the slab owns the descriptor now
+        elif self.channel_path is not None and cfg.get("slab"):
+            self.slab = Slab.attach(self.channel_path.parent / Path(cfg["slab"]).name, layout.size)
+        else:
+            raise ProtocolError("CONFIGURE without a slab: the host passed no SHMBENCH_SLAB_FD")
         buf = self.slab.buffer
         env = self.envs[0]
         obs = layout.arrays(buf, "obs")
@@ -497,21 +512,43 @@ def _shmbench_version() -> str:
         return shmbench.__version__
 
 
+def _inherited_fd(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    fd = int(value)
+    os.fstat(fd)  # EBADF here, not a confusing error later
+    os.set_inheritable(fd, False)
+    return fd
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv else os.environ.get("SHMBENCH_CHANNEL")
-    if not path:
-        print("usage: python -m shmbench.server CHANNEL_FILE (or set SHMBENCH_CHANNEL)", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
+    where = "?"
     try:
-        server = RemoteEnvironmentServer(path)
-    except (ShmbenchError, OSError) as exc:
-        print(f"shmbench server: cannot attach to {path}: {exc}", file=sys.stderr)
+        channel_fd = _inherited_fd("SHMBENCH_CHANNEL_FD")
+        target: int | str | None = (
+            channel_fd if channel_fd is not None else (argv[0] if argv else os.environ.get("SHMBENCH_CHANNEL"))
+        )
+        if target is None:
+            print(
+                "usage: python -m shmbench.server CHANNEL_FILE (or set SHMBENCH_CHANNEL, or inherit "
+                "SHMBENCH_CHANNEL_FD)",
+                file=sys.stderr,
+            )
+            return 2
+        where = f"descriptor {target}" if isinstance(target, int) else str(target)
+        server = RemoteEnvironmentServer(
+            target, slab_fd=_inherited_fd("SHMBENCH_SLAB_FD"), semaphores=os.environ.get("SHMBENCH_SEMAPHORES")
+        )
+        server.channel.start_heartbeat()
+    except (ShmbenchError, OSError, ValueError) as exc:
+        print(f"shmbench server: cannot attach to {where}: {exc}", file=sys.stderr)
         return 2
     print(
         f"shmbench server pid {os.getpid()} python {sys.version.split()[0]} numpy {np.__version__} "
-        f"attached to {path} in {1e3 * (time.perf_counter() - t0):.1f} ms",
+        f"attached to {where} in {1e3 * (time.perf_counter() - t0):.1f} ms",
         file=sys.stderr,
         flush=True,
     )

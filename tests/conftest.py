@@ -70,7 +70,7 @@ def _children() -> list[tuple[int, str]]:
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """Fails a test that leaves a channel directory or a server process behind."""
+    """Fails a test that leaves a session directory, a server process or a cgroup behind."""
     base = channel_base()
     before = _entries(base)
     yield
@@ -81,6 +81,10 @@ def no_leaks():
     assert not new, f"test left channel entries in {base}: {sorted(new)}"
     procs = _children()
     assert not procs, f"test left server processes running: {procs}"
+    from shmbench.runtimes.limits import server_cgroups
+
+    ours = [str(p) for p, host in server_cgroups().items() if host == os.getpid()]
+    assert not ours, f"test left server cgroups: {ours}"
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 Apptainer cannot be installed where these tests run. The double records its argv, answers
 ``--version``, ``inspect``, ``pull`` and ``instance`` from the sample files in
-tests/data/apptainer, and for ``exec`` runs this host's ``python -I -m shmbench.server`` with
-``/shmbench`` mapped to the bound session directory, so a real env is stepped through a
-real channel. :func:`parse_exec_argv` models how Apptainer's option parser (cobra/pflag)
+tests/data/apptainer, and for ``exec`` runs this host's ``python -I -m shmbench.server`` with the descriptors it was
+started with (as Apptainer's starter keeps them), so a real env is stepped through a real
+channel. :func:`parse_exec_argv` models how Apptainer's option parser (cobra/pflag)
 splits ``--bind`` and ``--env`` values; the double reads its argv with it. Passing tests
 against it counts for nothing about Apptainer support.
 """
@@ -44,6 +44,10 @@ def parse_exec_argv(argv: list[str]) -> dict:
             out["flags"].append(flag)
             i += 1
             continue
+        if flag in ("--memory", "--pids-limit", "--cpus") and i + 1 < len(argv):
+            out.setdefault("limits", {})[flag[2:]] = argv[i + 1]
+            i += 2
+            continue
         if flag not in ("--bind", "--env", "--pwd") or i + 1 >= len(argv):
             raise ValueError(f"unknown flag: {flag}")
         value = argv[i + 1]
@@ -75,7 +79,7 @@ FAKE_APPTAINER = """\
 #!{python}
 # fake_apptainer: a TEST DOUBLE standing in for the apptainer binary; never Apptainer.
 # It records its argv, answers from sample files, and for `exec` runs this host's
-# shmbench server with /shmbench mapped to the bound session directory.
+# shmbench server with the descriptors it inherited.
 import csv, json, os, shutil, sys
 args = sys.argv[1:]
 env = os.environ
@@ -128,10 +132,7 @@ elif args[:1] == ["exec"]:
     except ValueError as exc:
         print("Error: " + str(exc), file=sys.stderr)
         sys.exit(255)
-    binds = {{dst: src for src, dst, mode in parsed["binds"]}}
-    inner = dict(parsed["env"])
-    channel = inner["SHMBENCH_CHANNEL"]
-    inner["SHMBENCH_CHANNEL"] = binds["/shmbench"] + channel[len("/shmbench"):]
+    inner = dict(parsed["env"])   # the channel and slab: descriptors inherited through us
     inner.update(PATH=env["PATH"], HOME=env.get("HOME", "/"), LANG="C.UTF-8")
     command = parsed["command"]
     if command[0] == "python3":

@@ -24,7 +24,7 @@ def _bwrap_skip_reason() -> str | None:
         import shmbench.runtimes.bwrap  # noqa: F401
     except ImportError:
         return "shmbench.runtimes.bwrap cannot be imported"
-    from shmbench.runtimes.select import probe_all
+    from shmbench.runtimes.selection import probe_all
 
     ok, why = probe_all().get("bwrap", (False, "not registered"))
     return None if ok else f"bwrap does not work here: {why}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium
@@ -64,11 +65,12 @@ def test_version_minimums_follow_the_flags_used() -> None:
 def launch_for(tmp_path: Path, name: str = "w0") -> Launch:
     session = tmp_path / "sessions" / "123-deadbeef"
     session.mkdir(parents=True, exist_ok=True)
+    # the argv tests start nothing: the descriptors are numbers the argv must carry
     return Launch(
-        session_dir=session,
-        channel_name=f"{name}.chan",
-        log_path=session / f"{name}.log",
         name=f"worker {name} (apptainer)",
+        fds={"SHMBENCH_CHANNEL_FD": 7, "SHMBENCH_SLAB_FD": 8},
+        log_fd=-1,
+        log_path=session / f"{name}.log",
     )
 
 
@@ -90,10 +92,10 @@ def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
         "--cleanenv",
         "--pwd",
         "/tmp",
-        "--bind",
-        f"{launch.session_dir}:/shmbench",
         "--env",
-        "SHMBENCH_CHANNEL=/shmbench/w0.chan",
+        "SHMBENCH_CHANNEL_FD=7",
+        "--env",
+        "SHMBENCH_SLAB_FD=8",
         str(sandbox),
         "python3",
         "-I",
@@ -102,8 +104,8 @@ def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
     ]
     parsed = parse_exec_argv(argv)
     assert parsed["flags"] == ["--containall", "--cleanenv"]
-    assert parsed["binds"] == [(str(launch.session_dir), "/shmbench", "rw")]
-    assert parsed["env"] == {"SHMBENCH_CHANNEL": "/shmbench/w0.chan"}
+    assert parsed["binds"] == []  # nothing of the host is writable: the channel is an inherited fd
+    assert parsed["env"] == {"SHMBENCH_CHANNEL_FD": "7", "SHMBENCH_SLAB_FD": "8"}
     assert parsed["image"] == str(sandbox)
     assert parsed["command"] == ["python3", "-I", "-m", "shmbench.server"]
     assert env["PATH"] == os.environ["PATH"]  # apptainer itself: the host's environment
@@ -113,6 +115,7 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
     data = tmp_path / "data"
     data.mkdir()
     monkeypatch.setenv("APPTAINERENV_SHMBENCH_CHANNEL", "/elsewhere")
+    monkeypatch.setenv("APPTAINERENV_SHMBENCH_CHANNEL_FD", "99")
     monkeypatch.setenv("APPTAINER_CACHEDIR", "/scratch/cache")
     rt = ApptainerRuntime(
         image=str(sandbox),
@@ -135,13 +138,13 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
     assert parsed["flags"] == ["--containall", "--cleanenv", "--nv", "--writable-tmpfs"]
     assert parsed["pwd"] == "/tmp"
     assert parsed["binds"] == [
-        (str(launch.session_dir), "/shmbench", "rw"),
         (str(data), "/data", "ro"),
         (str(data), str(data), "rw"),
     ]
-    # every value arrives literally, and SHMBENCH_CHANNEL is the runtime's
+    # every value arrives literally; the descriptors are the runtime's, SHMBENCH_CHANNEL is dropped
     assert parsed["env"] == {
-        "SHMBENCH_CHANNEL": "/shmbench/w0.chan",
+        "SHMBENCH_CHANNEL_FD": "7",
+        "SHMBENCH_SLAB_FD": "8",
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "0,1",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -149,7 +152,7 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
     }
     assert parsed["command"] == ["/opt/py/bin/python", "-I", "-m", "shmbench.server"]
     assert argv.index("--nv") < argv.index("--writable-tmpfs") < argv.index(str(sandbox))
-    assert "APPTAINERENV_SHMBENCH_CHANNEL" not in env
+    assert "APPTAINERENV_SHMBENCH_CHANNEL" not in env and "APPTAINERENV_SHMBENCH_CHANNEL_FD" not in env
     assert env["APPTAINER_CACHEDIR"] == "/scratch/cache"
 
 
@@ -201,18 +204,12 @@ def test_env_values_that_pass_arrive_literally(tmp_path: Path, sandbox: Path, va
 
 
 def test_bind_problems(tmp_path: Path, sandbox: Path) -> None:
+    (tmp_path / "a,b").mkdir()
     with pytest.raises(ValueError, match="cannot express"):
         ApptainerRuntime(image=sandbox, binds=[f"{tmp_path}/a,b:/x"], binary="apptainer")
-    with pytest.raises(ValueError, match="reserved"):
-        ApptainerRuntime(image=sandbox, binds=[f"{tmp_path}:/shmbench"], binary="apptainer")
-    rt = ApptainerRuntime(image=sandbox, binds=[f"{tmp_path}/missing:/x"], binary="apptainer")
-    with pytest.raises(FileNotFoundError, match="bind source"):
-        rt.command(launch_for(tmp_path))
-    odd = tmp_path / "odd,dir"
-    odd.mkdir()
-    launch = Launch(session_dir=odd, channel_name="w0.chan", log_path=odd / "w0.log", name="w0")
-    with pytest.raises(ValueError, match="cannot express"):
-        ApptainerRuntime(image=sandbox, binary="apptainer").command(launch)
+    # checked on the host before anything starts, in one line
+    with pytest.raises(FileNotFoundError, match=r"^bind source .*/missing does not exist \("):
+        ApptainerRuntime(image=sandbox, binds=[f"{tmp_path}/missing:/x"], binary="apptainer")
 
 
 def test_argument_types(sandbox: Path) -> None:
@@ -292,7 +289,8 @@ def test_env_runs_through_the_fake(fake_apptainer: FakeApptainer, sandbox: Path)
     assert len(execs) == 1
     parsed = parse_exec_argv([str(fake_apptainer.exe)] + execs[0])
     assert parsed["env"]["MARK"] == "a,b"
-    assert parsed["binds"][0][1] == "/shmbench"
+    # the channel and the slab crossed as inherited descriptors; no host directory was bound
+    assert parsed["binds"] == [] and {"SHMBENCH_CHANNEL_FD", "SHMBENCH_SLAB_FD"} <= set(parsed["env"])
     assert parsed["image"] == str(sandbox)
 
 
@@ -302,3 +300,50 @@ def test_a_failing_start_shows_apptainers_message(
     monkeypatch.setenv("FAKE_APPTAINER_FAIL", "1")
     with pytest.raises(PeerDied, match="image format not recognized"):
         shmbench.make("CartPole-v1", runtime=ApptainerRuntime(image=sandbox))
+
+
+# ------------------------------------------------------------------------------- limits
+
+
+def test_limits_become_apptainer_flags_when_apptainer_applies_them(
+    fake_apptainer: FakeApptainer, tmp_path: Path, sandbox: Path
+) -> None:
+    rt = ApptainerRuntime(image=sandbox, limits={"memory": "512M", "pids": 64, "cpus": 1.5})
+    launch = launch_for(tmp_path)
+    plain = parse_exec_argv(rt.command(launch)[0])
+    assert "limits" not in plain  # a host cgroup binds it: no flags
+    flagged = parse_exec_argv(rt.command(replace(launch, runtime_limits=True))[0])
+    assert flagged["limits"] == {"memory": str(512 << 20), "pids-limit": "64", "cpus": "1.5"}
+    with pytest.raises(ValueError, match="sessiondir max size"):
+        ApptainerRuntime(image=sandbox, limits={"tmp": "1G"})
+
+
+@pytest.mark.parametrize(
+    "version, has_flags",
+    [
+        ("apptainer version 1.3.4", True),
+        ("singularity-ce version 3.9.2", True),
+        ("singularity-ce version 3.8.7", False),
+    ],
+)
+def test_which_versions_apply_limits_themselves(
+    fake_apptainer: FakeApptainer, monkeypatch: pytest.MonkeyPatch, sandbox: Path, version: str, has_flags: bool
+) -> None:
+    monkeypatch.setenv("FAKE_APPTAINER_VERSION", version)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # as root Apptainer can make cgroups
+    assert ApptainerRuntime(image=sandbox, limits={"pids": 64}).limits_itself() is has_flags
+
+
+def test_a_limited_env_runs_through_the_fake_in_a_host_cgroup(fake_apptainer: FakeApptainer, sandbox: Path) -> None:
+    from shmbench.runtimes.limits import enforcement
+
+    rt = ApptainerRuntime(image=sandbox, limits={"pids": 64, "memory": "1G"})
+    with shmbench.make("CartPole-v1", runtime=rt) as env:
+        env.reset(seed=0)
+        env.step(0)
+    execs = [c for c in fake_apptainer.calls() if c[:1] == ["exec"]]
+    parsed = parse_exec_argv([str(fake_apptainer.exe)] + execs[0])
+    if enforcement()["pids"].startswith("cgroup"):
+        assert "limits" not in parsed  # the guard put apptainer in a cgroup
+    else:
+        assert ("limits" in parsed) is rt.limits_itself()

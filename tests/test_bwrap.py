@@ -4,7 +4,6 @@ envs from images with conflicting dependencies stepped side by side."""
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from conftest import TESTS, runtime_kwargs
 from helpers import assert_same
 from test_env import actions_for, run_trajectory, server_pid
+from unprivileged import run_unprivileged, unprivileged_uid
 
 import shmbench
 from shmbench.errors import PeerDied
@@ -33,9 +33,12 @@ def bwrap_ok():
     runtime_kwargs("bwrap")  # skips, with the reason, where bwrap cannot run
 
 
-def test_argv_isolates_and_binds_only_the_channel_dir(tmp_path):
+def test_argv_isolates_and_binds_no_host_directory(tmp_path):
     rt = BwrapRuntime(binds=[f"{tmp_path}:/data:ro"], environment={"A": "1"})
-    argv, env = rt.command(Launch(tmp_path, "w0.chan", tmp_path / "w0.log", "w0"))
+    launch = Launch(
+        name="w0", fds={"SHMBENCH_CHANNEL_FD": 7, "SHMBENCH_SLAB_FD": 8}, log_fd=-1, log_path=tmp_path / "w0.log"
+    )
+    argv, env = rt.command(launch)
     joined = " ".join(argv)
     for flag in (
         "--die-with-parent",
@@ -49,12 +52,14 @@ def test_argv_isolates_and_binds_only_the_channel_dir(tmp_path):
         "--dev /dev",
         "--proc /proc",
         "--tmpfs /tmp",
-        f"--bind {tmp_path} /shmbench",
         f"--ro-bind {tmp_path} /data",
-        "--setenv SHMBENCH_CHANNEL /shmbench/w0.chan",
+        "--setenv SHMBENCH_CHANNEL_FD 7",
+        "--setenv SHMBENCH_SLAB_FD 8",
         "--setenv A 1",
     ):
         assert flag in joined, flag
+    # the channel and slab are inherited descriptors: no host directory is writable
+    assert "--bind" not in argv and "/shmbench" not in argv
     # the host's own shmbench.server, whatever the working directory holds (server_command)
     assert argv[argv.index("--") + 1 :] == server_command(rt.python, "-s")
     assert "--bind / /" not in joined and "--ro-bind /dev " not in joined
@@ -68,7 +73,7 @@ def test_sandbox_sees_only_its_own_world():
     assert info["hostname"] == "shmbench"
     assert info["interfaces"] == ["lo"], "a private, empty network namespace"
     assert info["pid"] <= 3, "a private PID namespace"
-    assert info["shmbench"] == sorted(["host.lock", "slab", "w0.chan", "w0.chan.lock", "w0.log"])
+    assert info["shmbench"] is None, "no host directory is bound: the channel is an inherited descriptor"
     assert not info["root_writable"]
     # a clean environment: ours, plus what the server's own imports set (gymnasium sets
     # PYGAME_HIDE_SUPPORT_PROMPT); nothing of the host's
@@ -77,7 +82,10 @@ def test_sandbox_sees_only_its_own_world():
         "HOME",
         "LANG",
         "PYTHONPATH",
-        "SHMBENCH_CHANNEL",
+        "SHMBENCH_CHANNEL_FD",
+        "SHMBENCH_SLAB_FD",
+        "USER",
+        "LOGNAME",
         "PWD",
         "LC_CTYPE",
         "PYGAME_HIDE_SUPPORT_PROMPT",
@@ -140,14 +148,9 @@ def test_host_death_takes_the_server_with_it(runtime_name):
         while time.monotonic() < deadline and _alive(server):
             time.sleep(0.02)
         assert not _alive(server), "the server outlived its host"
-        if runtime_name == "process":
-            # the surviving server cleaned up the whole session itself
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and session.exists():
-                time.sleep(0.02)
-        else:
-            # the sandbox died with its host: the stale session is reclaimable by its free lock
-            assert session in gc(min_age=0)
+        # the channel and slab were sealed memory: the kernel freed them with the last
+        # process; the host-only session (its lock and logs) is reclaimable by its free lock
+        assert session in gc(min_age=0)
         assert not session.exists()
     finally:
         host.kill()
@@ -180,53 +183,14 @@ with shmbench.make("CartPole-v1", runtime="bwrap", **extra) as env:
 
 
 def test_bwrap_path_as_an_unprivileged_user():
-    if os.geteuid() != 0:
-        # the whole suite already runs unprivileged: the other bwrap tests are this test
-        out = subprocess.run([sys.executable, "-c", USER_SCRIPT], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return
-    user = _test_user()
-    pw = pwd.getpwnam(user)
-    # this interpreter and this checkout may live where the user cannot go (/root is 0700):
-    # give the user views of both through bind mounts in a private mount namespace (the
-    # checkout first on PYTHONPATH, for the host side and, through environment=, for the
-    # sandboxed server), then drop to the user for good
-    import shmbench as package
-
-    prefix = Path(sys.prefix).resolve()
-    repo = Path(package.__file__).resolve().parent.parent
-    mnt, mnt_repo = Path("/mnt/shmbench-test-python"), Path("/mnt/shmbench-test-repo")
-    mnt.mkdir(exist_ok=True)
-    mnt_repo.mkdir(exist_ok=True)
-    rel = Path(sys.executable).resolve().relative_to(prefix)
-    base = Path(f"/dev/shm/shmbench-{pw.pw_uid}")
-    cmd = (
-        f"mount --bind {prefix} {mnt} && mount --bind {repo} {mnt_repo} && "
-        f"exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} --clear-groups env -i HOME=/tmp "
-        f"PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} PYTHONPATH={mnt_repo} "
-        f'{mnt / rel} -c "$0"'
-    )
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, USER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd="/tmp",
-    )
+    out = run_unprivileged(USER_SCRIPT)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.startswith(f"uid {pw.pw_uid} ok"), out.stdout
-    left = os.listdir(base) if base.exists() else []
-    assert left == [], f"the unprivileged run left {left} in {base}"
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def _test_user() -> str:
-    name = "shmbench-test"
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-    return name
+    assert out.stdout.startswith(f"uid {os.getuid() if os.geteuid() else unprivileged_uid()} ok"), out.stdout
+    if os.geteuid() == 0:
+        base = Path(f"/dev/shm/shmbench-{unprivileged_uid()}")
+        left = os.listdir(base) if base.exists() else []
+        assert left == [], f"the unprivileged run left {left} in {base}"
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------

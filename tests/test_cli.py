@@ -34,7 +34,8 @@ def test_doctor_reports_runtimes_channels_and_caches(tmp_path):
         "bwrap",
         "process",
         "runtime='auto' picks:",
-        f"base directory: {channel_base()}",
+        f"sessions (host locks, server logs; never visible to a server): {channel_base()}",
+        "limits (limits= on make/make_vec/RemoteRunner, --limit on shmbench run)",
         "free of",
         f"cache root: {tmp_path / 'cache'}",
     ):
@@ -43,6 +44,11 @@ def test_doctor_reports_runtimes_channels_and_caches(tmp_path):
     lines = [ln for ln in text.splitlines() if ln.strip().startswith(("ok ", "no "))]
     assert len(lines) == 3 and all(len(ln.split(None, 2)) == 3 for ln in lines)
     assert "no  apptainer" in text or "ok  apptainer" in text
+    # every limit says how it binds here
+    from shmbench.runtimes.limits import enforcement
+
+    for name, how in enforcement().items():
+        assert f"  {name:7s} {how}" in text, name
 
 
 def test_gc_removes_sessions_whose_host_died_and_keeps_live_ones():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from run_helpers import (
@@ -129,6 +130,8 @@ def test_run_command_static_and_remote_agents(tmp_path, capsys):
             "unknown experiment",
         ),
         ((), 2, "--experiment, --benchmark"),
+        (("--experiment", "exp:0.01", "--limit", "disk=1G"), 2, "--limit: unknown limit(s) disk"),
+        (("--experiment", "exp:0.01", "--limit", "memory=lots"), 2, "is not a size"),
     ],
 )
 def test_run_command_reports_bad_arguments(tmp_path, capsys, argv, status, message):
@@ -146,3 +149,32 @@ def test_runner_from_args_picks_the_runner(tmp_path):
         assert runner.experiment.record.benchmark == "shmbench/Luby-v0" and runner.experiment.seed_policy.base == 3
     with pytest.raises(ExperimentError, match="LocalRunner"):
         runner_from_args(args, RemoteRunner)
+
+
+def test_run_limits_bind_the_server(tmp_path):
+    """--limit reaches the server: it runs in a pids-limited cgroup (or under RLIMIT_NPROC)."""
+    from shmbench.runtimes.limits import Limits, enforcement
+
+    args = parse(
+        "--experiment",
+        "exp:0.01",
+        "--runtime",
+        "process",
+        "--limit",
+        "pids=64",
+        "--limit",
+        "memory=1G",
+        "--out",
+        str(tmp_path),
+    )
+    with runner_from_args(args) as runner:
+        assert runner.client.runtime.limits == Limits(memory=1 << 30, pids=64)
+        pid = runner.client.server_info["pid"]
+        if enforcement()["pids"].startswith("cgroup v1"):
+            line = next(ln for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":pids:" in ln)
+            assert Path(f"/sys/fs/cgroup/pids{line.split(':', 2)[2]}/pids.max").read_text().strip() == "64"
+        else:
+            assert "Max processes             64" in Path(f"/proc/{pid}/limits").read_text()
+    local = parse("--experiment", "exp:0.01", "--runtime", "local", "--limit", "pids=64", "--out", str(tmp_path))
+    with pytest.raises(ExperimentError, match="--runtime local runs none"):
+        runner_from_args(local)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from shmbench import _ring
 from shmbench.errors import DecodeError, EncodeError, ProtocolError, ShmbenchError
 from shmbench.wire import codec
 from shmbench.wire.codec import Codec, decode, encode
@@ -508,3 +509,76 @@ def test_decoder_state_is_not_shared_between_messages():
 
 def test_module_constants():
     assert codec.MAX_DEPTH >= 16
+
+
+# ------------------------------------------------------------------ the decoding budget
+
+
+def _measured(doc: bytes) -> int:
+    """What decoding ``doc`` with the codec allocates at its peak (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        value = Codec().decode(codec._HEAD.pack(len(doc)) + doc)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        del value
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{}] * 20000,
+        [[]] * 20000,
+        [f"abc{i}" for i in range(20000)],
+        {f"k{i}": i * 1000 for i in range(5000)},
+        [1.5] * 20000,
+        [(1, 2.5, "x")] * 3000,
+        [np.float32(1.5)] * 3000,
+    ],
+)
+def test_decode_cost_bounds_what_decoding_allocates(value):
+    """The C cost scanner's estimate is within a small factor of what decoding really takes
+    (never far below: the budget would not hold; never far above: honest messages pass)."""
+    message = Codec().encode(value)
+    doc = bytes(memoryview(message)[codec._HEAD.size :])[: codec._HEAD.unpack_from(message)[0]]
+    estimate = _ring.decode_cost(doc, 1 << 40)
+    real = _measured(doc)
+    assert 0.5 * real <= estimate <= 3 * real + 4096, (estimate, real)
+
+
+def test_decode_cost_stops_at_the_limit_and_refuses_garbage():
+    doc = msgpack.packb([{}] * 100000)
+    assert _ring.decode_cost(doc, 1000) == 1001  # stops early, once over
+    assert _ring.decode_cost(doc[:-1], 1 << 40) == -1  # truncated
+    assert _ring.decode_cost(b"\xc1", 1 << 40) == -1  # a byte MessagePack never uses
+    assert _ring.decode_cost(b"\x91" * 100000 + b"\xc0", 1 << 40) == -1  # deeper than its stack
+    assert _ring.decode_cost(b"", 1 << 40) == -1
+
+
+@given(st.binary(max_size=4096))
+@SETTINGS
+def test_decode_cost_of_random_bytes_never_crashes(data):
+    cost = _ring.decode_cost(data, 1 << 30)
+    assert cost == -1 or cost >= 0
+
+
+def test_a_large_document_over_budget_is_refused_before_decoding():
+    doc = msgpack.packb([{}] * (1 << 20))  # 1 MiB of bytes, ~100 MiB of dicts
+    with pytest.raises(DecodeError, match="would decode into more than"):
+        Codec(max_decoded_extra=1 << 20).decode(codec._HEAD.pack(len(doc)) + doc)
+
+
+@pytest.mark.parametrize("ext", [codec.EXT_NDARRAY, codec.EXT_NPSCALAR])
+def test_a_bomb_inside_an_array_or_scalar_record_is_refused(ext):
+    doc = msgpack.packb([msgpack.ExtType(ext, msgpack.packb([{}] * (1 << 20)))])
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="would decode into too much"):
+            Codec().decode(codec._HEAD.pack(len(doc)) + doc)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()

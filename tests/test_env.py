@@ -189,7 +189,7 @@ def test_unsupported_space_is_named():
 
 def server_pid(env) -> int:
     """The host pid of the Python server process (inside bwrap: the sandbox's child)."""
-    todo = [env._worker.process.pid]
+    todo = [env._worker.process.server_pid()]
     while todo:
         pid = todo.pop()
         with open(f"/proc/{pid}/cmdline", "rb") as f:

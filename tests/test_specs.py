@@ -9,15 +9,20 @@ from shmbench.wire.codec import Codec
 from shmbench.wire.specs import describe_spec, rebuild_spec
 
 
-def test_a_registered_spec_round_trips():
+def test_a_registered_spec_reads_like_native_but_runs_the_hosts_entry_point():
     env = gymnasium.make("CartPole-v1", max_episode_steps=77)
     codec = Codec()
     fields = codec.decode(codec.encode(describe_spec(env, codec)))
-    spec = rebuild_spec(fields)
+    made = []
+
+    def host_entry_point(**kwargs):
+        made.append(kwargs)
+        return gymnasium.make("CartPole-v1")
+
+    spec = rebuild_spec(fields, host_entry_point)
     native = env.spec
     for name in (
         "id",
-        "entry_point",
         "reward_threshold",
         "nondeterministic",
         "max_episode_steps",
@@ -26,8 +31,27 @@ def test_a_registered_spec_round_trips():
         "kwargs",
     ):
         assert getattr(spec, name) == getattr(native, name), name
-    assert [w.name for w in spec.additional_wrappers] == [w.name for w in native.additional_wrappers]
+    # nothing the server named runs on the host: not its entry point, not its wrappers'
+    assert spec.entry_point is host_entry_point and spec.additional_wrappers == ()
+    with gymnasium.make(spec) as again:
+        assert again.spec.max_episode_steps == 77
+    assert made == [{}]
     env.close()
+
+
+def test_a_hostile_description_names_nothing_that_runs():
+    fields = {
+        "id": "Evil-v0",
+        "entry_point": "subprocess:getoutput",
+        "kwargs": {"cmd": "touch /tmp/pwned", "f": {1, 2}},
+        "additional_wrappers": [["W", "os:system", {"command": "id"}]],
+        "max_episode_steps": "lots",
+        "vector_entry_point": "os:system",
+    }
+    spec = rebuild_spec(fields, None)
+    assert spec.entry_point is None and spec.additional_wrappers == () and spec.vector_entry_point is None
+    assert spec.kwargs == {"cmd": "touch /tmp/pwned"}  # strict JSON only (a set is dropped)
+    assert spec.max_episode_steps is None
 
 
 def test_values_the_codec_cannot_carry_are_dropped():

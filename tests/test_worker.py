@@ -50,7 +50,7 @@ def test_an_env_error_is_raised_and_the_worker_stays_usable(worker):
 
 def test_a_timeout_breaks_the_worker_and_names_the_wait(worker):
     worker.request(Opcode.PING)  # the server is up...
-    os.kill(worker.process.pid, signal.SIGSTOP)  # ...and now cannot answer
+    os.kill(worker.process.server_pid(), signal.SIGSTOP)  # ...and now cannot answer
     try:
         worker.send(Opcode.PING)
         with pytest.raises(ChannelTimeout, match=r"did not answer within 0.2 s; the worker is now marked broken"):
@@ -59,12 +59,12 @@ def test_a_timeout_breaks_the_worker_and_names_the_wait(worker):
         with pytest.raises(ChannelTimeout, match="broken after an earlier timeout"):
             worker.request(Opcode.PING)  # a late reply is never read as the next one
     finally:
-        os.kill(worker.process.pid, signal.SIGCONT)
+        os.kill(worker.process.server_pid(), signal.SIGCONT)
 
 
 def test_a_dead_server_becomes_peer_died_with_status_and_log(worker):
     worker.request(Opcode.PING)
-    os.kill(worker.process.pid, signal.SIGKILL)
+    os.kill(worker.process.server_pid(), signal.SIGKILL)
     with pytest.raises(PeerDied) as info:
         worker.request(Opcode.PING)
     assert info.value.exit_status == -signal.SIGKILL and "worker 0 (process runtime" in str(info.value)

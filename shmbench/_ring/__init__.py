@@ -21,6 +21,7 @@ try:
         STEP_REPLY_SIZE,
         Channel,
         Mapping,
+        decode_cost,
         layout_size,
     )
 except ModuleNotFoundError as exc:
@@ -46,5 +47,6 @@ __all__ = [
     "STEP_REPLY_SIZE",
     "Channel",
     "Mapping",
+    "decode_cost",
     "layout_size",
 ]

@@ -22,7 +22,9 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/file.h>
@@ -44,6 +46,7 @@ typedef struct {
     PyObject *ChannelTimeout;
     PyObject *ChannelClosed;
     PyObject *PeerDied;
+    PyObject *PeerStalled;
 } sb_module_state;
 
 static sb_module_state sb_state;
@@ -55,6 +58,8 @@ static sb_module_state sb_state;
 #define SB_YIELD_AFTER_NS     (20 * 1000LL)     /* a spin this long starts yielding... */
 #define SB_YIELD_EVERY_NS     (10 * 1000LL)     /* ...this often */
 #define SB_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
+#define SB_DEFAULT_STALL_NS   (10 * 1000 * 1000 * 1000LL)  /* a peer this long without a heartbeat is frozen */
+#define SB_HEARTBEAT_NS       (100 * 1000 * 1000LL)
 
 /* ======================================================================================
  * Small helpers: time, cpu_relax, futex
@@ -229,6 +234,18 @@ typedef struct {
     int peer_lock_fd;
     int broken;              /* a protocol error was seen: refuse further use */
     int closed;
+    /* the peer's heartbeat, as last seen (only a peer announcing SB_FEATURE_HEARTBEAT) */
+    int64_t stall_ns;        /* 0: never call a silent peer frozen */
+    uint64_t hb_last;
+    int64_t hb_seen_ns;
+    /* this side's heartbeat thread (a server's): bumps hdr->heartbeat[role] without the GIL */
+    pthread_t hb_thread;
+    int hb_running;
+    pid_t hb_pid;            /* the process that started it (a forked child must not join it) */
+    uint32_t hb_stop;        /* a private futex word: 1 asks the thread to stop */
+    int64_t hb_period_ns;
+    /* complete messages sent and received: a call interrupted mid-wait leaves sent ahead */
+    uint64_t n_sent, n_received;
     /* statistics */
     uint64_t n_spin_ok, n_spin_fail, n_sleeps, n_wakes, n_wakes_skipped;
 } sb_channel;
@@ -240,6 +257,7 @@ enum {
     SB_W_PEER_CLOSED,
     SB_W_PEER_DIED,
     SB_W_PROTOCOL,
+    SB_W_STALLED,    /* the peer lives but its heartbeat stopped: stopped, or frozen */
     SB_W_SIGNAL,     /* a Python exception is already set */
 };
 
@@ -270,6 +288,11 @@ sb_raise_outcome(sb_channel *c, int outcome, const char *what, const char *detai
         break;
     case SB_W_PEER_DIED:
         PyErr_Format(sb_state.PeerDied, "the peer died while this side waited for %s", what);
+        break;
+    case SB_W_STALLED:
+        PyErr_Format(sb_state.PeerStalled,
+                     "the peer has shown no heartbeat for %.1f s while this side waited for %s: it is "
+                     "stopped or frozen", (double)c->stall_ns / 1e9, what);
         break;
     case SB_W_PROTOCOL:
         c->broken = 1;
@@ -351,6 +374,24 @@ sb_peer_alive(sb_channel *c)
         }
     }
     return 1;
+}
+
+/* Has the peer's heartbeat stood still for longer than stall_ns? Only a peer that announced
+ * SB_FEATURE_HEARTBEAT is judged: a live process whose heartbeat thread stopped is stopped
+ * (SIGSTOP) or frozen, while one busy in a long step -- even holding the GIL in C code for
+ * minutes -- keeps beating. */
+static int
+sb_peer_stalled(sb_channel *c, int64_t now)
+{
+    if (c->stall_ns <= 0 || !(LOAD_RLX(&c->hdr->features[1 - c->role]) & SB_FEATURE_HEARTBEAT))
+        return 0;
+    uint64_t hb = LOAD_RLX(&c->hdr->heartbeat[1 - c->role]);
+    if (hb != c->hb_last || c->hb_seen_ns == 0) {
+        c->hb_last = hb;
+        c->hb_seen_ns = now;
+        return 0;
+    }
+    return now - c->hb_seen_ns > c->stall_ns;
 }
 
 /* --------------------------------------------------------------------------------------
@@ -514,6 +555,10 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             outcome = SB_W_PEER_DIED;
             break;
         }
+        if (sb_peer_stalled(c, after)) {
+            outcome = SB_W_STALLED;
+            break;
+        }
         PyEval_RestoreThread(ts);
         int sig = PyErr_CheckSignals();
         ts = PyEval_SaveThread();
@@ -604,6 +649,7 @@ sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, int64_t deadline)
             return -1;
         memcpy(c->tx.data + pos + SB_RECORD_HEADER, buf, len);
         sb_tx_publish(c, (uint64_t)pos, len, SB_REC_MESSAGE);
+        c->n_sent++;
         return 0;
     }
     /* fragments of a quarter ring: the consumer drains while we fill */
@@ -634,6 +680,7 @@ sb_send_bytes(sb_channel *c, const char *buf, uint64_t len, int64_t deadline)
         sent += n;
         sb_tx_publish(c, (uint64_t)pos, n + extra, kind);
     }
+    c->n_sent++;
     return 0;
 }
 
@@ -708,8 +755,12 @@ sb_recv_message(sb_channel *c, int64_t deadline)
     if (c->partial == NULL) {
         if (sb_rx_next(c, deadline, &pos, &len, &kind) < 0)
             return NULL;
-        if (kind == SB_REC_MESSAGE)
-            return sb_mapping_view(c->mapping, (size_t)(c->rx.data - c->mapping->base) + pos, len, 1);
+        if (kind == SB_REC_MESSAGE) {
+            PyObject *view = sb_mapping_view(c->mapping, (size_t)(c->rx.data - c->mapping->base) + pos, len, 1);
+            if (view != NULL)
+                c->n_received++;
+            return view;
+        }
         /* the producer fragments only what exceeds ITS max_record (half of the ring we
          * consume), in fragments of at least an eighth of that ring: so reassembly takes
          * a bounded number of records however the peer chooses them */
@@ -753,6 +804,8 @@ sb_recv_message(sb_channel *c, int64_t deadline)
     sb_rx_release(c);
     PyObject *mv = PyMemoryView_FromObject(out);
     Py_DECREF(out);
+    if (mv != NULL)
+        c->n_received++;
     return mv;
 }
 
@@ -946,10 +999,45 @@ sb_channel_init(sb_channel *self, PyObject *args, PyObject *kwds)
     self->wait.est_ns = SB_DEFAULT_SPIN_NS / 4;
     self->wait.pause_len = 16;
     self->wait.slice_ns = SB_DEFAULT_SLICE_NS;
+    self->stall_ns = SB_DEFAULT_STALL_NS;
     self->peer_lock_fd = -1;
     self->hdr->pid[role] = (uint32_t)getpid();
     STORE_REL(&self->hdr->state[role], (uint32_t)SB_STATE_OPEN);
     return 0;
+}
+
+/* --------------------------------------------------------------------------------------
+ * Heartbeat: a sign of life that needs no GIL. The thread bumps this side's heartbeat word
+ * every period; the peer's waits (sb_peer_stalled) call a live but silent side frozen. It
+ * sleeps on a private futex word, so stopping it is a store and a wake, not a period.
+ * -------------------------------------------------------------------------------------- */
+
+static void *
+sb_heartbeat_main(void *arg)
+{
+    sb_channel *c = (sb_channel *)arg;
+    uint64_t *beat = &c->hdr->heartbeat[c->role];
+    struct timespec ts;
+    ts.tv_sec = c->hb_period_ns / 1000000000LL;
+    ts.tv_nsec = c->hb_period_ns % 1000000000LL;
+    while (LOAD_ACQ(&c->hb_stop) == 0) {
+        atomic_fetch_add_explicit((_Atomic uint64_t *)beat, 1, memory_order_relaxed);
+        syscall(SYS_futex, &c->hb_stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+    }
+    return NULL;
+}
+
+static void
+sb_heartbeat_stop(sb_channel *c)
+{
+    if (!c->hb_running)
+        return;
+    c->hb_running = 0;
+    if (c->hb_pid != getpid())
+        return;   /* a forked child: the thread lives (and is joined) in the parent only */
+    STORE_REL(&c->hb_stop, 1);
+    syscall(SYS_futex, &c->hb_stop, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    pthread_join(c->hb_thread, NULL);
 }
 
 static void
@@ -958,6 +1046,7 @@ sb_channel_do_close(sb_channel *self)
     if (self->closed || self->mapping == NULL)
         return;
     self->closed = 1;
+    sb_heartbeat_stop(self);
     /* tell the peer, then wake it wherever it sleeps so it notices now, not after a slice */
     STORE_REL(&self->hdr->state[self->role], (uint32_t)SB_STATE_CLOSED);
     for (int i = 0; i < 2; i++) {
@@ -1254,6 +1343,7 @@ sb_channel_commit(sb_channel *self, PyObject *arg)
     }
     self->reserved = 0;
     sb_tx_publish(self, self->reserved_pos, (uint64_t)size, SB_REC_MESSAGE);
+    self->n_sent++;
     Py_RETURN_NONE;
 }
 
@@ -1338,23 +1428,27 @@ sb_channel_peer_alive(sb_channel *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(sb_configure_wait_doc,
-"configure_wait($self, /, spin_ns=100000, adaptive=True, slice_ns=50000000)\n--\n\n"
+"configure_wait($self, /, spin_ns=100000, adaptive=True, slice_ns=50000000, stall_ns=10000000000)\n--\n\n"
 "Spin at most spin_ns before sleeping (0: never spin). adaptive=True learns the typical\n"
 "wait and spins about twice that (capped at spin_ns), and stops spinning for a while\n"
-"when spins keep failing. slice_ns is how often a sleeping wait checks the peer is alive.");
+"when spins keep failing. slice_ns is how often a sleeping wait checks the peer is alive.\n"
+"A peer with a heartbeat that shows none for stall_ns is stopped or frozen: the wait\n"
+"raises PeerStalled (0: never).");
 
 static PyObject *
 sb_channel_configure_wait(sb_channel *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"spin_ns", "adaptive", "slice_ns", NULL};
-    long long spin = self->wait.spin_max_ns, slice = self->wait.slice_ns;
+    static char *kwlist[] = {"spin_ns", "adaptive", "slice_ns", "stall_ns", NULL};
+    long long spin = self->wait.spin_max_ns, slice = self->wait.slice_ns, stall = self->stall_ns;
     int adaptive = self->wait.adaptive;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|LpL", kwlist, &spin, &adaptive, &slice))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|LpLL", kwlist, &spin, &adaptive, &slice, &stall))
         return NULL;
-    if (spin < 0 || slice < 1000 || slice > 10LL * 1000 * 1000 * 1000) {
-        PyErr_SetString(PyExc_ValueError, "spin_ns must be >= 0 and slice_ns in [1 us, 10 s]");
+    if (spin < 0 || slice < 1000 || slice > 10LL * 1000 * 1000 * 1000 || stall < 0) {
+        PyErr_SetString(PyExc_ValueError, "spin_ns and stall_ns must be >= 0 and slice_ns in [1 us, 10 s]");
         return NULL;
     }
+    self->stall_ns = stall;
+    self->hb_seen_ns = 0;
     self->wait.spin_max_ns = spin;
     self->wait.adaptive = adaptive;
     self->wait.est_ns = spin / 4;
@@ -1380,6 +1474,47 @@ sb_channel_stats(sb_channel *self, PyObject *unused)
                          "spin_estimate_ns", (long long)self->wait.est_ns,
                          "spin_budget_ns", (long long)sb_spin_peek(&self->wait),
                          "spin_pause_left", (long long)self->wait.pause_left);
+}
+
+PyDoc_STRVAR(sb_start_heartbeat_doc,
+"start_heartbeat($self, /, period_ns=100000000)\n--\n\n"
+"Start this side's heartbeat: a thread that needs no GIL bumps a word in the header every\n"
+"period_ns, so that the peer can tell a process that is busy (even in C code holding the\n"
+"GIL) from one that is stopped or frozen. Servers start it; close() stops it.");
+
+static PyObject *
+sb_channel_start_heartbeat(sb_channel *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"period_ns", NULL};
+    long long period = SB_HEARTBEAT_NS;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|L", kwlist, &period))
+        return NULL;
+    if (period < 1000000 || period > 10LL * 1000 * 1000 * 1000) {
+        PyErr_SetString(PyExc_ValueError, "period_ns must be in [1 ms, 10 s]");
+        return NULL;
+    }
+    if (sb_check_usable(self) < 0)
+        return NULL;
+    if (self->hb_running)
+        Py_RETURN_NONE;
+    self->hb_period_ns = period;
+    self->hb_stop = 0;
+    /* the thread takes no signals: they belong to the interpreter's main thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&self->hb_thread, NULL, sb_heartbeat_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    self->hb_running = 1;
+    self->hb_pid = getpid();
+    atomic_fetch_or_explicit((_Atomic uint32_t *)&self->hdr->features[self->role], SB_FEATURE_HEARTBEAT,
+                             memory_order_release);
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(sb_close_doc,
@@ -1444,6 +1579,18 @@ sb_channel_get_role(sb_channel *self, void *unused)
     return PyLong_FromLong(self->role);
 }
 
+static PyObject *
+sb_channel_get_sent(sb_channel *self, void *unused)
+{
+    return PyLong_FromUnsignedLongLong(self->n_sent);
+}
+
+static PyObject *
+sb_channel_get_received(sb_channel *self, void *unused)
+{
+    return PyLong_FromUnsignedLongLong(self->n_received);
+}
+
 static PyMethodDef sb_channel_methods[] = {
     {"send", (PyCFunction)(void (*)(void))sb_channel_send, METH_VARARGS | METH_KEYWORDS, sb_send_doc},
     {"recv", (PyCFunction)(void (*)(void))sb_channel_recv, METH_VARARGS | METH_KEYWORDS, sb_recv_doc},
@@ -1459,6 +1606,8 @@ static PyMethodDef sb_channel_methods[] = {
     {"configure_wait", (PyCFunction)(void (*)(void))sb_channel_configure_wait, METH_VARARGS | METH_KEYWORDS,
      sb_configure_wait_doc},
     {"stats", (PyCFunction)sb_channel_stats, METH_NOARGS, sb_stats_doc},
+    {"start_heartbeat", (PyCFunction)(void (*)(void))sb_channel_start_heartbeat, METH_VARARGS | METH_KEYWORDS,
+     sb_start_heartbeat_doc},
     {"close", (PyCFunction)sb_channel_close, METH_NOARGS, sb_close_doc},
     {"__enter__", (PyCFunction)sb_channel_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)sb_channel_exit, METH_VARARGS, NULL},
@@ -1473,6 +1622,10 @@ static PyGetSetDef sb_channel_getset[] = {
      "True while a fragmented message is partly received (a wait ended in its middle).", NULL},
     {"size", (getter)sb_channel_get_size, NULL, "Bytes mapped (header and rings).", NULL},
     {"role", (getter)sb_channel_get_role, NULL, "HOST (0) or SERVER (1).", NULL},
+    {"sent", (getter)sb_channel_get_sent, NULL,
+     "Messages this side sent completely (a call interrupted while it waited for the reply has\n"
+     "sent one more than it received).", NULL},
+    {"received", (getter)sb_channel_get_received, NULL, "Messages this side received completely.", NULL},
     {NULL},
 };
 
@@ -1498,6 +1651,165 @@ static PyTypeObject sb_ChannelType = {
 };
 
 /* ======================================================================================
+ * The decoding budget of an untrusted MessagePack document
+ *
+ * A peer can send a few bytes that decode into a lot of memory: one byte (0x80) is an empty
+ * dict of 64+ bytes, and our extension records nest documents inside documents. Before
+ * shmbench.wire.codec decodes a large document, it asks what decoding would cost, walking
+ * the bytes once with no allocation: an estimate of the CPython objects msgpack would
+ * build (sizes of 64-bit CPython 3.10-3.13, rounded up), descending into the payloads of
+ * the codec's own extension records (1 tuple, 2 ndarray, 3 numpy scalar, which are
+ * documents themselves). Small ints, None, booleans and the empty string are singletons
+ * and cost nothing. A malformed document costs -1: msgpack itself then says what is wrong.
+ * ====================================================================================== */
+
+#define SB_COST_STACK 512            /* containers open at once in one document */
+#define SB_COST_MAX_DEPTH 64         /* documents nested in extension records (codec MAX_DEPTH) */
+
+static inline uint64_t
+sb_be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < n; k++)
+        v = (v << 8) | p[k];
+    return v;
+}
+
+/* The cost of the one object at the start of p[0..n), stopping early at limit + 1. */
+static int64_t
+sb_doc_cost(const uint8_t *p, uint64_t n, int64_t limit, int depth)
+{
+    uint64_t stack[SB_COST_STACK];
+    int sp = 0;
+    uint64_t i = 0, todo = 1, len = 0;
+    int64_t cost = 0;
+    int ext_type = 0;
+#define SB_NEED(k) do { if ((uint64_t)(k) > n - i) return -1; } while (0)
+    for (;;) {
+        while (todo == 0) {
+            if (sp == 0)
+                return cost;
+            todo = stack[--sp];
+        }
+        todo--;
+        if (cost > limit)
+            return limit + 1;
+        SB_NEED(1);
+        uint8_t b = p[i++];
+        if (b <= 0x7f)
+            continue;                               /* positive fixint: cached */
+        if (b >= 0xe0) {                            /* negative fixint */
+            cost += (int8_t)b < -5 ? 32 : 0;
+            continue;
+        }
+        if (b <= 0x8f) { len = b & 0x0f; goto map; }
+        if (b <= 0x9f) { len = b & 0x0f; goto array; }
+        if (b <= 0xbf) { len = b & 0x1f; goto str; }
+        switch (b) {
+        case 0xc0: case 0xc2: case 0xc3: continue;  /* nil, false, true */
+        case 0xc4: SB_NEED(1); len = sb_be(p + i, 1); i += 1; goto bin;
+        case 0xc5: SB_NEED(2); len = sb_be(p + i, 2); i += 2; goto bin;
+        case 0xc6: SB_NEED(4); len = sb_be(p + i, 4); i += 4; goto bin;
+        case 0xc7: SB_NEED(2); len = sb_be(p + i, 1); ext_type = (int8_t)p[i + 1]; i += 2; goto ext;
+        case 0xc8: SB_NEED(3); len = sb_be(p + i, 2); ext_type = (int8_t)p[i + 2]; i += 3; goto ext;
+        case 0xc9: SB_NEED(5); len = sb_be(p + i, 4); ext_type = (int8_t)p[i + 4]; i += 5; goto ext;
+        case 0xca: SB_NEED(4); i += 4; cost += 24; continue;
+        case 0xcb: SB_NEED(8); i += 8; cost += 24; continue;
+        case 0xcc: SB_NEED(1); i += 1; continue;                    /* uint8: <= 255, cached */
+        case 0xcd: SB_NEED(2); i += 2; cost += 32; continue;
+        case 0xce: SB_NEED(4); i += 4; cost += 32; continue;
+        case 0xcf: SB_NEED(8); i += 8; cost += 32; continue;
+        case 0xd0: SB_NEED(1); cost += (int8_t)p[i] < -5 ? 32 : 0; i += 1; continue;
+        case 0xd1: SB_NEED(2); i += 2; cost += 32; continue;
+        case 0xd2: SB_NEED(4); i += 4; cost += 32; continue;
+        case 0xd3: SB_NEED(8); i += 8; cost += 32; continue;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:      /* fixext 1..16 */
+            SB_NEED(1); len = (uint64_t)1 << (b - 0xd4); ext_type = (int8_t)p[i]; i += 1; goto ext;
+        case 0xd9: SB_NEED(1); len = sb_be(p + i, 1); i += 1; goto str;
+        case 0xda: SB_NEED(2); len = sb_be(p + i, 2); i += 2; goto str;
+        case 0xdb: SB_NEED(4); len = sb_be(p + i, 4); i += 4; goto str;
+        case 0xdc: SB_NEED(2); len = sb_be(p + i, 2); i += 2; goto array;
+        case 0xdd: SB_NEED(4); len = sb_be(p + i, 4); i += 4; goto array;
+        case 0xde: SB_NEED(2); len = sb_be(p + i, 2); i += 2; goto map;
+        case 0xdf: SB_NEED(4); len = sb_be(p + i, 4); i += 4; goto map;
+        default: return -1;                                         /* 0xc1: never used */
+        }
+    str:
+        SB_NEED(len);
+        i += len;
+        cost += len ? 80 + (int64_t)len : 0;
+        continue;
+    bin:
+        SB_NEED(len);
+        i += len;
+        cost += 40 + (int64_t)len;
+        continue;
+    array:
+        SB_NEED(len);                               /* every item is at least one byte */
+        cost += 64 + 8 * (int64_t)len;
+        if (len) {
+            if (sp == SB_COST_STACK)
+                return -1;
+            stack[sp++] = todo;
+            todo = len;
+        }
+        continue;
+    map:
+        SB_NEED(2 * len);
+        cost += 100 + 40 * (int64_t)len;
+        if (len) {
+            if (sp == SB_COST_STACK)
+                return -1;
+            stack[sp++] = todo;
+            todo = 2 * len;
+        }
+        continue;
+    ext:
+        SB_NEED(len);
+        /* What stays once a record is decoded (its payload bytes and the list a tuple is made
+         * from are freed again, one record at a time): a tuple costs what the list its payload
+         * is costs; an array object with its shape tuple (its data is a copy of out-of-band
+         * bytes, which the codec bounds by the message: records may not overlap); a numpy
+         * scalar; a big int from its digits or a timestamp. */
+        if (ext_type == 1) {
+            if (depth >= SB_COST_MAX_DEPTH)
+                return -1;
+            int64_t sub = sb_doc_cost(p + i, len, limit - cost, depth + 1);
+            if (sub < 0)
+                return sub;
+            cost += sub;
+        } else if (ext_type == 2) {
+            cost += 192;
+        } else if (ext_type == 3) {
+            cost += 48;
+        } else {
+            cost += 40 + (int64_t)len;
+        }
+        i += len;
+        continue;
+    }
+#undef SB_NEED
+}
+
+PyDoc_STRVAR(sb_decode_cost_doc,
+"decode_cost(data, limit, /)\n--\n\n"
+"An estimate of the bytes of Python objects that decoding the MessagePack document `data`\n"
+"(with shmbench.wire.codec's extension records) would allocate; limit + 1 as soon as it\n"
+"exceeds `limit`; -1 for a malformed document. Allocates nothing.");
+
+static PyObject *
+sb_decode_cost(PyObject *mod, PyObject *args)
+{
+    Py_buffer buf;
+    long long limit;
+    if (!PyArg_ParseTuple(args, "y*L", &buf, &limit))
+        return NULL;
+    int64_t cost = sb_doc_cost((const uint8_t *)buf.buf, (uint64_t)buf.len, limit, 0);
+    PyBuffer_Release(&buf);
+    return PyLong_FromLongLong(cost);
+}
+
+/* ======================================================================================
  * Module
  * ====================================================================================== */
 
@@ -1518,6 +1830,7 @@ sb_layout_size(PyObject *mod, PyObject *args)
 
 static PyMethodDef sb_module_methods[] = {
     {"layout_size", sb_layout_size, METH_VARARGS, sb_layout_size_doc},
+    {"decode_cost", sb_decode_cost, METH_VARARGS, sb_decode_cost_doc},
     {NULL},
 };
 
@@ -1551,9 +1864,10 @@ PyInit__ring(void)
     sb_state.ChannelTimeout = PyObject_GetAttrString(errors, "ChannelTimeout");
     sb_state.ChannelClosed = PyObject_GetAttrString(errors, "ChannelClosed");
     sb_state.PeerDied = PyObject_GetAttrString(errors, "PeerDied");
+    sb_state.PeerStalled = PyObject_GetAttrString(errors, "PeerStalled");
     Py_DECREF(errors);
     if (!sb_state.ProtocolError || !sb_state.ChannelMismatch || !sb_state.ChannelTimeout ||
-        !sb_state.ChannelClosed || !sb_state.PeerDied)
+        !sb_state.ChannelClosed || !sb_state.PeerDied || !sb_state.PeerStalled)
         return NULL;
     if (PyType_Ready(&sb_MappingType) < 0 || PyType_Ready(&sb_ChannelType) < 0)
         return NULL;

@@ -19,6 +19,10 @@ OPCODES: Final[dict[str, int]]
 #: status name -> value, mirrored by shmbench.protocol.Status
 STATUSES: Final[dict[str, int]]
 
+def decode_cost(data: ReadableBuffer, limit: int, /) -> int:
+    """Bytes of Python objects decoding the MessagePack document would allocate (limit + 1
+    above the limit, -1 malformed)."""
+
 def layout_size(request_capacity: int, reply_capacity: int, /) -> int:
     """Bytes a channel file needs for the header and both rings."""
 
@@ -98,9 +102,14 @@ class Channel:
         """How to notice a dead peer: fds polled for any event, and the peer's lock file
         (held with flock(LOCK_EX) while it lives). The channel owns and closes them."""
     def peer_alive(self) -> bool: ...
-    def configure_wait(self, /, spin_ns: int = 100000, adaptive: bool = True, slice_ns: int = 50000000) -> None:
+    def configure_wait(
+        self, /, spin_ns: int = 100000, adaptive: bool = True, slice_ns: int = 50000000, stall_ns: int = 10000000000
+    ) -> None:
         """Spin at most spin_ns (0: block at once), learn the typical wait if adaptive,
-        check liveness every slice_ns while sleeping."""
+        check liveness every slice_ns while sleeping; a peer with a heartbeat that shows
+        none for stall_ns raises PeerStalled (0: never)."""
+    def start_heartbeat(self, /, period_ns: int = 100000000) -> None:
+        """Start this side's heartbeat thread (needs no GIL); close() stops it."""
     def stats(self) -> WaitStats: ...
     def close(self) -> None:
         """Mark this side closed and wake the peer. Idempotent."""
@@ -118,5 +127,11 @@ class Channel:
         """Largest message sent as one record (half the outgoing ring, less a header)."""
     @property
     def size(self) -> int: ...
+    @property
+    def sent(self) -> int:
+        """Messages this side sent completely."""
+    @property
+    def received(self) -> int:
+        """Messages this side received completely."""
     @property
     def role(self) -> int: ...

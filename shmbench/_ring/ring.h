@@ -44,6 +44,12 @@ enum sb_ring_index { SB_REQUEST = 0, SB_REPLY = 1 };
 /* Per-side state word. A side sets CLOSED when it shuts down cleanly, then wakes the peer. */
 enum sb_state { SB_STATE_NEW = 0, SB_STATE_OPEN = 1, SB_STATE_CLOSED = 2 };
 
+/* Per-side feature bits, announced in features[side] when the side attaches. A peer of an
+ * older release announces none, and nothing is expected of it. */
+enum sb_feature {
+    SB_FEATURE_HEARTBEAT = 1,   /* a thread of this side bumps heartbeat[side] periodically */
+};
+
 /* Record kinds (the second u32 of a record header). A message that does not fit one record
  * travels as FIRST (payload starts with the u64 total length), MIDDLE..., LAST.
  * Rules a consumer enforces (so a hostile producer cannot keep it busy for free): only a
@@ -132,6 +138,8 @@ typedef struct {
     /* live words */
     _Alignas(SB_CACHELINE) uint32_t state[2];  /* enum sb_state, per side */
     uint32_t pid[2];             /* for diagnostics only (namespaces make pids relative) */
+    uint32_t features[2];        /* enum sb_feature bits, per side */
+    uint64_t heartbeat[2];       /* bumped by a side's heartbeat thread: it is not frozen */
     _Alignas(SB_CACHELINE) sb_ring_ctrl ring[2];
 } sb_header;
 

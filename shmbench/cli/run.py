@@ -12,6 +12,7 @@ import numpy as np
 
 from shmbench.errors import ExperimentError, ShmbenchError
 from shmbench.experiments.runner import DEFAULT_LOG_DIR, EpisodeResult, LocalRunner, RemoteRunner, Runner, RunResult
+from shmbench.runtimes.limits import Limits
 
 __all__ = [
     "add_experiment_arguments",
@@ -59,6 +60,13 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-digest", metavar="sha256:HEX", help="the image's pinned digest")
     group.add_argument("--offline", action="store_true", help="use cached images only, never download")
     group.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for each env call")
+    group.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a resource limit for the server, repeatable: memory=2G, pids=256, cpus=1.5, tmp=1G "
+        "(`shmbench doctor` says how each binds here)",
+    )
     group.add_argument("--out", metavar="DIR", default=DEFAULT_LOG_DIR, help="log directory (default: %(default)s)")
 
 
@@ -87,10 +95,22 @@ def runner_from_args(args: argparse.Namespace, cls: type[Runner] = Runner) -> Ru
             runtime=runtime,
             offline=args.offline,
             timeout=args.timeout,
+            limits=limits_from_args(args),
             progress=True,
             **common,
         )
+    if getattr(args, "limit", None):
+        raise ExperimentError("--limit bounds a server; --runtime local runs none")
     return target(args.benchmark, args.experiment, **common)
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits | None:
+    """The ``--limit NAME=VALUE`` options as :class:`~shmbench.runtimes.limits.Limits`."""
+    items = getattr(args, "limit", None) or []
+    try:
+        return Limits.of(",".join(items)) if items else None
+    except ValueError as exc:
+        raise ExperimentError(f"--limit: {exc}") from None
 
 
 def parse_config_items(items: list[str]) -> dict[str, Any]:
@@ -165,7 +185,10 @@ def _cli_agent(args: argparse.Namespace, runner: Runner, env: gymnasium.Env) -> 
 
         runtime = "process" if args.runtime == "local" else args.runtime
         image = getattr(runner, "image_path", None) if getattr(runner, "image_used", False) else None
-        return RemoteAgent(spec, action_space=env.action_space, runtime=runtime, image=image, timeout=args.timeout)
+        limits = limits_from_args(args)
+        return RemoteAgent(
+            spec, action_space=env.action_space, runtime=runtime, image=image, timeout=args.timeout, limits=limits
+        )
     return make_agent({**spec, "action_space": env.action_space})
 
 

@@ -76,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from shmbench import __version__
     from shmbench.images.store import cache_root
-    from shmbench.runtimes.select import AUTO_ORDER, probe_all
+    from shmbench.runtimes.selection import AUTO_ORDER, probe_all
     from shmbench.transport.session import channel_base
 
     print(
@@ -94,13 +94,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if ok and chosen is None:
                 chosen = name
     print(f"  runtime='auto' picks: {chosen}")
+    from shmbench.runtimes.limits import enforcement
+
+    print("\nlimits (limits= on make/make_vec/RemoteRunner, --limit on shmbench run), as they bind here:")
+    for name, how in enforcement().items():
+        print(f"  {name:7s} {how}")
     base = channel_base()
     print("\nchannels:")
-    print(f"  base directory: {base} ({free_space(base)})")
-    if str(base).startswith("/dev/shm"):
-        print("  on /dev/shm (tmpfs): memory-backed")
-    else:
-        print("  not on /dev/shm: /dev/shm is missing or not writable here")
+    print("  sealed shared memory (memfd, F_SEAL_SHRINK|F_SEAL_GROW), inherited by each server as a descriptor")
+    print(f"  sessions (host locks, server logs; never visible to a server): {base} ({free_space(base)})")
     try:
         sessions = [e for e in os.listdir(base) if not e.startswith(".")]
     except FileNotFoundError:
@@ -118,7 +120,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Remove channel directories (and Apptainer instances) whose owner is dead."""
+    """Remove session directories (and Apptainer instances, cgroups) whose owner is dead."""
     from shmbench.transport.session import channel_base, gc
 
     removed = gc(min_age=args.min_age)
@@ -133,6 +135,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     stopped = gc_instances()
     for name in stopped:
         print(f"stopped instance {name}")
+    from shmbench.runtimes.limits import sweep_cgroups
+
+    for path in sweep_cgroups():
+        print(f"removed cgroup {path}")
     print(
         f"{len(removed)} channel director{'y' if len(removed) == 1 else 'ies'} removed from "
         f"{channel_base()}" + (f", {len(stopped)} instance(s) stopped" if stopped else "")

@@ -20,8 +20,8 @@ _LAZY = {
     "ProcessRuntime": "shmbench.runtimes.process",
     "BwrapRuntime": "shmbench.runtimes.bwrap",
     "ApptainerRuntime": "shmbench.runtimes.apptainer",
-    "get_runtime": "shmbench.runtimes.select",
-    "probe_all": "shmbench.runtimes.select",
+    "get_runtime": "shmbench.runtimes.selection",
+    "probe_all": "shmbench.runtimes.selection",
 }
 
 __all__ = list(_LAZY)

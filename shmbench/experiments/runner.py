@@ -54,7 +54,7 @@ from shmbench.images.fetch import pull_spec
 from shmbench.images.refs import ImageSpec
 from shmbench.images.store import file_digest
 from shmbench.logs import LOG_FORMAT, RunLog, timestamp, to_plain
-from shmbench.runtimes.select import choose
+from shmbench.runtimes.selection import choose
 
 __all__ = [
     "DEFAULT_LOG_DIR",
@@ -471,8 +471,11 @@ class RemoteRunner(Runner):
         image_digest: the image's ``sha256:...`` (required for remote references).
         binds, environment: passed to the runtime.
         offline: use the image cache only.
-        timeout: seconds any env call may take (None: no limit; a dead server is noticed).
+        timeout: seconds any env call may take (None: no limit; a dead or frozen server is
+            noticed).
         start_timeout: seconds the server may take to start and build the env.
+        limits: resource limits for the server (``{"memory": "2G", "pids": 256, "cpus": 1,
+            "tmp": "1G"}``; see :mod:`shmbench.runtimes.limits`).
         wait: the client's wait policy.
         progress: show a progress bar while an image downloads or is hashed.
 
@@ -495,6 +498,7 @@ class RemoteRunner(Runner):
         offline: bool = False,
         timeout: float | None = None,
         start_timeout: float = START_TIMEOUT,
+        limits=None,
         wait="auto",
         progress: bool = True,
         **kwargs: Any,
@@ -527,6 +531,7 @@ class RemoteRunner(Runner):
             environment=environment,
             timeout=timeout,
             start_timeout=start_timeout,
+            limits=limits,
             wait=wait,
         )
         try:

@@ -24,7 +24,7 @@ from gymnasium import spaces
 
 from shmbench.errors import ExperimentError, RemoteEnvError
 from shmbench.host.proxy import RemoteBase
-from shmbench.host.worker import START_TIMEOUT, Worker
+from shmbench.host.worker import START_TIMEOUT
 from shmbench.wire.protocol import Opcode
 from shmbench.wire.spaces import describe
 
@@ -62,6 +62,7 @@ class RemoteAgent(RemoteBase):
         environment=None,
         timeout: float | None = None,
         start_timeout: float = START_TIMEOUT,
+        limits=None,
     ) -> None:
         spec: dict[str, Any] = {"type": agent_spec} if isinstance(agent_spec, str) else dict(agent_spec)
         if action_space is not None:
@@ -72,7 +73,13 @@ class RemoteAgent(RemoteBase):
             raise ExperimentError("a remote agent needs the action space: pass action_space=env.action_space")
         self.spec = spec
         self._open(
-            runtime=runtime, image=image, binds=binds, environment=environment, allow_pickle=False, timeout=timeout
+            runtime=runtime,
+            image=image,
+            binds=binds,
+            environment=environment,
+            allow_pickle=False,
+            timeout=timeout,
+            limits=limits,
         )
         try:
             self._started(self._start, spec, start_timeout)
@@ -82,8 +89,7 @@ class RemoteAgent(RemoteBase):
             raise
 
     def _start(self, spec: dict, start_timeout: float) -> None:
-        worker = Worker(self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout)
-        self._owned.workers.append(worker)
+        worker = self._new_worker(0)
         worker.make(
             {
                 "agent": spec,

@@ -20,13 +20,12 @@ import numpy as np
 
 from shmbench.errors import ProtocolError, ShmbenchError
 from shmbench.host.proxy import RemoteBase
-from shmbench.host.worker import START_TIMEOUT, Worker, wait_policy
-from shmbench.transport.session import Slab
+from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, wait_policy
 from shmbench.wire.protocol import ActionTag, ObsTag, Opcode, codec_obs, read_step_reply
 from shmbench.wire.spaces import build_tree, layout, rebuild
 from shmbench.wire.specs import rebuild_spec
 
-__all__ = ["RemoteEnvironmentClient", "make"]
+__all__ = ["RemoteEnvironmentClient", "RemoteEntryPoint", "make", "merge_env_kwargs"]
 
 _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
 _STEP_INT = bytes((Opcode.STEP, ActionTag.SLAB_INT))
@@ -55,7 +54,17 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         start_timeout: seconds the server may take to start and build the env.
         wakeup: ``"futex"`` (default; works across every container boundary) or
             ``"posix_ipc"`` (named semaphores, the measured alternative; process runtime only).
-        **env_kwargs: passed to ``gymnasium.make`` (or the factory) in the server.
+        limits: resource limits for the server (``{"memory": "2G", "pids": 256, "cpus": 1,
+            "tmp": "1G"}``; see :mod:`shmbench.runtimes.limits`).
+        stall_timeout: seconds a live server may show no heartbeat before a call raises
+            PeerStalled (it is stopped or frozen; None: never). A long step keeps beating.
+        env_kwargs: keyword arguments for the env, whatever their names (also ``timeout``,
+            ``copy``, ``image``... that shmbench's own arguments would take).
+        **kwargs: more keyword arguments for the env (``gymnasium.make`` or the factory in
+            the server), merged with ``env_kwargs``.
+
+    Ctrl-C during a call raises KeyboardInterrupt as natively; the interrupted step still
+    completes in the server, and its answer is drained (and discarded) before the next call.
     """
 
     def __init__(
@@ -74,11 +83,34 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         allow_pickle: bool = False,
         start_timeout: float = START_TIMEOUT,
         wakeup: str = "futex",
-        **env_kwargs,
+        limits=None,
+        stall_timeout: float | None = STALL_TIMEOUT,
+        env_kwargs: dict | None = None,
+        **kwargs,
     ) -> None:
         if env_id is None and factory is None and benchmark is None:
             raise TypeError("give an env_id, a factory or a benchmark")
+        env_kwargs = merge_env_kwargs(env_kwargs, kwargs)
         self.copy = copy
+        self._remake = RemoteEntryPoint(
+            env_id,
+            dict(
+                runtime=runtime,
+                image=image,
+                binds=binds,
+                environment=environment,
+                copy=copy,
+                wait=wait,
+                timeout=timeout,
+                factory=factory,
+                benchmark=benchmark,
+                allow_pickle=allow_pickle,
+                start_timeout=start_timeout,
+                wakeup=wakeup,
+                limits=limits,
+                stall_timeout=stall_timeout,
+            ),
+        )
         self._open(
             runtime=runtime,
             image=image,
@@ -87,17 +119,15 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             allow_pickle=allow_pickle,
             timeout=timeout,
             wakeup=wakeup,
+            limits=limits,
+            stall_timeout=stall_timeout,
         )
         self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
 
-        worker = Worker(
-            self._owned.session, 0, self.runtime, codec=self._codec, timeout=self.timeout, wakeup=self.wakeup
-        )
-        self._owned.workers.append(worker)
-        self._worker = worker
+        worker = self._worker = self._new_worker(0)
         info = worker.make(
             {
                 "env_id": env_id,
@@ -114,12 +144,12 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         self.action_space = rebuild(info["action_space"])
         self.metadata = dict(info.get("metadata") or {})
         self.render_mode = info.get("render_mode")
-        self.spec = rebuild_spec(info.get("spec"))
+        self.spec = rebuild_spec(info.get("spec"), self._remake)
         self.server_info = worker.server_info
 
         lay = layout(self.observation_space, self.action_space, None)
-        slab = Slab.create(self._owned.session.path / "slab", lay.size)
-        self._owned.slabs.append(slab)
+        slab = self._owned.slab
+        slab.allocate(lay.size)
         obs = lay.arrays(slab.buffer, "obs")
         act = lay.arrays(slab.buffer, "action")
         # None when the space has no slab leaf (its values always travel through the codec);
@@ -134,7 +164,7 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             Opcode.CONFIGURE,
             self._codec.encode(
                 {
-                    "slab": slab.path.name,
+                    "slab": None,
                     "layout": lay.to_wire(),
                     "rows": [0, 1],
                     "spin_ns": spin_ns,
@@ -187,6 +217,24 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             return self._read_obs(otag, extras), reward, terminated, truncated, info
         except ShmbenchError as exc:
             raise self._worker.failure(exc) from None
+        except BaseException:
+            self._interrupted()
+            raise
+
+    def _interrupted(self) -> None:
+        """A step was interrupted while it waited (Ctrl-C): if its reply is owed, the next
+        step drains it first -- through a stand-in for the C call, so that the hot path
+        itself checks nothing."""
+        self._worker.interrupted()
+        if self._worker.owed:
+            real = self._fast
+
+            def drain_then_call(*args: Any) -> Any:
+                self._worker.settle()
+                self._fast = real
+                return real[0](*args)
+
+            self._fast = (drain_then_call, *real[1:])
 
     def _read_obs(self, otag: int, extras: Any) -> Any:
         if otag == ObsTag.SLAB_ARRAY:
@@ -268,6 +316,34 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
 
     def __str__(self) -> str:
         return repr(self)
+
+
+def merge_env_kwargs(env_kwargs: dict | None, kwargs: dict) -> dict:
+    """The env's keyword arguments: ``env_kwargs`` (any names) and the other keywords."""
+    if env_kwargs is None:
+        return kwargs
+    if not isinstance(env_kwargs, dict):
+        raise TypeError(f"env_kwargs must be a dict, not {type(env_kwargs).__name__}")
+    both = sorted(set(env_kwargs) & set(kwargs))
+    if both:
+        raise TypeError(f"env keyword argument(s) {', '.join(both)} given twice (in env_kwargs and as keywords)")
+    return {**env_kwargs, **kwargs}
+
+
+class RemoteEntryPoint:
+    """What ``gymnasium.make(env.spec)`` calls for a shmbench env: the same remote env
+    again, through shmbench, with the spec's kwargs as the env's keyword arguments (never
+    as shmbench's options). Everything it holds came from the host."""
+
+    def __init__(self, env_id: str | None, options: dict[str, Any]) -> None:
+        self.env_id = env_id
+        self.options = options
+
+    def __call__(self, **kwargs: Any) -> RemoteEnvironmentClient:
+        return RemoteEnvironmentClient(self.env_id, env_kwargs=kwargs, **self.options)
+
+    def __repr__(self) -> str:
+        return f"<shmbench remote entry point {self.env_id!r} via {self.options.get('runtime')!r}>"
 
 
 def make(

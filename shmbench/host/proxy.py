@@ -10,12 +10,15 @@ lifecycle methods.
 
 from __future__ import annotations
 
+import time
 import warnings
 import weakref
 from typing import Any, Literal
 
-from shmbench.host.worker import Worker
-from shmbench.runtimes.select import get_runtime
+from shmbench.host.worker import CLOSE_TIMEOUT, STALL_TIMEOUT, Worker
+from shmbench.runtimes.base import stop_all
+from shmbench.runtimes.limits import sweep_cgroups
+from shmbench.runtimes.selection import get_runtime
 from shmbench.transport.session import Session, Slab, gc
 from shmbench.wire.codec import Codec
 
@@ -23,12 +26,21 @@ __all__ = ["Owned", "RemoteBase"]
 
 
 def _finalize(workers: list[Worker], session: Session, slab: list, warn: bool) -> None:
+    # every worker at once: CLOSE to all, one deadline for all the answers, then the
+    # processes stopped together (stop_all) -- a bounded time however many workers there are
     try:
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         for w in workers:
             try:
-                w.close()
+                w.begin_close()
             except Exception:
                 pass
+        for w in workers:
+            try:
+                w.finish_close(deadline)
+            except Exception:
+                pass
+        stop_all([w.process for w in workers if w.process is not None], deadline)
         for s in slab:
             s.close()
     finally:
@@ -38,13 +50,23 @@ def _finalize(workers: list[Worker], session: Session, slab: list, warn: bool) -
 
 
 class Owned:
-    """Session, workers and slab of a remote env, closed exactly once (close, GC or exit)."""
+    """Session, workers and slab of a remote env, closed exactly once (close, GC or exit).
+
+    The slab exists from the start (empty, sealed): every worker inherits its descriptor,
+    and the proxy sizes it once the handshake told the layout (``slab.allocate``).
+    """
 
     def __init__(self, owner: object) -> None:
-        gc()  # reclaim channel directories of hosts that died (kill -9) since the last run
+        gc()  # reclaim session directories of hosts that died (kill -9) since the last run
+        sweep_cgroups()  # and the cgroups of their servers
         self.session = Session()
         self.workers: list[Worker] = []
-        self.slabs: list[Slab] = []
+        try:
+            self.slab = Slab.create()
+        except BaseException:
+            self.session.close()
+            raise
+        self.slabs: list[Slab] = [self.slab]
         self._finalizer = weakref.finalize(owner, _finalize, self.workers, self.session, self.slabs, True)
         self._finalizer.atexit = True
 
@@ -70,13 +92,47 @@ class RemoteBase:
     _owned: Owned
 
     def _open(
-        self, *, runtime, image, binds, environment, allow_pickle: bool, timeout: float | None, wakeup: str = "futex"
+        self,
+        *,
+        runtime,
+        image,
+        binds,
+        environment,
+        allow_pickle: bool,
+        timeout: float | None,
+        wakeup: str = "futex",
+        limits: Any = None,
+        stall_timeout: float | None = STALL_TIMEOUT,
     ) -> None:
         self.timeout = timeout
         self.wakeup = wakeup
+        self.stall_timeout = stall_timeout
         self._codec = Codec(allow_pickle=allow_pickle)
-        self.runtime = get_runtime(runtime, image=image, binds=binds, environment=environment)
+        if limits is not None and not isinstance(runtime, str):
+            raise ValueError("limits= goes with a runtime name; a Runtime instance carries its own limits")
+        self.runtime = get_runtime(
+            runtime,
+            image=image,
+            binds=binds,
+            environment=environment,
+            **({"limits": limits} if limits is not None else {}),
+        )
         self._owned = Owned(self)
+
+    def _new_worker(self, index: int) -> Worker:
+        """Start worker ``index`` (its server inherits the session's slab); owned from now on."""
+        worker = Worker(
+            self._owned.session,
+            index,
+            self.runtime,
+            codec=self._codec,
+            slab=self._owned.slab,
+            timeout=self.timeout,
+            stall_timeout=self.stall_timeout,
+            wakeup=self.wakeup,
+        )
+        self._owned.workers.append(worker)
+        return worker
 
     def _started(self, start, *args: Any) -> None:
         try:

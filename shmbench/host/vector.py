@@ -21,9 +21,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from shmbench.errors import ProtocolError, ShmbenchError
+from shmbench.host.env import RemoteEntryPoint, merge_env_kwargs
 from shmbench.host.proxy import RemoteBase
-from shmbench.host.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
-from shmbench.transport.session import Slab
+from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, wait_policy
 from shmbench.wire.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status, read_vector_reply
 from shmbench.wire.spaces import build_tree, layout, rebuild
 from shmbench.wire.specs import rebuild_spec
@@ -88,10 +88,33 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         allow_pickle: bool = False,
         start_timeout: float = START_TIMEOUT,
         wakeup: str = "futex",
-        **env_kwargs,
+        limits=None,
+        stall_timeout: float | None = STALL_TIMEOUT,
+        env_kwargs: dict | None = None,
+        **kwargs,
     ) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
+        env_kwargs = merge_env_kwargs(env_kwargs, kwargs)
+        self._remake = RemoteEntryPoint(
+            env_id,
+            dict(
+                runtime=runtime,
+                image=image,
+                binds=binds,
+                environment=environment,
+                copy=copy,
+                wait=wait,
+                timeout=timeout,
+                factory=factory,
+                benchmark=benchmark,
+                allow_pickle=allow_pickle,
+                start_timeout=start_timeout,
+                wakeup=wakeup,
+                limits=limits,
+                stall_timeout=stall_timeout,
+            ),
+        )
         num_workers = default_num_workers(num_envs) if num_workers is None else num_workers
         if not 1 <= num_workers <= num_envs:
             raise ValueError(f"num_workers must be between 1 and num_envs={num_envs}")
@@ -109,6 +132,8 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
             allow_pickle=allow_pickle,
             timeout=timeout,
             wakeup=wakeup,
+            limits=limits,
+            stall_timeout=stall_timeout,
         )
         self._started(self._start, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout)
 
@@ -118,9 +143,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         owned = self._owned
         workers = owned.workers
         for i in range(len(self._rows)):
-            workers.append(
-                Worker(owned.session, i, self.runtime, codec=self._codec, timeout=self.timeout, wakeup=self.wakeup)
-            )
+            self._new_worker(i)
         self._workers = workers
         pickled = cloudpickle.dumps(factory) if factory is not None else None
         # MAKE everywhere first, then collect: the servers build their envs in parallel
@@ -158,12 +181,12 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         self.metadata = dict(info.get("metadata") or {})
         self.metadata["autoreset_mode"] = self.autoreset_mode
         self.render_mode = info.get("render_mode")
-        self.spec = rebuild_spec(info.get("spec"))
+        self.spec = rebuild_spec(info.get("spec"), self._remake)
         self.server_info = workers[0].server_info
 
         lay = layout(self.single_observation_space, self.single_action_space, self.num_envs)
-        slab = Slab.create(owned.session.path / "slab", lay.size)
-        owned.slabs.append(slab)
+        slab = owned.slab
+        slab.allocate(lay.size)
         obs = lay.arrays(slab.buffer, "obs")
         act = lay.arrays(slab.buffer, "action")
         if obs is not None:
@@ -183,7 +206,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                 Opcode.CONFIGURE,
                 self._codec.encode(
                     {
-                        "slab": slab.path.name,
+                        "slab": None,
                         "layout": lay.to_wire(),
                         "rows": [rows.start, rows.stop],
                         "spin_ns": spin_ns,
@@ -237,12 +260,15 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                     mv = w.channel.call(_STEP_SLAB, self.timeout)
                 except ShmbenchError as exc:
                     raise w.failure(exc) from None
+                except BaseException:
+                    w.interrupted()  # Ctrl-C: the reply is drained before the next request
+                    raise
                 infos: dict = {}
                 env_obs: list | None = [] if not self._obs_in_slab else None
                 if len(mv) != _HEADER or mv[0] != Status.OK or mv[1] != ObsTag.SLAB_ARRAY:
                     infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
                 if env_obs is not None:
-                    self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+                    self._observations = self._concatenate(env_obs)
                 obs = _copy_tree(self._observations) if self.copy else self._observations
                 return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
         self.step_async(actions)
@@ -252,18 +278,32 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         infos: dict = {}
         env_obs: list | None = [] if not self._obs_in_slab else None
         error: BaseException | None = None
-        for w, rows in zip(self._workers, self._rows):
+        for k, (w, rows) in enumerate(zip(self._workers, self._rows)):
             try:
                 mv = w.receive(timeout)
             except ShmbenchError as exc:  # keep collecting so no reply is left behind
                 error = error or exc
                 continue
+            except BaseException:
+                # Ctrl-C: this worker's reply is owed already; so are the later workers'
+                for later in self._workers[k + 1 :]:
+                    later.interrupted()
+                raise
             infos = self._absorb(w, rows, mv, infos, env_obs)
         if error is not None:
             raise error
         if env_obs is not None:
-            self._observations = concatenate(self.single_observation_space, env_obs, self._observations)
+            self._observations = self._concatenate(env_obs)
         return infos
+
+    def _concatenate(self, env_obs: list) -> Any:
+        """The batch from every env's observation (codec path), as SyncVectorEnv builds it;
+        observations that do not fit the space came from a server: a ProtocolError (also a
+        ValueError, what SyncVectorEnv raises)."""
+        try:
+            return concatenate(self.single_observation_space, env_obs, self._observations)
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"the servers sent observations that do not fit the observation space: {exc}") from exc
 
     def _absorb(self, w: Worker, rows: range, mv: memoryview, infos: dict, env_obs: list | None) -> dict:
         """Merge one worker's reply: its infos (in env order) and any codec observations."""
@@ -276,8 +316,13 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         if part is not None:
             if env_obs is None:
                 # a worker whose obs did not fit the slab: concatenate its rows here,
-                # exactly as SyncVectorEnv would (and fail as it would)
-                concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
+                # exactly as SyncVectorEnv would (and fail as it would, with a ValueError)
+                try:
+                    concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
+                except (ValueError, TypeError) as exc:
+                    raise ProtocolError(
+                        f"{w.name} sent observations that do not fit the observation space: {exc}"
+                    ) from exc
             else:
                 env_obs.extend(part)
         return infos

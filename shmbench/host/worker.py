@@ -3,14 +3,21 @@
 Shared by :class:`~shmbench.host.env.RemoteEnvironmentClient` (one worker) and
 :class:`~shmbench.host.vector.ShmVectorEnv` (several). It turns low-level outcomes into the
 errors a user can act on: a dead server becomes :class:`PeerDied` naming the worker, its
-exit status and the tail of its log; a timed-out call marks the worker BROKEN so that a
-late reply is never read as the answer to the next request.
+exit status (and the limit that killed it, when one did) and the tail of its output; a
+timed-out call or a frozen server marks the worker BROKEN, so that a late reply is never
+read as the answer to the next request.
+
+A call interrupted while it waited (Ctrl-C, another exception from a signal handler) leaves
+its reply owed: the request was sent, the server computes the answer. :meth:`interrupted`
+records that, and the next request first drains the owed reply (within the timeout, with
+the usual liveness checks) and discards it -- the stream never slips one step behind.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +25,26 @@ from shmbench.errors import (
     ChannelClosed,
     ChannelTimeout,
     PeerDied,
+    PeerStalled,
     ProtocolError,
     RequestPending,
     ShmbenchError,
 )
 from shmbench.runtimes.base import Launch, Runtime, ServerProcess
-from shmbench.transport.channel import LOCK_SUFFIX, Channel
-from shmbench.transport.session import Session
+from shmbench.transport.channel import Channel
+from shmbench.transport.session import Session, Slab
 from shmbench.wire.codec import Codec
 from shmbench.wire.protocol import Opcode, Status, raise_remote
 
-__all__ = ["Worker", "WorkerState", "wait_policy", "START_TIMEOUT"]
+__all__ = ["Worker", "WorkerState", "wait_policy", "START_TIMEOUT", "CLOSE_TIMEOUT", "STALL_TIMEOUT"]
 
 #: how long a server may take from spawn to a built env (an image's first start can be slow)
 START_TIMEOUT = 120.0
-#: how long close() waits for a server to answer CLOSE and exit
+#: how long close() waits, for all of a proxy's servers together, for them to answer CLOSE and exit
 CLOSE_TIMEOUT = 5.0
+#: how long a server may show no heartbeat before a wait calls it frozen (None: never)
+STALL_TIMEOUT = 10.0
+_CLOSE = bytes((Opcode.CLOSE, 0))
 
 
 class WorkerState(enum.Enum):
@@ -66,7 +77,18 @@ def wait_policy(wait: str | int | float, processes: int) -> tuple[int, bool]:
 
 
 class Worker:
-    """One server process and its channel, seen from the host."""
+    """One server process and its channel, seen from the host.
+
+    Args:
+        session: the host-only session directory (the server's log goes there).
+        index: the worker's number (``w<index>``).
+        runtime: what starts the server.
+        codec: the slow-path codec.
+        slab: the session's slab, inherited by the server (None: it needs none).
+        timeout: seconds any call may take (None: no limit; liveness is checked anyway).
+        stall_timeout: seconds without a heartbeat after which a live server is frozen.
+        wakeup: ``"futex"`` or ``"posix_ipc"`` (the process runtime only).
+    """
 
     def __init__(
         self,
@@ -75,35 +97,50 @@ class Worker:
         runtime: Runtime,
         *,
         codec: Codec,
+        slab: Slab | None = None,
         timeout: float | None = None,
+        stall_timeout: float | None = STALL_TIMEOUT,
         wakeup: str = "futex",
     ) -> None:
         self.index = index
         self.runtime = runtime
         self.codec = codec
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
         self.name = f"worker {index} ({runtime.name} runtime, image {runtime.describe_image()})"
         self.state = WorkerState.CLOSED
+        self.owed = False  # an interrupted call's reply is still to come
         if wakeup != "futex" and runtime.isolated:
             raise ValueError(
                 f"wakeup={wakeup!r} needs the host's /dev/shm, which the {runtime.name} "
                 f"runtime hides from the server; use the default futex wake-ups"
             )
-        self.channel: Channel = session.create_channel(f"w{index}", wakeup=wakeup)
+        self.channel: Channel = session.create_sealed(f"w{index}", wakeup=wakeup)
         self.process: ServerProcess | None = None
+        fds = {"SHMBENCH_CHANNEL_FD": self.channel.fd}
+        if slab is not None:
+            fds["SHMBENCH_SLAB_FD"] = slab.fd
+        environment = {}
+        if wakeup == "posix_ipc":
+            environment["SHMBENCH_SEMAPHORES"] = self.channel.semaphore_names  # type: ignore[attr-defined]
         try:
+            log_fd = session.create_log(f"w{index}")
             self.process = runtime.start(
                 Launch(
-                    session_dir=session.path,
-                    channel_name=self.channel.path.name,
-                    log_path=session.path / f"w{index}.log",
                     name=self.name,
+                    fds=fds,
+                    log_fd=log_fd,
+                    log_path=session.path / f"w{index}.log",
+                    environment=environment,
+                    tag=f"{session.name}-w{index}",
                 )
             )
             self.channel.set_peer(death_fds=[self.process.pidfd()])
+            self.channel.configure_wait(stall_ns=0 if stall_timeout is None else int(stall_timeout * 1e9))
         except BaseException:
             self.channel.close()
-            self.channel.unlink()
+            if self.process is not None:
+                self.process.stop(grace=0)
             raise
         self.state = WorkerState.READY
         self.server_info: dict = {}
@@ -112,6 +149,7 @@ class Worker:
 
     def send(self, op: int, payload: bytes | bytearray | memoryview = b"", flag: int = 0) -> None:
         """Send a request without waiting (the first half of a call)."""
+        self.settle()
         if self.state is not WorkerState.READY:
             self._refuse()
         try:
@@ -120,17 +158,23 @@ class Worker:
             )
         except ShmbenchError as exc:
             raise self.failure(exc) from None
+        except BaseException:
+            self.interrupted()
+            raise
         self.state = WorkerState.PENDING
 
     def receive(self, timeout: float | None) -> memoryview:
         """Wait up to ``timeout`` seconds (None: no limit) for the reply to the pending
         request; raises RemoteEnvError on an env error."""
-        if self.state is not WorkerState.PENDING:
-            self._refuse()
+        if self.state is not WorkerState.PENDING or self.owed:
+            self._refuse(receiving=True)
         try:
             reply = self.channel.recv(timeout=timeout)
         except ShmbenchError as exc:
             raise self.failure(exc, timeout) from None
+        except BaseException:
+            self.interrupted()
+            raise
         self.state = WorkerState.READY
         return self.check(reply)
 
@@ -144,9 +188,42 @@ class Worker:
         reply = self.request(op, self.codec.encode(value))
         return self.codec.decode(reply[1:])
 
+    def interrupted(self) -> None:
+        """A call on this worker's channel was interrupted (Ctrl-C while it waited): if its
+        request went out, the reply is owed and the next request drains it first."""
+        if self.state in (WorkerState.BROKEN, WorkerState.DEAD, WorkerState.CLOSED):
+            return
+        if self.channel.closed or self.channel.receiving:
+            self.mark_broken()  # half a reply in hand: the stream cannot be resumed
+            return
+        owed = self.channel.sent - self.channel.received
+        if owed == 1:
+            self.state, self.owed = WorkerState.PENDING, True
+        elif owed == 0:
+            self.state, self.owed = WorkerState.READY, False
+        else:
+            self.mark_broken()
+
+    def settle(self) -> None:
+        """Drain the reply an interrupted call left owed (see :meth:`interrupted`)."""
+        if not self.owed:
+            return
+        self.owed = False
+        try:
+            reply = self.channel.recv(timeout=self.timeout)
+        except ShmbenchError as exc:
+            raise self.failure(exc) from None
+        except BaseException:
+            self.owed = True  # interrupted again: still owed
+            raise
+        del reply  # the interrupted call's answer: nobody asks for it any more
+        self.channel.release()
+        self.state = WorkerState.READY
+
     def mark_broken(self) -> None:
         """The stream is out of step: refuse every further request (see failure())."""
         self.state = WorkerState.BROKEN
+        self.owed = False
         self.channel.close()
 
     def check(self, reply: memoryview) -> memoryview:
@@ -178,9 +255,18 @@ class Worker:
             return self._failure(exc, self.timeout if timeout is None else timeout)
         finally:
             if self.state in (WorkerState.BROKEN, WorkerState.DEAD):
+                self.owed = False
                 self.channel.close()
 
     def _failure(self, exc: BaseException, timeout: float | None) -> BaseException:
+        if isinstance(exc, PeerStalled):
+            self.state = WorkerState.BROKEN
+            state = self.process.state() if self.process else None
+            return PeerStalled(
+                f"{self.name} has shown no heartbeat for {self.stall_timeout} s"
+                + (f": {state}" if state else " (stopped or frozen)")
+                + "; the worker is now marked broken: close the env"
+            )
         if isinstance(exc, ChannelTimeout):
             self.state = WorkerState.BROKEN
             return ChannelTimeout(
@@ -189,33 +275,37 @@ class Worker:
             )
         if isinstance(exc, (PeerDied, ChannelClosed)):
             self.state = WorkerState.DEAD
-            status = self.process.exit_status(wait=1.0) if self.process else None
-            return PeerDied(
+            return self._dead(
                 "the env server died"
                 if isinstance(exc, PeerDied)
                 else "the env server closed the channel unexpectedly",
-                peer=self.name,
-                exit_status=status,
-                log_tail=self.process.log_tail() if self.process else None,
+                wait=1.0,
             )
         if isinstance(exc, ProtocolError):
             self.state = WorkerState.BROKEN
         return exc
 
-    def _refuse(self) -> None:
+    def _dead(self, message: str, wait: float = 0.0) -> PeerDied:
+        status = self.process.exit_status(wait=wait) if self.process else None
+        why = self.process.why_dead() if self.process else None
+        return PeerDied(
+            message + (f" ({why})" if why else ""),
+            peer=self.name,
+            exit_status=status,
+            log_tail=self.process.log_tail() if self.process else None,
+        )
+
+    def _refuse(self, receiving: bool = False) -> None:
         if self.state is WorkerState.CLOSED:
             raise ChannelClosed(f"{self.name} is closed")
-        if self.state is WorkerState.PENDING:
+        if self.state is WorkerState.PENDING and not receiving:
             raise RequestPending(f"{self.name} has a request in flight: wait for it first (step_wait after step_async)")
         if self.state is WorkerState.DEAD:
-            raise PeerDied(
-                "the env server is gone",
-                peer=self.name,
-                exit_status=self.process.exit_status() if self.process else None,
-                log_tail=self.process.log_tail() if self.process else None,
-            )
+            raise self._dead("the env server is gone")
+        if self.state is WorkerState.READY or (self.state is WorkerState.PENDING and self.owed):
+            raise RequestPending(f"{self.name} has no request in flight to wait for (step_async first)")
         raise ChannelTimeout(
-            f"{self.name} is broken after an earlier timeout or protocol error; close the env and make a new one"
+            f"{self.name} is broken after an earlier timeout, stall or protocol error; close the env and make a new one"
         )
 
     # -- handshake -----------------------------------------------------------------------
@@ -228,39 +318,49 @@ class Worker:
         return info
 
     def make_done(self, info: Any) -> None:
-        """Record the server's MAKE reply and start watching the server's lock."""
+        """Record the server's MAKE reply."""
         if not isinstance(info, dict):
             raise ProtocolError(f"{self.name} answered MAKE with {type(info).__name__}")
-        self.server_info = info.get("server") or {}
-        # the server holds its lock from attach on: from now a dead server is noticed
-        # through the lock too (the child we spawned may be a wrapper such as apptainer)
-        try:
-            lock_fd = os.open(str(self.channel.path) + LOCK_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            lock_fd = -1
-        if lock_fd >= 0:
-            self.channel.set_peer(lock_fd=lock_fd)
+        server = info.get("server")
+        self.server_info = server if isinstance(server, dict) else {}
 
-    # -- shutdown --------------------------------------------------------------------------
+    # -- shutdown: begin for every worker, then finish for every worker ---------------------
 
-    def close(self) -> None:
-        """CLOSE, wait, terminate, wait, kill; then remove the channel files. Idempotent."""
+    def begin_close(self) -> None:
+        """Ask the server to CLOSE (when it is idle), without waiting for it."""
         if self.state is WorkerState.CLOSED:
             return
-        clean = self.state is WorkerState.READY
+        self._clean = self.state is WorkerState.READY and not self.owed
         self.state = WorkerState.CLOSED
-        try:
-            if clean:
-                try:
-                    self.channel.send(bytes((Opcode.CLOSE, 0)), timeout=CLOSE_TIMEOUT)
-                    self.channel.recv(timeout=CLOSE_TIMEOUT)
-                except ShmbenchError:
-                    pass
-        finally:
-            self.channel.close()
-            if self.process is not None:
-                self.process.stop(grace=CLOSE_TIMEOUT if clean else 0.5)
-            self.channel.unlink()
+        if self._clean:
+            try:
+                self.channel.send(_CLOSE, timeout=0)
+            except ShmbenchError:
+                self._clean = False
+
+    def finish_close(self, deadline: float) -> None:
+        """Wait until ``deadline`` (monotonic) for the server's answer to CLOSE, then close
+        this side (the process itself is stopped by the caller, with the others)."""
+        if getattr(self, "_clean", False):
+            self._clean = False
+            try:
+                self.channel.recv(timeout=max(0.0, deadline - time.monotonic()))
+            except ShmbenchError:
+                pass
+        self.channel.close()
+        self.channel.unlink()
+
+    def close(self) -> None:
+        """CLOSE, wait, terminate, wait, kill (this worker alone). Idempotent."""
+        from shmbench.runtimes.base import stop_all
+
+        if self.state is WorkerState.CLOSED and self.channel.closed:
+            return
+        self.begin_close()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        self.finish_close(deadline)
+        if self.process is not None:
+            stop_all([self.process], deadline)
 
     @property
     def log_path(self) -> Path | None:

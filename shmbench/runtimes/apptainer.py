@@ -3,7 +3,7 @@
 Each server runs in the foreground as::
 
     apptainer exec --containall --cleanenv --pwd /tmp \\
-        --bind SESSION_DIR:/shmbench --env SHMBENCH_CHANNEL=/shmbench/w0.chan \\
+        --env SHMBENCH_CHANNEL_FD=N --env SHMBENCH_SLAB_FD=M \\
         [--env K=V ...] [--bind SRC:DST:MODE ...] [--nv] [EXTRA_ARGS ...] \\
         IMAGE python3 -I -m shmbench.server
 
@@ -12,16 +12,18 @@ Apptainer and Singularity changelogs and CLI code):
 
 * ``--containall`` -- "contain not only file systems, but also PID, IPC, and environment":
   a private /dev, /tmp and $HOME, new PID and IPC namespaces. Nothing in shmbench needs
-  to be shared but the channel directory: liveness goes through flock on files in it, and
-  futexes on a shared file mapping work across IPC namespaces.
+  to be shared: the channel and the slab are sealed memory the server inherits as file
+  descriptors N and M (Apptainer's starter keeps the descriptors it was started with: it
+  closes only those it opened itself -- ``cleanup_fd`` in ``cmd/starter/c/starter.c``), and
+  futexes on a shared mapping work across IPC namespaces. The host notices the server's
+  death through the pidfd of the ``apptainer`` process it started, which lives exactly as
+  long as the container; the server notices the host's through its stdin pipe.
 * ``--cleanenv`` -- already implied by ``--containall`` (Apptainer's action code sets it
   with the PID and IPC namespaces), written out so the intent does not depend on that.
 * ``--pwd /tmp`` -- "initial working directory for payload process inside the container".
   With ``--contain`` the host's working directory is not mounted; naming one keeps the
   server's directory the same whatever the host's was, and /tmp is the contained, private,
   writable one -- the bwrap runtime's choice too (``--chdir /tmp``).
-* ``--bind DIR:/shmbench`` -- the session directory, read-write (the default mode); the
-  only host path the server needs.
 * ``--env`` -- new in Singularity 3.6.0; works with ``--cleanenv``. Values go through two
   parsers on the way in: pflag's ``key=value`` map flag (one ``=``: the text with its
   surrounding double quotes trimmed; several: read as one CSV record, so a comma splits
@@ -60,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from shmbench.errors import ImageError, RuntimeUnavailable
-from shmbench.runtimes.base import CHANNEL_MOUNT, Launch, Runtime, parse_bind
+from shmbench.runtimes.base import Launch, Runtime, parse_bind
 
 __all__ = [
     "ApptainerRuntime",
@@ -78,6 +80,9 @@ __all__ = [
 #: the oldest releases shmbench runs (see the module docstring for why)
 MIN_APPTAINER = (1, 0, 0)
 MIN_SINGULARITY = (3, 7, 0)
+#: the first releases whose ``exec`` takes --memory, --pids-limit and --cpus
+LIMIT_FLAGS_APPTAINER = (1, 0, 0)
+LIMIT_FLAGS_SINGULARITY = (3, 9, 0)
 #: image references ``apptainer exec`` takes besides local files and directories
 URI_SCHEMES = ("docker", "oras", "library", "shub")
 
@@ -87,7 +92,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # characters the container's shell evaluation of its environment would act on
 _ENV_SHELL = frozenset("$`\\\"'\n\r")
 # host variables Apptainer would turn into a container SHMBENCH_CHANNEL
-_COMPETING_ENV = ("APPTAINERENV_SHMBENCH_CHANNEL", "SINGULARITYENV_SHMBENCH_CHANNEL")
+_COMPETING_ENV = ("APPTAINERENV_SHMBENCH_", "SINGULARITYENV_SHMBENCH_")
 
 
 # ----------------------------------------------------------------------------- versions
@@ -294,8 +299,9 @@ class ApptainerRuntime(Runtime):
         extra_args: Sequence[str] = (),
         python: str = "python3",
         binary: str | None = None,
+        limits=None,
     ) -> None:
-        super().__init__(image, binds, environment)
+        super().__init__(image, binds, environment, limits)
         self.image_ref = _image_reference(image)
         for spec in self.binds:
             src, dst, _ = parse_bind(spec)
@@ -312,6 +318,7 @@ class ApptainerRuntime(Runtime):
         if binary is None:
             raise RuntimeUnavailable("neither apptainer nor singularity is on PATH")
         self.binary = binary
+        self._version: ApptainerVersion | None = None
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -327,40 +334,58 @@ class ApptainerRuntime(Runtime):
             return False, f"{binary}: {why}"
         return True, f"{binary} ({version.text})" + (f"; {why}" if why else "")
 
+    def limits_itself(self) -> bool:
+        """Apptainer's own ``--memory``, ``--pids-limit`` and ``--cpus`` (Apptainer >= 1.0,
+        SingularityCE >= 3.9), where it can make cgroups: as root, or rootless on cgroup v2
+        with a systemd user session (its documented requirement)."""
+        if self._version is None:
+            try:
+                self._version = binary_version(self.binary)
+            except RuntimeUnavailable:
+                return False
+        v = self._version
+        if v.release is not None and v.release < (LIMIT_FLAGS_APPTAINER if v.is_apptainer else LIMIT_FLAGS_SINGULARITY):
+            return False
+        if os.geteuid() == 0:
+            return True
+        runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+        return (
+            os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+            and bool(runtime_dir)
+            and os.path.exists(os.path.join(runtime_dir, "bus"))
+        )
+
+    def why_no_tmp_limit(self) -> str:
+        return (
+            "Apptainer sizes the /tmp of --containall by its own configuration ('sessiondir max size' "
+            "in apptainer.conf)"
+        )
+
     def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
-        session = os.path.abspath(launch.session_dir)
-        _check_bind_path(session, session)
-        env = {**self.environment, **launch.environment}
-        env.pop("SHMBENCH_CHANNEL", None)  # reserved: the runtime sets it
+        env = {**self.environment, **launch.server_environment()}
+        env.pop("SHMBENCH_CHANNEL", None)  # reserved: the channel is an inherited descriptor
         for key, value in env.items():
             _check_env(key, value)
-        argv = [
-            self.binary,
-            "exec",
-            "--containall",
-            "--cleanenv",
-            "--pwd",
-            "/tmp",
-            "--bind",
-            f"{session}:{CHANNEL_MOUNT}",
-            "--env",
-            f"SHMBENCH_CHANNEL={CHANNEL_MOUNT}/{launch.channel_name}",
-        ]
+        argv = [self.binary, "exec", "--containall", "--cleanenv", "--pwd", "/tmp"]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
         for spec in self.binds:
             src, dst, mode = parse_bind(spec)
-            src = os.path.abspath(src)
-            if not os.path.exists(src):
-                raise FileNotFoundError(errno.ENOENT, f"bind source {src} does not exist ({spec!r})")
-            argv += ["--bind", f"{src}:{dst}:{mode}"]
+            argv += ["--bind", f"{os.path.abspath(src)}:{dst}:{mode}"]
         if self.nv:
             argv.append("--nv")
+        if launch.runtime_limits and self.limits is not None:
+            if self.limits.memory:
+                argv += ["--memory", str(self.limits.memory)]
+            if self.limits.pids:
+                argv += ["--pids-limit", str(self.limits.pids)]
+            if self.limits.cpus:
+                argv += ["--cpus", f"{self.limits.cpus:g}"]
         argv += [*self.extra_args, self.image_ref, self.python, "-I", "-m", "shmbench.server"]
         # Apptainer itself runs with the host's environment (its own settings, caches,
         # proxies); --cleanenv keeps that out of the container. Only variables that would
-        # inject a competing SHMBENCH_CHANNEL into the container are dropped.
-        host_env = {k: v for k, v in os.environ.items() if k not in _COMPETING_ENV}
+        # inject competing SHMBENCH_* values into the container are dropped.
+        host_env = {k: v for k, v in os.environ.items() if not k.startswith(_COMPETING_ENV)}
         return argv, host_env
 
     def describe_image(self) -> str:

@@ -2,13 +2,21 @@
 
 Each server runs as ``bwrap ... python -m shmbench.server`` in new user, PID, IPC, network
 and UTS namespaces with a private ``/dev``, ``/proc`` and ``/tmp``, a clean environment,
-``--die-with-parent`` (the sandbox goes when the host does, kill -9 included) and
-``--new-session``. The channel directory is the only writable host path (at /shmbench).
+``--die-with-parent`` (the sandbox goes when the host does, kill -9 included),
+``--new-session`` and no capabilities. No host directory is writable from inside: the
+channel and the slab are inherited descriptors of sealed memory, the server's output goes
+to a pipe; ``binds=`` may add writable directories, nothing else does.
 
 Root file system:
 
-* ``image=None`` -- the host's own directories, read-only, on a fresh tmpfs root (so
-  /shmbench can be created without touching the host's /);
+* ``image=None`` -- not the host's root, but the part of it a server needs (see
+  :func:`host_view`): the system directories (``/usr``, ``/lib*``, ``/bin``, ``/sbin``), a
+  few ``/etc`` files the loader and Python read, the interpreter's prefix, and the
+  directories on the host's ``sys.path`` (where the server finds shmbench, numpy,
+  gymnasium and the user's ``module:attr`` envs), all read-only on a fresh tmpfs root. Not
+  ``/root``, ``/home``, ``/srv``, ``/mnt``, ``/var``, ``/run``, ``/etc/shadow``, nor the
+  channel base directory of other sessions, and so no host unix socket in them; abstract
+  unix sockets are per network namespace, and the sandbox has its own;
 * a directory -- a sandbox tree (Apptainer's ``build --sandbox`` output, or an unpacked
   SIF), read-only;
 * a ``.sif`` file -- its squashfs partition unpacked once into the cache (keyed by the
@@ -16,10 +24,13 @@ Root file system:
 
 An image's ``/.singularity.d/env/*.sh`` scripts are sourced before the server starts, as
 Apptainer does, so a recipe's ``%environment`` applies; ``environment=`` wins over them.
+``limits=`` sizes the private /tmp (``--size``); the rest of the limits bind through the
+guard (:mod:`shmbench.runtimes.guard`).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -27,40 +38,108 @@ import sys
 from pathlib import Path
 
 from shmbench.errors import ImageError
-from shmbench.runtimes.base import CHANNEL_MOUNT, Launch, Runtime, package_dir, parse_bind, server_command
+from shmbench.runtimes.base import Launch, Runtime, package_dir, parse_bind, server_command
 
-__all__ = ["BwrapRuntime", "find_bwrap"]
+__all__ = ["BwrapRuntime", "find_bwrap", "host_view"]
 
-#: host directories never exposed under image=None: they are replaced by private ones,
-#: hold other sessions' channels, or are not meant to be read
-_HOST_SKIP = {"dev", "proc", "tmp", "run", "lost+found", "shmbench", "sys"}
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # source the image's environment like `apptainer exec` does, then run the command
 _ENV_WRAPPER = 'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; exec "$@"'
+#: the system directories of the host root a server runs from (symlinks stay symlinks)
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: the /etc entries the dynamic loader, libc and Python read; nothing that names users
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "alternatives",
+    "os-release",
+    "nsswitch.conf",
+    "mime.types",
+)
 
 
 def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
+def _editable_sources(site_dirs: list[str]) -> list[str]:
+    """Source directories of editable installs (setuptools' ``__editable___*_finder.py``
+    mappings): packages the sandbox imports from outside any sys.path entry."""
+    out: list[str] = []
+    for site in site_dirs:
+        try:
+            names = [n for n in os.listdir(site) if n.startswith("__editable__") and n.endswith("_finder.py")]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                tree = ast.parse(Path(site, name).read_text())
+            except (OSError, SyntaxError, ValueError):
+                continue
+            for node in tree.body:
+                if (
+                    isinstance(node, ast.Assign)
+                    and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "MAPPING"
+                ):
+                    try:
+                        mapping = ast.literal_eval(node.value)
+                    except ValueError:
+                        continue
+                    out += [str(v) for v in mapping.values() if isinstance(v, str)]
+    return out
+
+
+def host_view(extra_paths: tuple[str, ...] = ()) -> list[str]:
+    """The host directories (real paths, outermost first) a server over the host root sees.
+
+    The interpreter's prefixes, the directory of its executable, the host's shmbench
+    package, every directory on this process's ``sys.path`` (site-packages, PYTHONPATH
+    entries, the script's directory), the sources of editable installs, and ``extra_paths``
+    (the sandbox's own PYTHONPATH entries). The system directories and ``/etc`` files come
+    on top (:data:`SYSTEM_DIRS`, :data:`ETC_FILES`).
+    """
+    wanted = [
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+        package_dir(),
+    ]
+    path_dirs = [p for p in sys.path if p and os.path.isdir(p)]
+    wanted += path_dirs + _editable_sources(path_dirs) + [p for p in extra_paths if p]
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in wanted if os.path.isdir(p)}, key=lambda p: (p.count(os.sep), p)):
+        if p == "/" or any(p == o or p.startswith(o.rstrip(os.sep) + os.sep) for o in out):
+            continue
+        if Path(p).parts[1:2] and Path(p).parts[1] in SYSTEM_DIRS:
+            continue  # the system directories are bound whole
+        out.append(p)
+    return out
+
+
 class BwrapRuntime(Runtime):
     """Runs servers in bubblewrap sandboxes (see the module docstring).
 
     Args:
-        image: None (host root, read-only), a sandbox directory, or a SIF file.
-        binds: extra binds, ``src[:dst[:ro|rw]]``.
+        image: None (the host view, read-only), a sandbox directory, or a SIF file.
+        binds: extra binds, ``src[:dst[:ro|rw]]``; each source must exist.
         environment: extra environment variables (the environment starts empty).
         python: the interpreter inside the sandbox; default: this interpreter for the host
-            root, ``python3`` for images.
+            view, ``python3`` for images.
         share_net: keep the host's network (default: a private, empty network namespace).
+        limits: resource limits per server; ``tmp`` sizes the private /tmp.
     """
 
     name = "bwrap"
 
     def __init__(
-        self, image=None, binds=(), environment=None, *, python: str | None = None, share_net: bool = False
+        self, image=None, binds=(), environment=None, *, python: str | None = None, share_net: bool = False, limits=None
     ) -> None:
-        super().__init__(image, binds, environment)
+        super().__init__(image, binds, environment, limits)
         self.share_net = share_net
         self.rootfs: Path | None = None
         if image is not None:
@@ -74,6 +153,9 @@ class BwrapRuntime(Runtime):
 
                 self.rootfs = unpack_sif(path)
         self.python = python or (sys.executable if self.rootfs is None else "python3")
+
+    def sizes_tmp(self) -> bool:
+        return True
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -106,40 +188,61 @@ class BwrapRuntime(Runtime):
         version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
         return True, f"{exe} ({version}), user namespaces work"
 
-    def _root_args(self, destinations: list[str]) -> list[str]:
-        """Arguments that build the sandbox's /.
+    # -- the sandbox's file system -----------------------------------------------------------
 
-        A read-only image can only take mounts on paths it already has. When /shmbench or
-        a bind destination is missing, / becomes a tmpfs holding the tree's top-level
-        entries read-only, so new top-level mount points can be made; deeper missing
-        destinations cannot, and are refused with a clear error.
+    def _image_root(self, destinations: list[str]) -> list[str]:
+        """Arguments that make an image the sandbox's /.
+
+        A read-only image can only take mounts on paths it already has. When a bind
+        destination is missing, / becomes a tmpfs holding the image's top-level entries
+        read-only, so new top-level mount points can be made; deeper missing destinations
+        cannot, and are refused with a clear error.
         """
         root = self.rootfs
-        source = root or Path("/")
-        missing = [d for d in destinations if root is None or not (root / d.lstrip("/")).exists()]
+        source = root if root is not None else Path("/")
+        missing = [d for d in destinations if not (source / d.lstrip("/")).exists()]
         for d in missing:
             top = d.strip("/").split("/")[0]
-            if d.strip("/") != top and (source / top).exists() and not (source / d.lstrip("/")).exists():
+            if d.strip("/") != top and (source / top).exists():
                 raise ImageError(
-                    f"cannot bind to {d}: it does not exist in {self.describe_image()}, "
-                    f"which is read-only (bind to a new top-level directory instead)"
+                    f"cannot bind to {d}: it does not exist in {self.describe_image()}, which is "
+                    f"read-only (bind to a new top-level directory instead)"
                 )
-        if root is not None and not missing:
-            return ["--ro-bind", str(root), "/"]
+        if not missing:
+            return ["--ro-bind", str(source), "/"]
         args = ["--tmpfs", "/"]
         for entry in sorted(os.listdir(source)):
-            if root is None and entry in _HOST_SKIP:
-                continue
-            if entry in ("dev", "proc", "tmp", "shmbench"):
+            if entry in ("dev", "proc", "tmp"):
                 continue
             path = source / entry
             if path.is_symlink():
                 args += ["--symlink", os.readlink(path), f"/{entry}"]
             elif path.is_dir() and os.access(path, os.R_OK | os.X_OK):
                 args += ["--ro-bind", str(path), f"/{entry}"]
-        if root is None:
-            args += ["--ro-bind-try", "/sys", "/sys"]
         return args
+
+    def _host_root(self, sandbox_pythonpath: str) -> tuple[list[str], list[str]]:
+        """(arguments that build the system part of the host view, the view's directories)."""
+        system = ["--tmpfs", "/"]
+        for entry in SYSTEM_DIRS:
+            path = Path("/") / entry
+            if path.is_symlink():
+                system += ["--symlink", os.readlink(path), f"/{entry}"]
+            elif path.is_dir():
+                system += ["--ro-bind", str(path), f"/{entry}"]
+        for name in ETC_FILES:
+            if os.path.lexists(f"/etc/{name}"):
+                system += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        return system, host_view(tuple(sandbox_pythonpath.split(os.pathsep)) if sandbox_pythonpath else ())
+
+    def _masks(self, visible: list[str]) -> list[str]:
+        """Hide the channel base directory (other sessions' logs) where a bind shows it."""
+        from shmbench.transport.session import channel_base
+
+        base = os.path.realpath(channel_base())
+        if any(base == v or base.startswith(v.rstrip(os.sep) + os.sep) for v in visible):
+            return ["--tmpfs", base]
+        return []
 
     def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
         exe = find_bwrap()
@@ -162,34 +265,30 @@ class BwrapRuntime(Runtime):
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         binds = [parse_bind(spec) for spec in self.binds]
-        root = self._root_args([CHANNEL_MOUNT] + [dst for _, dst, _ in binds])
-        args += root
-        args += [
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--tmpfs",
-            "/tmp",
-            "--bind",
-            str(launch.session_dir),
-            CHANNEL_MOUNT,
-        ]
-        user_env = {
-            **self.environment,
-            **launch.environment,
-            "SHMBENCH_CHANNEL": f"{CHANNEL_MOUNT}/{launch.channel_name}",
-        }
+        user_env = {**self.environment, **launch.server_environment()}
+        tmp = (
+            ["--tmpfs", "/tmp"]
+            if self.limits is None or self.limits.tmp is None
+            else ["--size", str(self.limits.tmp), "--tmpfs", "/tmp"]
+        )
         if self.rootfs is None:
-            for path in self._hidden_host_paths(user_env):
-                args += ["--ro-bind", path, path]
+            root, visible = self._host_root(user_env.get("PYTHONPATH", ""))
+        else:
+            root, visible = self._image_root([dst for _, dst, _ in binds]), []
+        args += [*root, "--dev", "/dev", "--proc", "/proc", *tmp]
+        for path in visible:
+            args += ["--ro-bind", path, path]  # after the private /tmp: paths under /tmp stay visible
         for src, dst, mode in binds:
             args += ["--ro-bind" if mode == "ro" else "--bind", src, dst]
-        if root[0] == "--tmpfs":
-            args += ["--remount-ro", "/"]  # nothing but /tmp and /shmbench stays writable
+            visible.append(os.path.realpath(src))
+        args += self._masks(visible)
+        if root[:2] == ["--tmpfs", "/"]:
+            args += ["--remount-ro", "/"]  # nothing but /tmp (and writable binds) stays writable
         env = {
             "PATH": _DEFAULT_PATH if self.rootfs is not None else f"{os.path.dirname(self.python)}:{_DEFAULT_PATH}",
             "HOME": "/tmp",
+            "USER": "shmbench",
+            "LOGNAME": "shmbench",
             "LANG": "C.UTF-8",
         }
         if self.rootfs is None and os.environ.get("LD_LIBRARY_PATH"):
@@ -198,7 +297,7 @@ class BwrapRuntime(Runtime):
         args += ["--clearenv", "--chdir", "/tmp"]
         for k, v in env.items():
             args += ["--setenv", k, v]
-        # over the host root the server runs the host's own shmbench (see server_command);
+        # over the host view the server runs the host's own shmbench (see server_command);
         # an image runs the shmbench installed in it
         server = (
             [self.python, "-s", "-m", "shmbench.server"]
@@ -224,30 +323,7 @@ class BwrapRuntime(Runtime):
         # bwrap itself gets a minimal environment; the sandbox's is set by --setenv
         return args, {"PATH": os.environ.get("PATH", _DEFAULT_PATH), "LANG": "C.UTF-8"}
 
-    @staticmethod
-    def _hidden_host_paths(user_env: dict[str, str]) -> list[str]:
-        """Host paths the server needs that the sandbox's private /tmp (or /run) would hide.
-
-        Under the host root the server imports shmbench from wherever this process does --
-        with an editable install that is the source checkout, which CI may well have cloned
-        into /tmp -- and PYTHONPATH entries given in ``environment=`` may point there too.
-        They are bound read-only at their own paths.
-        """
-        wanted = [str(Path(package_dir()).resolve().parent), os.path.realpath(sys.prefix)]
-        wanted += [p for p in user_env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        out: list[str] = []
-        for path in wanted:
-            parts = Path(path).parts
-            if (
-                len(parts) > 2
-                and parts[1] in ("tmp", "run")
-                and os.path.isdir(path)
-                and not any(path == o or path.startswith(o + os.sep) for o in out)
-            ):
-                out.append(path)
-        return out
-
     def describe_image(self) -> str:
         if self.image is None:
-            return "the host root (read-only)"
+            return "the host's system and Python, read-only"
         return str(self.image)

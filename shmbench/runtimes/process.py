@@ -2,7 +2,9 @@
 
 The embedded default where no container system exists, and the baseline that shows what a
 container costs. The lifecycle around the process is :class:`~shmbench.runtimes.base.
-ServerProcess`'s, the same as every runtime's.
+ServerProcess`'s, the same as every runtime's; the server runs below a guard
+(:mod:`shmbench.runtimes.guard`) that reaps every descendant when it ends, since no PID
+namespace does it here.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class ProcessRuntime(Runtime):
 
     name = "process"
     isolated = False
+    reaps = True
 
-    def __init__(self, image=None, binds=(), environment=None) -> None:
+    def __init__(self, image=None, binds=(), environment=None, limits=None) -> None:
         if image is not None:
             raise ValueError(
                 "the process runtime runs on the host; it takes no image "
@@ -52,7 +55,7 @@ class ProcessRuntime(Runtime):
             )
         if binds:
             raise ValueError("the process runtime shares the host's file system; binds make no sense")
-        super().__init__(None, (), environment)
+        super().__init__(None, (), environment, limits)
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -62,5 +65,6 @@ class ProcessRuntime(Runtime):
         env = dict(os.environ)
         env["PYTHONPATH"] = host_pythonpath()
         env.update(self.environment)
-        env["SHMBENCH_CHANNEL"] = str(launch.channel_path)
+        env.pop("SHMBENCH_CHANNEL", None)
+        env.update(launch.server_environment())
         return server_command(sys.executable), env

@@ -1,15 +1,29 @@
-"""Channels: one side of a channel file, created by the host or attached by a server.
+"""Channels: one side of a channel, created by the host or attached by a server.
 
-A channel is ONE regular file (see ``shmbench/_ring/ring.h`` for its layout) that both
-sides map shared: the request ring, the reply ring and their futex words. This module
-owns opening it and the descriptors around it; the rings themselves are the C
-extension's (:class:`shmbench._ring.Channel`). Where channel files live, who owns them
-and how a dead owner's files are reclaimed is :mod:`shmbench.transport.session`'s
-business.
+A channel is one piece of shared memory (``shmbench/_ring/ring.h`` is its layout) that both
+sides map: the request ring, the reply ring and their futex words. This module owns how it
+is made and opened and the descriptors around it; the rings themselves are the C
+extension's (:class:`shmbench._ring.Channel`).
 
-Space is reserved with ``posix_fallocate`` before mapping: on a full tmpfs that fails
-with ENOSPC (a clear :class:`~shmbench.errors.ChannelFull`) instead of a SIGBUS at the
-first touch of an unbacked page.
+Two kinds, one layout:
+
+* **sealed** (:meth:`Channel.create` without a path; what every runtime hands its server):
+  an anonymous ``memfd`` whose size is sealed (``F_SEAL_SHRINK | F_SEAL_GROW |
+  F_SEAL_SEAL``), passed to the server as an inherited file descriptor. Nothing of it is
+  in any directory, so a container can neither plant, swap, chmod nor fill a file the host
+  will open; and it cannot truncate the memory under the host's mapping, which is what
+  would kill the host with SIGBUS. The kernel frees it with the last descriptor or mapping:
+  after a kill -9 of both sides nothing remains.
+* **file** (:meth:`Channel.create` with a path): a regular file, for peers that find it by
+  name (the tests' peer processes, the benchmarks' raw round trips, ``python -m
+  shmbench.server PATH``). Its peer could truncate it: use it only with peers you trust.
+
+Space is reserved with ``posix_fallocate`` before mapping: when memory or a tmpfs is full
+that fails (a clear :class:`~shmbench.errors.ChannelFull`) instead of a SIGBUS at the first
+touch of an unbacked page.
+
+A server watches its host through its stdin, a pipe whose other end the host holds (EOF:
+the host is gone), and, for a file channel, the host's ``host.lock`` beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ __all__ = [
     "REPLY_CAPACITY",
     "Channel",
     "reserve",
+    "sealed_memory",
 ]
 
 HOST = _ring.HOST
@@ -39,7 +54,7 @@ SERVER = _ring.SERVER
 
 #: the lock a host holds for its session's lifetime (in the session directory)
 HOST_LOCK = "host.lock"
-#: a server holds ``<channel>.lock`` while it lives
+#: a server of a file channel holds ``<channel>.lock`` while it lives
 LOCK_SUFFIX = ".lock"
 
 #: Default ring sizes: requests are small (actions travel in the slab), replies may carry
@@ -47,46 +62,95 @@ LOCK_SUFFIX = ".lock"
 REQUEST_CAPACITY = 1 << 20
 REPLY_CAPACITY = 1 << 22
 
+# the seals of a channel: its size can never change again, nor its seals
+_FIXED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+# the seals of a slab, sized only after the handshake: it may grow, never shrink
+_GROWABLE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
-def reserve(fd: int, size: int, path: os.PathLike | str) -> None:
-    """posix_fallocate ``size`` bytes, turning a full file system into ChannelFull."""
+
+def reserve(fd: int, size: int, what: os.PathLike | str) -> None:
+    """posix_fallocate ``size`` bytes, turning full memory or a full file system into ChannelFull."""
+    if size <= 0:
+        return
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM):
+            where = (
+                f"free space in {Path(what).parent}; set SHMBENCH_CHANNEL_DIR elsewhere"
+                if os.sep in str(what)
+                else "free memory"
+            )
             raise ChannelFull(
                 exc.errno,
-                f"cannot reserve {size} bytes for channel {path}: {os.strerror(exc.errno)} "
-                f"(free space in {Path(path).parent}; set SHMBENCH_CHANNEL_DIR elsewhere "
-                f"or use smaller rings)",
+                f"cannot reserve {size} bytes for {what}: {os.strerror(exc.errno)} ({where}, or use smaller rings)",
             ) from None
         raise
 
 
-class Channel(_ring.Channel):
-    """One side of a channel file (see :class:`shmbench._ring.Channel` for the ring API).
+def sealed_memory(name: str, size: int, *, growable: bool = False) -> int:
+    """A new anonymous memfd of ``size`` bytes, reserved and sealed; returns its descriptor.
 
-    Create with :meth:`create` (host) or :meth:`attach` (server). ``close()`` closes this
-    side; the host's :meth:`unlink` removes the files.
+    Sealed so that nobody holding it -- the server it is passed to included -- can shrink
+    it (or, unless ``growable``, grow it) or change its seals. The descriptor is
+    close-on-exec; a runtime passes it on explicitly.
+    """
+    fd = os.memfd_create(f"shmbench-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        reserve(fd, size, f"shared memory {name!r}")
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _GROWABLE_SEALS if growable else _FIXED_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _watch_stdin() -> list[int]:
+    """A dup of stdin when it is a pipe: its EOF tells a server that the host is gone."""
+    try:
+        if stat.S_ISFIFO(os.fstat(0).st_mode):
+            return [os.dup(0)]
+    except OSError:
+        pass
+    return []
+
+
+class Channel(_ring.Channel):
+    """One side of a channel (see :class:`shmbench._ring.Channel` for the ring API).
+
+    Create with :meth:`create` (host) and :meth:`attach` (server). ``close()`` closes this
+    side; for a file channel the host's :meth:`unlink` removes the files.
+
+    Attributes:
+        path: the channel file, or None for a sealed channel.
+        fd: the descriptor of the channel's memory while this side is open (the host passes
+            a sealed channel's to its server).
     """
 
-    path: Path
+    path: Path | None
 
     @classmethod
     def create(
         cls,
-        path: os.PathLike | str,
+        path: os.PathLike | str | None = None,
         *,
+        name: str = "channel",
         request_capacity: int = REQUEST_CAPACITY,
         reply_capacity: int = REPLY_CAPACITY,
         max_message: int = 256 << 20,
     ) -> Channel:
-        """Create a new channel file (mode 0600) and map it as the host."""
-        path = Path(path)
+        """Create a new channel and map it as the host: in sealed anonymous memory (no
+        ``path``; ``name`` shows in ``/proc/PID/fd``), or in a new file (mode 0600) at ``path``."""
         size = _ring.layout_size(request_capacity, reply_capacity)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        if path is None:
+            fd = sealed_memory(name, size)
+        else:
+            path = Path(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            reserve(fd, size, path)
+            if path is not None:
+                reserve(fd, size, path)
             self = cls(
                 fd,
                 HOST,
@@ -97,20 +161,29 @@ class Channel(_ring.Channel):
             )
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
             raise
-        self._init_side(path, fd)
+        self._init_side(None if path is None else Path(path), fd)
         return self
 
     @classmethod
-    def attach(cls, path: os.PathLike | str, *, max_message: int = 256 << 20, watch_stdin: bool = True) -> Channel:
-        """Attach to an existing channel as the server.
+    def attach(
+        cls, target: os.PathLike | str | int, *, max_message: int = 256 << 20, watch_stdin: bool = True
+    ) -> Channel:
+        """Attach to an existing channel as the server: an inherited descriptor (an int), or
+        a channel file's path.
 
-        Takes the server lock (``<path>.lock``) that tells the host this side lives, and
-        watches the host: its ``host.lock`` beside the channel, and stdin when it is a
-        pipe (the host holds the other end; EOF means it is gone).
+        Watches the host through stdin when it is a pipe (the host holds the other end; EOF
+        means it is gone). A file channel's server also takes ``<path>.lock`` (a second
+        server is refused) and watches the host's ``host.lock`` beside the channel.
         """
-        path = Path(path)
+        if isinstance(target, int):
+            self = cls(target, SERVER, max_message=max_message)
+            self._init_side(None, target)
+            self.set_peer(death_fds=_watch_stdin() if watch_stdin else [])
+            return self
+        path = Path(target)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             self = cls(fd, SERVER, max_message=max_message)
@@ -126,25 +199,21 @@ class Channel(_ring.Channel):
             self.close()
             raise ChannelMismatch(f"another server already serves {path}") from None
         self._own_lock_fd = lock_fd
-        death_fds = []
-        if watch_stdin:
-            try:
-                if stat.S_ISFIFO(os.fstat(0).st_mode):
-                    death_fds.append(os.dup(0))
-            except OSError:
-                pass
-        host_lock = path.parent / HOST_LOCK
         try:
-            host_fd = os.open(host_lock, os.O_RDONLY | os.O_CLOEXEC)
+            host_fd = os.open(path.parent / HOST_LOCK, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             host_fd = -1
-        self.set_peer(death_fds=death_fds, lock_fd=host_fd)
+        self.set_peer(death_fds=_watch_stdin() if watch_stdin else [], lock_fd=host_fd)
         return self
 
-    def _init_side(self, path: Path, fd: int) -> None:
+    def _init_side(self, path: Path | None, fd: int) -> None:
         self.path = path
         self._fd = fd
         self._own_lock_fd = -1
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -171,7 +240,10 @@ class Channel(_ring.Channel):
             self.close()
 
     def unlink(self) -> None:
-        """Remove the channel file and its server lock (the creator's job)."""
+        """Remove a file channel's file and its server lock (the creator's job); a sealed
+        channel has no name to remove."""
+        if self.path is None:
+            return
         for p in (self.path, Path(str(self.path) + LOCK_SUFFIX)):
             try:
                 p.unlink()
@@ -181,4 +253,5 @@ class Channel(_ring.Channel):
     def __repr__(self) -> str:
         side = "host" if self.role == HOST else "server"
         state = "closed" if self.closed else "open"
-        return f"<shmbench Channel {side} {getattr(self, 'path', '?')} {state}>"
+        where = "sealed memory" if getattr(self, "path", None) is None else self.path
+        return f"<shmbench Channel {side} {where} {state}>"

@@ -24,8 +24,9 @@ different semaphores and never wake each other (the receiver would still see the
 one ``slice_s`` late). Use the default futex backend there; it is also the faster one.
 
 Names: the host picks them (``/shmbench-<uid>-<base>-<session>-<channel>-<token>-h2s`` and
-``...-s2h``, ``<base>`` a short hash of the channel base directory) and writes them into
-``<channel>.sem`` beside the channel file, which the server reads. ``close()`` on the host unlinks both semaphores and that file;
+``...-s2h``, ``<base>`` a short hash of the channel base directory) and hands them to the
+server: in ``$SHMBENCH_SEMAPHORES`` for a sealed channel, in ``<channel>.sem`` beside a
+file channel. ``close()`` on the host unlinks both semaphores (and that file);
 :func:`sweep` unlinks the semaphores of sessions whose directory is gone (a host killed
 with -9 cannot unlink its own).
 """
@@ -79,10 +80,15 @@ class SemaphoreChannel(Channel):
     _sem_owner: bool
 
     @classmethod
-    def create(cls, path, **kwargs) -> SemaphoreChannel:
-        self = cast(SemaphoreChannel, super().create(path, **kwargs))
+    def create(
+        cls, path=None, *, name: str = "channel", session_dir: os.PathLike | str | None = None, **kwargs
+    ) -> SemaphoreChannel:
+        """As :meth:`Channel.create`; the semaphores are named after ``session_dir`` (default:
+        the file channel's directory) so that :func:`sweep` can tell their owner."""
+        self = cast(SemaphoreChannel, super().create(path, name=name, **kwargs))
         try:
-            self._sem_open(create=True)
+            where = Path(session_dir) if session_dir is not None else Path(path).parent if path else None
+            self._sem_open(create=True, session_dir=where, stem=name if path is None else Path(path).stem)
         except BaseException:
             Channel.close(self)
             Channel.unlink(self)
@@ -90,27 +96,37 @@ class SemaphoreChannel(Channel):
         return self
 
     @classmethod
-    def attach(cls, path, **kwargs) -> SemaphoreChannel:
-        self = cast(SemaphoreChannel, super().attach(path, **kwargs))
+    def attach(cls, target, *, semaphores: str | None = None, **kwargs) -> SemaphoreChannel:
+        """As :meth:`Channel.attach`; ``semaphores`` names them (comma-separated, the host's
+        ``$SHMBENCH_SEMAPHORES``), else the ``<channel>.sem`` file of a file channel does."""
+        self = cast(SemaphoreChannel, super().attach(target, **kwargs))
         try:
-            self._sem_open(create=False)
+            self._sem_open(create=False, given=semaphores)
         except BaseException:
             self.close()
             raise
         return self
 
+    @property
+    def semaphore_names(self) -> str:
+        """The two semaphores' names, comma-separated: what a server's attach() needs."""
+        return ",".join(self._sem_names)
+
     # -- semaphores -------------------------------------------------------------------
 
-    def _sem_open(self, *, create: bool) -> None:
+    def _sem_open(
+        self, *, create: bool, session_dir: Path | None = None, stem: str = "", given: str | None = None
+    ) -> None:
         self._mine = self._theirs = None
         self._sem_names = ()
         self._sem_owner = create
-        names_file = Path(str(self.path) + SEM_SUFFIX)
+        names_file = None if self.path is None else Path(str(self.path) + SEM_SUFFIX)
         if create:
-            session_dir = self.path.parent
+            if session_dir is None:
+                raise ValueError("creating semaphores needs the session directory they are named after")
             base = (
                 f"/{_PREFIX}{os.getuid()}-{_base_tag(session_dir.parent)}-"
-                f"{_clean(session_dir.name, 60)}-{_clean(self.path.stem, 40)}-{secrets.token_hex(4)}"
+                f"{_clean(session_dir.name, 60)}-{_clean(stem, 40)}-{secrets.token_hex(4)}"
             )
             names: tuple[str, ...] = (base + "-h2s", base + "-s2h")
             h2s = posix_ipc.Semaphore(names[0], posix_ipc.O_CREX, mode=0o600, initial_value=0)
@@ -121,31 +137,38 @@ class SemaphoreChannel(Channel):
                 h2s.close()
                 raise
             self._sem_names = names
-            fd = os.open(names_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(names) + "\n")
+            if names_file is not None:
+                fd = os.open(names_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join(names) + "\n")
             self._mine, self._theirs = s2h, h2s
-        else:
-            # the host wrote this file; the server trusts the host
+            return
+        # the host named them; the server trusts the host
+        source = "$SHMBENCH_SEMAPHORES" if given else str(names_file)
+        if given:
+            names = tuple(given.split(","))
+        elif names_file is not None:
             try:
                 names = tuple(names_file.read_text().split())
             except FileNotFoundError:
                 raise ChannelMismatch(
                     f"{names_file} is missing: the host did not create {self.path} with the posix_ipc wake-up backend"
                 ) from None
-            if len(names) != 2 or not all(_NAME_RE.match(n) for n in names):
-                raise ChannelMismatch(f"{names_file} does not name two shmbench semaphores")
-            try:
-                h2s = posix_ipc.Semaphore(names[0])
-                s2h = posix_ipc.Semaphore(names[1])
-            except posix_ipc.ExistentialError:
-                raise ChannelMismatch(
-                    f"the semaphores named in {names_file} do not exist here: is /dev/shm "
-                    f"private to this container (--contain/--containall)? Use the default "
-                    f"futex wake-ups there"
-                ) from None
-            self._sem_names = names
-            self._mine, self._theirs = h2s, s2h
+        else:
+            raise ChannelMismatch("no semaphore names: the host did not choose the posix_ipc wake-up backend")
+        if len(names) != 2 or not all(_NAME_RE.match(n) for n in names):
+            raise ChannelMismatch(f"{source} does not name two shmbench semaphores")
+        try:
+            h2s = posix_ipc.Semaphore(names[0])
+            s2h = posix_ipc.Semaphore(names[1])
+        except posix_ipc.ExistentialError:
+            raise ChannelMismatch(
+                f"the semaphores named in {source} do not exist here: is /dev/shm "
+                f"private to this container (--contain/--containall)? Use the default "
+                f"futex wake-ups there"
+            ) from None
+        self._sem_names = names
+        self._mine, self._theirs = h2s, s2h
 
     def _post(self) -> None:
         # a pending wake-up (value > 0) covers this message too: see the module docstring
@@ -257,7 +280,8 @@ class SemaphoreChannel(Channel):
                 posix_ipc.unlink_semaphore(name)
             except posix_ipc.ExistentialError:
                 pass
-        Path(str(self.path) + SEM_SUFFIX).unlink(missing_ok=True)
+        if self.path is not None:
+            Path(str(self.path) + SEM_SUFFIX).unlink(missing_ok=True)
 
 
 def _semaphore_names(shm: Path = Path("/dev/shm")) -> list[str]:

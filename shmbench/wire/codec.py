@@ -35,6 +35,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from shmbench import _ring
 from shmbench.errors import DecodeError, EncodeError
 
 __all__ = ["encode", "decode", "Codec", "MAX_DEPTH"]
@@ -46,6 +47,11 @@ EXT_BIGINT = 4
 EXT_PICKLE = 6
 
 MAX_DEPTH = 64  # nesting of tuples/arrays decoded through extension records
+# documents up to this size are not costed before decoding: at about a hundred bytes of
+# objects per MessagePack byte at most, they stay within the budget's fixed allowance
+_SCAN_ABOVE = 16 << 10
+#: the allowance of one array or numpy-scalar record's payload, beyond twice its size
+_RECORD_EXTRA = 1 << 20
 MAX_NDIM = 64
 _ALIGN = 16
 _HEAD = struct.Struct("<I")
@@ -117,16 +123,28 @@ def _dtype_from_wire(desc: Any) -> np.dtype:
 class Codec:
     """Encoder/decoder pair; ``allow_pickle`` opts into pickling what nothing else covers.
 
+    Decoding is budgeted: a message can never decode into more than ``2 x its size +
+    max_decoded_extra`` bytes of Python objects. Array records each copy bytes of their own
+    (the out-of-band ranges may not overlap: one buffer cannot be copied a thousand times),
+    and a document larger than a few KiB is costed before it is decoded, by one pass of
+    ``shmbench._ring.decode_cost`` over its bytes (a few ms for megabytes). A smaller one
+    cannot cost more than the allowance anyway (no MessagePack byte decodes into more than
+    about a hundred bytes of objects).
+
     Args:
         allow_pickle: encode unsupported objects with cloudpickle, and decode pickles.
             Only for peers you trust (the host trusts its own code; it never trusts a
             container's output by default).
         max_message: largest message :meth:`decode` accepts.
+        max_decoded_extra: the fixed allowance of the decoding budget (bytes).
     """
 
-    def __init__(self, *, allow_pickle: bool = False, max_message: int = 256 << 20) -> None:
+    def __init__(
+        self, *, allow_pickle: bool = False, max_message: int = 256 << 20, max_decoded_extra: int = 64 << 20
+    ) -> None:
         self.allow_pickle = allow_pickle
         self.max_message = max_message
+        self.max_decoded_extra = max_decoded_extra
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -228,6 +246,14 @@ class Codec:
         base = (_HEAD.size + doc_len + _ALIGN - 1) // _ALIGN * _ALIGN
         # the document is copied: a hostile peer may rewrite shared memory while we parse
         doc = bytes(mv[_HEAD.size : _HEAD.size + doc_len])
+        if doc_len > _SCAN_ABOVE:
+            budget = 2 * len(mv) + self.max_decoded_extra
+            cost = _ring.decode_cost(doc, budget)
+            if cost > budget:
+                raise DecodeError(
+                    f"a {len(mv)}-byte message would decode into more than {budget} bytes of "
+                    f"objects (2 x its size + {self.max_decoded_extra}); refused"
+                )
         try:
             return self._unpack(doc, mv, base, copy, 0)
         except DecodeError:
@@ -239,6 +265,10 @@ class Codec:
 
     def _unpack(self, doc: bytes, mv: memoryview, base: int, copy: bool, depth: int) -> Any:
         depth_left = [MAX_DEPTH]
+        # the end of the last array's bytes: the encoder lays arrays out one after the other
+        # in the order the decoder meets them, so each must start where the last one ended
+        # or later -- no two records share (and so copy twice) the same bytes
+        array_end = [0]
 
         def unpack(payload: bytes) -> Any:
             # unpackb bounds every length inside by the payload's own size
@@ -261,8 +291,14 @@ class Codec:
                 if type(items) is not list:
                     raise DecodeError("bad tuple record")
                 return tuple(items)
+            if code in (EXT_NDARRAY, EXT_NPSCALAR) and len(payload) > _SCAN_ABOVE:
+                # the document's cost counts these records by what stays (an array object,
+                # a scalar), not by what their payload decodes into on the way: a payload
+                # large enough to hide a bomb is costed on its own before it is unpacked
+                if _ring.decode_cost(payload, 2 * len(payload) + _RECORD_EXTRA) > 2 * len(payload) + _RECORD_EXTRA:
+                    raise DecodeError("an array or scalar record would decode into too much")
             if code == EXT_NDARRAY:
-                return self._array(unpack(payload), mv, base, copy)
+                return self._array(unpack(payload), mv, base, copy, array_end)
             if code == EXT_NPSCALAR:
                 spec = unpack(payload)
                 if type(spec) is not list or len(spec) != 2 or type(spec[1]) is not bytes:
@@ -294,7 +330,7 @@ class Codec:
 
         return unpack(doc)
 
-    def _array(self, spec: Any, mv: memoryview, base: int, copy: bool) -> np.ndarray:
+    def _array(self, spec: Any, mv: memoryview, base: int, copy: bool, array_end: list[int]) -> np.ndarray:
         if type(spec) is not list or len(spec) != 4:
             raise DecodeError("bad array record")
         desc, shape, offset, nbytes = spec
@@ -311,6 +347,9 @@ class Codec:
         start = base + offset
         if start + nbytes > len(mv):
             raise DecodeError("array bytes overrun the message")
+        if offset < array_end[0]:
+            raise DecodeError("array records overlap (two arrays claim the same bytes)")
+        array_end[0] = offset + nbytes
         if dtype.itemsize == 0:
             # no bytes bound the element count here: a peer could otherwise hand us an
             # array of 2**124 empty elements that hangs whoever iterates over it

@@ -11,6 +11,7 @@ unsupported one fails with a message that names it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import singledispatch
@@ -124,8 +125,54 @@ def _rebuilds(kind: str) -> Callable[[Callable[[dict, int], spaces.Space]], Call
     return register
 
 
+#: a space from the container may have at most this many leaves, and elements over all of them
+MAX_LEAVES = 4096
+MAX_TOTAL_ELEMENTS = 1 << 28
+
+
+def _elements(desc: dict) -> int:
+    kind = desc.get("type")
+    if kind == "Box" and isinstance(desc.get("low"), np.ndarray):
+        return int(desc["low"].size)
+    if kind == "MultiDiscrete" and isinstance(desc.get("nvec"), np.ndarray):
+        return int(desc["nvec"].size)
+    if kind == "MultiBinary":
+        n = desc.get("n")
+        dims: list = n if isinstance(n, list) else [n]
+        if all(type(d) is int and d >= 0 for d in dims):
+            return math.prod(dims)
+    return 1
+
+
+def _check_description(desc: Any) -> None:
+    """Before anything is built from a description (it comes from the container): its
+    nesting, its number of leaves and their total size are bounded."""
+    todo = [(desc, 0)]
+    leaves = elements = 0
+    while todo:
+        d, depth = todo.pop()
+        if depth > 16 or not isinstance(d, dict):
+            raise ProtocolError("malformed space description")
+        items = d.get("spaces")
+        if d.get("type") in ("Dict", "Tuple") and isinstance(items, list):
+            if d["type"] == "Dict":
+                items = [pair[1] if isinstance(pair, list) and len(pair) == 2 else None for pair in items]
+            if leaves + len(items) > MAX_LEAVES:
+                raise ProtocolError(f"space description too large: more than {MAX_LEAVES} leaves")
+            todo += [(sub, depth + 1) for sub in items]
+            continue
+        leaves += 1
+        elements += _elements(d)
+        if leaves > MAX_LEAVES or elements > MAX_TOTAL_ELEMENTS:
+            raise ProtocolError(
+                f"space description too large: more than {MAX_LEAVES} leaves or {MAX_TOTAL_ELEMENTS} elements in all"
+            )
+
+
 def rebuild(desc: Any, depth: int = 0) -> spaces.Space:
     """Rebuild a gymnasium space from :func:`describe`'s output."""
+    if depth == 0:
+        _check_description(desc)
     if depth > 16 or not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
         raise ProtocolError("malformed space description")
     kind = desc["type"]

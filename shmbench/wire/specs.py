@@ -1,19 +1,25 @@
 """An env's ``spec`` across the process boundary: described as plain data, rebuilt on the host.
 
 The server describes its env's :class:`gymnasium.envs.registration.EnvSpec` with
-:func:`describe_spec`; the host rebuilds an equal-looking spec with :func:`rebuild_spec`.
-Only plain values cross (whatever the codec cannot carry is dropped), and nothing named in
-the description is imported on the host: an entry point is a string there.
+:func:`describe_spec`; the host rebuilds a spec with :func:`rebuild_spec` that reads like
+the native one (id, kwargs, max_episode_steps, reward_threshold...) but runs nothing the
+container named: ``gymnasium.make(env.spec)`` calls the entry point the *host* provides
+(one that makes the same remote env again through shmbench), its kwargs are strict JSON
+(anything else the server reported is dropped), and the server's additional wrappers --
+already applied inside the remote env -- are not listed, since gymnasium would import
+their entry points by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from gymnasium.envs.registration import EnvSpec, WrapperSpec
+from gymnasium.envs.registration import EnvSpec
 
-from shmbench.errors import EncodeError
+from shmbench.errors import EncodeError, ExperimentError
 from shmbench.wire.codec import Codec
+from shmbench.wire.strict_json import strict_json
 
 __all__ = ["describe_spec", "rebuild_spec"]
 
@@ -55,23 +61,38 @@ def describe_spec(env: Any, codec: Codec) -> dict | None:
     }
 
 
-def rebuild_spec(fields: dict | None) -> EnvSpec | None:
-    """An EnvSpec from :func:`describe_spec`'s output (no entry point is imported)."""
+def _strict(value: Any) -> Any:
+    try:
+        return strict_json(value, where="spec")
+    except ExperimentError:
+        return None
+
+
+def rebuild_spec(fields: dict | None, entry_point: Callable[..., Any] | None = None) -> EnvSpec | None:
+    """An EnvSpec from :func:`describe_spec`'s output whose entry point is ``entry_point`` (the
+    host's: see the module docstring); None for no or a malformed description."""
     if not isinstance(fields, dict):
         return None
     try:
-        wrappers = tuple(WrapperSpec(name, ep, kwargs) for name, ep, kwargs in fields.get("additional_wrappers", []))
+        kwargs = fields.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            return None
+        plain = {
+            k: _strict(v) for k, v in kwargs.items() if isinstance(k, str) and (v is None or _strict(v) is not None)
+        }
+        mes = fields.get("max_episode_steps")
+        threshold = fields.get("reward_threshold")
         return EnvSpec(
-            id=fields["id"],
-            entry_point=fields.get("entry_point"),
-            reward_threshold=fields.get("reward_threshold"),
-            nondeterministic=fields.get("nondeterministic", False),
-            max_episode_steps=fields.get("max_episode_steps"),
-            order_enforce=fields.get("order_enforce", True),
-            disable_env_checker=fields.get("disable_env_checker", False),
-            kwargs=fields.get("kwargs") or {},
-            additional_wrappers=wrappers,
-            vector_entry_point=fields.get("vector_entry_point"),
+            id=str(fields["id"]),
+            entry_point=entry_point,
+            reward_threshold=threshold if isinstance(threshold, (int, float)) else None,
+            nondeterministic=bool(fields.get("nondeterministic", False)),
+            max_episode_steps=mes if type(mes) is int else None,
+            order_enforce=bool(fields.get("order_enforce", True)),
+            disable_env_checker=bool(fields.get("disable_env_checker", False)),
+            kwargs=plain,
+            additional_wrappers=(),
+            vector_entry_point=None,
         )
     except Exception:
         return None
