@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "make": "shmbench.host.env",
     "make_vec": "shmbench.host.vector",
+    "register": "shmbench.host.registration",
     "RemoteEnvironmentClient": "shmbench.host.env",
     "ShmVectorEnv": "shmbench.host.vector",
     "Channel": "shmbench.transport.channel",

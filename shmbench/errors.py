@@ -35,9 +35,17 @@ __all__ = [
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def sanitize(text: str) -> str:
-    """``text`` without terminal escape sequences and control characters (a peer wrote it)."""
-    return _CONTROL.sub("", text)
+_COLOR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def sanitize(text: str, *, keep_colors: bool = False) -> str:
+    """``text`` without terminal escape sequences and control characters (a peer wrote it).
+
+    ``keep_colors`` keeps SGR colour sequences (``ESC [ ... m``), which only colour text:
+    gymnasium's own warnings are coloured that way, and come back exactly as written."""
+    if not keep_colors:
+        return _CONTROL.sub("", text)
+    return _CONTROL.sub(lambda m: m.group(0) if _COLOR.fullmatch(m.group(0)) else "", text)
 
 
 class ShmbenchError(Exception):

@@ -35,12 +35,14 @@ from shmbench.wire.protocol import (
     ObsTag,
     Opcode,
     Status,
-    error_payload,
     reset_reply,
     step_reply,
     vector_reply,
+    with_notes,
 )
-from shmbench.wire.spaces import SlabLayout, build_tree, describe, flatten_exact, leaf_kind
+from shmbench.wire.remote import WarningCollector, error_payload
+from shmbench.wire.slab import SlabLayout, build_tree, flatten_exact, leaf_kind
+from shmbench.wire.spaces import describe, generator_from_state
 from shmbench.wire.specs import describe_spec
 
 __all__ = ["RemoteEnvironmentServer", "main"]
@@ -58,14 +60,15 @@ def _np_random_state(env: Any) -> dict:
     return env.np_random.bit_generator.state
 
 
-def _set_np_random_state(env: Any, state: dict) -> None:
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    bitgen_cls = getattr(np.random, name, None) if isinstance(name, str) else None
-    if bitgen_cls is None or not isinstance(bitgen_cls, type) or not issubclass(bitgen_cls, np.random.BitGenerator):
-        raise ValueError("np_random must be set from a bit-generator state dict")
-    bitgen = bitgen_cls()
-    bitgen.state = state
-    env.np_random = np.random.Generator(bitgen)
+def _set_np_random(env: Any, state: dict, *, replace: bool) -> None:
+    """The host drew from its live copy of the env's generator (``replace=False``: the same
+    generator, moved on; the env's seed stays) or assigned a new one (``replace=True``:
+    ``env.np_random = generator``, as natively, which makes the seed -1)."""
+    current = env.np_random
+    if replace or type(current.bit_generator).__name__ != state.get("bit_generator"):
+        env.np_random = generator_from_state(state)
+    else:
+        generator_from_state(state, into=current)
 
 
 def _plain_metadata(metadata: Any, codec: Codec) -> dict:
@@ -116,6 +119,10 @@ class RemoteEnvironmentServer:
         self._terms: Any = None
         self._truncs: Any = None
         self._step: Callable[[memoryview], bytes | memoryview] = self._step_single
+        # the env's warnings ride back with the reply of the request that raised them
+        self.warnings = WarningCollector()
+        self.warnings.install()
+        self._notes = self.warnings.pending
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -136,6 +143,7 @@ class RemoteEnvironmentServer:
         }
         status = 0
         call = ch.call
+        notes = self._notes
         try:
             mv = recv()
             while True:
@@ -151,11 +159,14 @@ class RemoteEnvironmentServer:
                     except Exception as exc:
                         reply = self._error_reply(exc)
                     # the C fast path already sent the reply and received the next request
-                    mv = reply if type(reply) is memoryview else call(reply)
+                    if type(reply) is memoryview:
+                        mv = reply
+                    else:
+                        mv = call(self._noted(reply) if notes else reply)
                     continue
                 if op == _CLOSE:
                     self._close_envs()
-                    send(_OK)
+                    send(self._noted(_OK) if notes else _OK)
                     break
                 else:
                     handler = handlers.get(op)
@@ -167,7 +178,8 @@ class RemoteEnvironmentServer:
                     raise
                 except Exception as exc:  # the env's error goes back; we keep serving
                     reply = self._error_reply(exc)
-                mv = call(reply)  # send the reply, then wait for the next request
+                # send the reply (with the warnings raised meanwhile), then wait for the next request
+                mv = call(self._noted(reply) if notes else reply)
         except ChannelClosed:
             pass
         except PeerDied:
@@ -178,6 +190,10 @@ class RemoteEnvironmentServer:
         finally:
             self.close()
         return status
+
+    def _noted(self, reply: bytes | bytearray | memoryview) -> bytes:
+        """``reply`` with the warnings raised since the last one."""
+        return with_notes(reply, self.warnings.take(), self.codec)
 
     def _error_reply(self, exc: BaseException) -> bytes:
         try:
@@ -234,8 +250,12 @@ class RemoteEnvironmentServer:
         act_space = getattr(env, "action_space", None)
         info = {
             # an object that is not an env (a remote agent) has no spaces to describe
-            "observation_space": describe(obs_space) if obs_space is not None else None,
-            "action_space": describe(act_space) if act_space is not None else None,
+            "observation_space": describe(obs_space, allow_pickle=self.codec.allow_pickle)
+            if obs_space is not None
+            else None,
+            "action_space": describe(act_space, allow_pickle=self.codec.allow_pickle)
+            if act_space is not None
+            else None,
             "metadata": _plain_metadata(getattr(env, "metadata", None), self.codec),
             "render_mode": getattr(env, "render_mode", None),
             "spec": describe_spec(env, self.codec),
@@ -291,6 +311,9 @@ class RemoteEnvironmentServer:
             self._obs_leaves = obs
             self._obs_kind = None if obs is None else leaf_kind(env.observation_space)
             self._obs0 = obs[0] if obs else None
+            if self._obs_kind == "discrete":
+                bounds = np.iinfo(self._obs0.dtype)
+                self._obs_int = (int(bounds.min), int(bounds.max) + 1, self._obs0.dtype.type)
             # identity, not equality, of the dtype on the hot path (numpy hands out one
             # dtype object per builtin type); anything else takes _write_obs's full check
             self._act0 = act[0] if act is not None and len(act) == 1 else None
@@ -299,6 +322,7 @@ class RemoteEnvironmentServer:
                 env.step,
                 self.channel.reply_step,
                 self._obs0 if self._obs_kind == "array" else None,
+                self._notes,
             )
             if self._obs_kind == "array":
                 # zero copy for envs that can write their observations where we want them
@@ -334,11 +358,12 @@ class RemoteEnvironmentServer:
                     return ObsTag.SLAB_ARRAY
         elif kind == "discrete":
             t = type(obs)
+            lo, hi, scalar_type = self._obs_int
             if t is int:
-                if -(1 << 63) <= obs < (1 << 63):
+                if lo <= obs < hi:
                     self._obs0[()] = obs
                     return ObsTag.SLAB_INT
-            elif t is np.int64:
+            elif t is scalar_type:  # a numpy scalar of exactly the space's dtype
                 self._obs0[()] = obs
                 return ObsTag.SLAB_SCALAR
         elif kind == "tree":
@@ -352,10 +377,10 @@ class RemoteEnvironmentServer:
     def _step_single(self, mv: memoryview) -> bytes | memoryview:
         """One single-env step: the reply, or (C fast path) the next request."""
         # the hot path: its state comes from one tuple, every attribute lookup costs tens of ns
-        act0, env_step, reply_step, obs_dst = self._fast
+        act0, env_step, reply_step, obs_dst, notes = self._fast
         action = int(act0) if mv[1] == _SLAB_INT else self._action(mv)
         obs, reward, terminated, truncated, info = env_step(action)
-        if obs_dst is not None:
+        if obs_dst is not None and not notes:  # a step that warned replies with its notes
             # the common case (exact ndarray obs, float reward, bool flags, empty info) is
             # copied, replied and the next request received in C; None: not that case
             nxt = reply_step(obs, reward, terminated, truncated, info, obs_dst)
@@ -471,8 +496,9 @@ class RemoteEnvironmentServer:
         if len(values) != len(self.envs):
             raise ValueError(f"{len(values)} values for {len(self.envs)} envs")
         for env, value in zip(self.envs, values):
-            if name == "np_random":
-                _set_np_random_state(env, value)
+            if name in ("np_random", "np_random_state"):
+                if value is not None:  # None: this env's generator stays as it is
+                    _set_np_random(env, value, replace=name == "np_random")
             elif hasattr(env, "set_wrapper_attr"):
                 env.set_wrapper_attr(name, value)
             else:

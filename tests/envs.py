@@ -192,11 +192,34 @@ class TextEnv(_Seeded):
         return self.observation_space.sample(), 0.0, False, self.t >= 5, {}
 
 
-class GraphEnv(gymnasium.Env):
-    """A space shmbench cannot describe."""
+class Parity(spaces.Space):
+    """A custom space: shmbench cannot describe it (it crosses as a pickle, if allowed)."""
 
-    observation_space = spaces.Graph(node_space=spaces.Box(0, 1, (2,)), edge_space=None)
+    def __init__(self, seed=None):
+        super().__init__((), np.int64, seed)
+
+    def sample(self, mask=None, probability=None):
+        return int(self.np_random.integers(2))
+
+    def contains(self, x):
+        return x in (0, 1)
+
+    def __eq__(self, other):
+        return isinstance(other, Parity)
+
+
+class CustomSpaceEnv(gymnasium.Env):
+    """An env with a custom observation space."""
+
+    observation_space = Parity()
     action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return 0, {}
+
+    def step(self, action):
+        return int(action), 0.0, False, False, {}
 
 
 class StridedObsEnv(_Seeded):

@@ -160,10 +160,12 @@ def test_call_get_and_set_attributes():
         assert env.get_wrapper_attr("gravity") == 20.0
         assert env.call("gravity") == 20.0
         env.reset(seed=1)
-        assert env.call("render") is None  # render_mode None: gymnasium returns None
-        with pytest.raises(RemoteEnvError) as info:
+        # render_mode None: gymnasium warns (in the server, re-emitted here) and returns None
+        with pytest.warns(UserWarning, match="without specifying any render mode"):
+            assert env.call("render") is None
+        with pytest.raises(AttributeError) as info:  # the env's own AttributeError, also a RemoteEnvError
             env.get_attr("no_such_attribute")
-        assert info.value.type_name.endswith("AttributeError")
+        assert isinstance(info.value, RemoteEnvError) and info.value.type_name.endswith("AttributeError")
 
 
 def test_remote_error_carries_the_traceback_and_the_server_keeps_serving(runtime):
@@ -182,9 +184,14 @@ def test_remote_error_carries_the_traceback_and_the_server_keeps_serving(runtime
         env.reset()
 
 
-def test_unsupported_space_is_named():
-    with pytest.raises(RemoteEnvError, match="Graph"):
-        shmbench.make("envs:GraphEnv", runtime="process")
+def test_a_custom_space_is_named_or_crosses_as_a_pickle_when_allowed():
+    with pytest.raises(TypeError, match="Parity.*allow_pickle=True") as info:  # SpaceNotSupported is a TypeError
+        shmbench.make("envs:CustomSpaceEnv", runtime="process")
+    assert isinstance(info.value, RemoteEnvError)
+    with shmbench.make("envs:CustomSpaceEnv", runtime="process", allow_pickle=True) as env:
+        assert type(env.observation_space).__name__ == "Parity"
+        env.reset(seed=0)
+        assert env.step(1)[0] == 1
 
 
 def server_pid(env) -> int:

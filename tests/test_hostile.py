@@ -441,6 +441,7 @@ def test_the_private_tmp_is_sized():
         shmbench.make("CartPole-v1", runtime="process", limits={"tmp": "16M"})
 
 
+@pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")  # the env's own, re-emitted
 def test_no_descendant_of_a_process_runtime_server_survives_close(tmp_path):
     out = tmp_path / "escapee"
     with shmbench.make("hostile_envs:Escapees", runtime="process", out=str(out)) as env:
@@ -479,7 +480,7 @@ def test_terminal_escapes_in_remote_texts_never_reach_the_host():
 def test_step_wait_without_step_async_says_so_and_the_env_goes_on():
     with shmbench.make_vec("CartPole-v1", 2, **BWRAP) as envs:
         envs.reset(seed=0)
-        with pytest.raises(RequestPending, match="no request in flight"):
+        with pytest.raises(RequestPending, match="without any prior call to `step_async`"):
             envs.step_wait()
         envs.step(np.zeros(2, np.int64))
 

@@ -93,8 +93,8 @@ def test_step_async_and_wait_let_the_host_work_meanwhile():
         # two workers, two envs each, 50 ms per env: about 100 ms, not 200 ms
         assert 0.09 < total < 0.19, total
         assert obs.tolist() == [[1.0]] * 4
-        with pytest.raises(RuntimeError, match="in flight"):
-            envs.step_async(np.zeros(4, dtype=np.int64))
+        envs.step_async(np.zeros(4, dtype=np.int64))
+        with pytest.raises(gymnasium.error.AlreadyPendingCallError, match="pending call to `step`"):
             envs.step_async(np.zeros(4, dtype=np.int64))
         envs.step_wait()
 

@@ -1770,8 +1770,8 @@ sb_doc_cost(const uint8_t *p, uint64_t n, int64_t limit, int depth)
          * from are freed again, one record at a time): a tuple costs what the list its payload
          * is costs; an array object with its shape tuple (its data is a copy of out-of-band
          * bytes, which the codec bounds by the message: records may not overlap); a numpy
-         * scalar; a big int from its digits or a timestamp. */
-        if (ext_type == 1) {
+         * scalar; a big int from its digits or a timestamp. A graph instance is a tuple of three. */
+        if (ext_type == 1 || ext_type == 5) {      /* a tuple; a graph instance, a 3-tuple */
             if (depth >= SB_COST_MAX_DEPTH)
                 return -1;
             int64_t sub = sb_doc_cost(p + i, len, limit - cost, depth + 1);
@@ -1899,6 +1899,7 @@ PyInit__ring(void)
     if (st == NULL)
         goto fail;
     if (sb_add_int(st, "OK", SB_STATUS_OK) < 0 || sb_add_int(st, "ERROR", SB_STATUS_ERROR) < 0 ||
+        sb_add_int(st, "NOTES", SB_STATUS_NOTES) < 0 ||
         PyModule_AddObject(m, "STATUSES", st) < 0) {
         Py_DECREF(st);
         goto fail;

@@ -80,8 +80,10 @@ enum sb_opcode {
     SB_OP_ECHO = 11,      /* test and benchmark aid: reply with the payload */
 };
 
-/* Every reply starts with a status byte. */
-enum sb_status { SB_STATUS_OK = 0, SB_STATUS_ERROR = 1 };
+/* Every reply starts with a status byte. NOTES prefixes a reply with what happened on the
+ * way (the warnings the env raised: shmbench.wire.protocol.with_notes); the C fast paths
+ * never build or read it. */
+enum sb_status { SB_STATUS_OK = 0, SB_STATUS_ERROR = 1, SB_STATUS_NOTES = 2 };
 
 /* The fixed head of a single env's STEP reply (shmbench.protocol.STEP_REPLY mirrors it; a
  * test checks the size). The C fast paths (Channel.reply_step / Channel.call_step) write and

@@ -40,7 +40,7 @@ import gymnasium
 from shmbench.errors import ExperimentError
 from shmbench.wire.strict_json import dumps, strict_json
 
-__all__ = ["DACBENCH_IDS", "SPACE_CLASSES", "DTYPES", "filter_dacbench_config", "make_dacbench_env"]
+__all__ = ["DACBENCH_IDS", "SPACE_CLASSES", "DTYPES", "filter_dacbench_config", "dacbench_object", "make_dacbench_env"]
 
 #: Whitelisted id -> (module, class) inside the ``dacbench`` package.
 DACBENCH_IDS: dict[str, tuple[str, str]] = {
@@ -151,6 +151,35 @@ def filter_dacbench_config(benchmark_id: str, config: Mapping[str, Any] | None) 
         if "problem" in cfg and cfg["problem"] not in _THEORY_PROBLEMS:
             raise _refuse(benchmark_id, "problem", f"{cfg['problem']!r} is not one of {sorted(_THEORY_PROBLEMS)}")
     return cfg
+
+
+def dacbench_object(benchmark: Any) -> tuple[str, dict[str, Any], Any, Any] | None:
+    """``(id, config changes, seed, default seed)`` of a DACBench benchmark object (from the
+    ``dacbench`` package itself); None for anything else.
+
+    The object's config is DACBench's own JSON (``to_json``), compared key by key with a
+    fresh object of its class: only what was changed travels (through
+    :func:`filter_dacbench_config`), and the container's DACBench fills in its defaults --
+    which also keeps DACBench's infinities (not JSON) out of the description.
+
+    Raises:
+        ExperimentError: a DACBench benchmark that is not whitelisted, or refused changes.
+    """
+    import json
+
+    cls = type(benchmark)
+    if not cls.__module__.startswith("dacbench."):
+        return None
+    found = [bid for bid, (module, name) in DACBENCH_IDS.items() if cls.__module__ == module and cls.__name__ == name]
+    if not found:
+        raise ExperimentError(
+            f"DACBench's {cls.__name__} is not one of the benchmarks shmbench builds in a container: "
+            f"{', '.join(sorted(DACBENCH_IDS))}"
+        )
+    mine, default = json.loads(benchmark.to_json()), json.loads(cls().to_json())
+    seed, default_seed = mine.pop("seed", None), default.pop("seed", None)
+    changes = {k: v for k, v in mine.items() if k not in default or default[k] != v}
+    return found[0], filter_dacbench_config(found[0], changes), seed, default_seed
 
 
 def _benchmark_class(benchmark_id: str) -> type:

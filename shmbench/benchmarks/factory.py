@@ -20,7 +20,9 @@ def make_env(spec: dict) -> Any:
     In order: a whitelisted agent description (``agent``), a cloudpickled factory (only ever
     sent by the host, which the server trusts), a whitelisted benchmark description
     (``benchmark``), ``module:attr`` (a class or factory, imported here in the container), or
-    a registered gymnasium id (``env_id``) built with ``kwargs``.
+    a registered gymnasium id (``env_id``) built with ``kwargs`` -- from its registered spec
+    when the host re-makes an env from its ``spec`` (``from_spec``), as ``spec.make()`` does
+    natively (no out-of-date-version warning, which only a make by id string raises).
     """
     import gymnasium
 
@@ -47,4 +49,6 @@ def make_env(spec: dict) -> Any:
         target = getattr(module, attr, None)
         if target is not None and callable(target):
             return target(**kwargs)
+    if spec.get("from_spec") and env_id in gymnasium.registry:
+        return gymnasium.make(gymnasium.registry[env_id], **kwargs)
     return gymnasium.make(env_id, **kwargs)

@@ -128,20 +128,24 @@ def resolve_experiment(
         ImageError: a bad image reference or digest.
     """
     from shmbench.benchmarks import canonical_id
+    from shmbench.benchmarks.dacbench_ids import dacbench_object
     from shmbench.wire.strict_json import strict_json
 
     record = resolve(experiment_identifier) if experiment_identifier is not None else None
     obj = None
+    dacbench = None
     if benchmark is None:
         bench_id = None
     elif isinstance(benchmark, str):
         bench_id = benchmark
     elif isinstance(getattr(benchmark, "benchmark_id", None), str) and callable(getattr(benchmark, "spec", None)):
         obj, bench_id = benchmark, benchmark.benchmark_id
+    elif (dacbench := dacbench_object(benchmark)) is not None:
+        bench_id = dacbench[0]  # DACBench's own object: its changes, serialised here
     else:
         raise TypeError(
-            f"benchmark must be a benchmark id or a shmbench benchmark object "
-            f"(with benchmark_id and spec()), not {type(benchmark).__name__}"
+            f"benchmark must be a benchmark id, a shmbench benchmark object (with benchmark_id and spec()) "
+            f"or a DACBench benchmark object, not {type(benchmark).__name__}"
         )
     if record is None and bench_id is None:
         raise TypeError("give a benchmark, an experiment_identifier, or both")
@@ -170,6 +174,10 @@ def resolve_experiment(
             config_changes = mine_config
             if seed is None and obj_seed is None:
                 obj_seed = mine["seed"]  # the benchmark's own seed, default or not
+    elif dacbench is not None:
+        _, config_changes, dac_seed, dac_default = dacbench
+        if type(dac_seed) is int and (record is None or dac_seed != dac_default):
+            obj_seed = dac_seed
     elif record is None and seed is None:
         obj_seed = 0  # a bare id: the shmbench benchmarks' default seed
     if config:

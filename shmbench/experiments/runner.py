@@ -46,6 +46,7 @@ import numpy as np
 from shmbench.benchmarks.factory import make_env
 from shmbench.errors import ExperimentError, RemoteEnvError, ShmbenchError
 from shmbench.experiments.combine import Experiment, resolve_experiment, slug
+from shmbench.experiments.dacbench_compat import dacbench_keywords, gpu_runtime
 from shmbench.experiments.records import WrapperSpec
 from shmbench.experiments.results import EpisodeResult, RunResult
 from shmbench.host.env import RemoteEnvironmentClient
@@ -478,6 +479,11 @@ class RemoteRunner(Runner):
             "tmp": "1G"}``; see :mod:`shmbench.runtimes.limits`).
         wait: the client's wait policy.
         progress: show a progress bar while an image downloads or is hashed.
+        container_source, container_name, container_tag, bind_str, env_str, gpu: DACBench's
+            own ``RemoteRunner`` keywords, as they map here (see :func:`dacbench_keywords`):
+            the image (a local SIF, or a registry with ``container_name`` and
+            ``container_tag``), ``binds`` (comma-separated), ``environment``
+            (``VAR=VALUE,...``) and Apptainer's ``--nv``.
 
     Raises:
         ExperimentError, ImageError, DigestMismatch, RuntimeUnavailable, PeerDied.
@@ -501,8 +507,30 @@ class RemoteRunner(Runner):
         limits=None,
         wait="auto",
         progress: bool = True,
+        container_source: str | os.PathLike[str] | None = None,
+        container_name: str | None = None,
+        container_tag: str = "latest",
+        bind_str: str | None = "",
+        env_str: str | None = "",
+        gpu: bool | None = False,
+        socket_id: Any = None,
         **kwargs: Any,
     ) -> None:
+        if socket_id is not None:
+            raise ExperimentError(
+                "socket_id= connects DACBench's runner to a running Pyro server; shmbench starts its own server "
+                "and talks to it through shared memory"
+            )
+        image, binds, environment = dacbench_keywords(
+            image,
+            binds,
+            environment,
+            container_source=container_source,
+            container_name=container_name,
+            container_tag=container_tag,
+            bind_str=bind_str,
+            env_str=env_str,
+        )
         super().__init__(benchmark, experiment_identifier, image=image, image_digest=image_digest, **kwargs)
         self.image_path: Path | None = None
         spec = self.experiment.image
@@ -523,6 +551,8 @@ class RemoteRunner(Runner):
             )
             run_image = None
         self.image_used = run_image is not None
+        if gpu:
+            runtime = gpu_runtime(runtime, run_image, binds, environment)
         self._client = RemoteEnvironmentClient(
             benchmark=self.experiment.benchmark_spec(),
             runtime=runtime,

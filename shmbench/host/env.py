@@ -20,9 +20,11 @@ import numpy as np
 
 from shmbench.errors import ProtocolError, ShmbenchError
 from shmbench.host.proxy import RemoteBase
+from shmbench.host.rng import LiveGenerators
 from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, wait_policy
 from shmbench.wire.protocol import ActionTag, ObsTag, Opcode, codec_obs, read_step_reply
-from shmbench.wire.spaces import build_tree, layout, rebuild
+from shmbench.wire.slab import build_tree, layout
+from shmbench.wire.spaces import rebuild
 from shmbench.wire.specs import rebuild_spec
 
 __all__ = ["RemoteEnvironmentClient", "RemoteEntryPoint", "make", "merge_env_kwargs"]
@@ -31,6 +33,41 @@ _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
 _STEP_INT = bytes((Opcode.STEP, ActionTag.SLAB_INT))
 _STEP_SCALAR = bytes((Opcode.STEP, ActionTag.SLAB_SCALAR))
 _STEP_CODEC = bytes((Opcode.STEP, ActionTag.CODEC))
+
+
+#: attribute names that are the proxy's own, never forwarded to the remote env
+_LOCAL = frozenset(
+    {
+        "_worker",
+        "_owned",
+        "_fast",
+        "_call_step",
+        "_rng",
+        "_remake",
+        "_from_spec",
+        "_codec",
+        "_obs_leaves",
+        "_obs0",
+        "_act",
+        "observation_space",
+        "action_space",
+        "metadata",
+        "render_mode",
+        "spec",
+        "server_info",
+        "copy",
+        "timeout",
+        "runtime",
+        "wakeup",
+        "stall_timeout",
+        "closed",
+        "unwrapped",
+    }
+)
+
+
+class _Never:
+    """A type no action has (the fast path's scalar type for a non-Discrete action space)."""
 
 
 class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
@@ -60,6 +97,8 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             PeerStalled (it is stopped or frozen; None: never). A long step keeps beating.
         env_kwargs: keyword arguments for the env, whatever their names (also ``timeout``,
             ``copy``, ``image``... that shmbench's own arguments would take).
+        from_spec: build the env from its registered spec, as ``env.spec.make()`` does
+            (what ``gymnasium.make(env.spec)`` asks for), not by its id string.
         **kwargs: more keyword arguments for the env (``gymnasium.make`` or the factory in
             the server), merged with ``env_kwargs``.
 
@@ -86,12 +125,14 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         limits=None,
         stall_timeout: float | None = STALL_TIMEOUT,
         env_kwargs: dict | None = None,
+        from_spec: bool = False,
         **kwargs,
     ) -> None:
         if env_id is None and factory is None and benchmark is None:
             raise TypeError("give an env_id, a factory or a benchmark")
         env_kwargs = merge_env_kwargs(env_kwargs, kwargs)
         self.copy = copy
+        self._from_spec = from_spec
         self._remake = RemoteEntryPoint(
             env_id,
             dict(
@@ -110,6 +151,7 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
                 limits=limits,
                 stall_timeout=stall_timeout,
             ),
+            from_spec=True,
         )
         self._open(
             runtime=runtime,
@@ -137,6 +179,7 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
                 "factory": cloudpickle.dumps(factory) if factory is not None else None,
                 "benchmark": benchmark,
                 "allow_pickle": allow_pickle,
+                "from_spec": self._from_spec,
             },
             start_timeout,
         )
@@ -157,7 +200,13 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         self._obs_leaves: Any = obs
         self._obs0: Any = obs[0] if obs else None
         self._act: Any = act[0] if act is not None and len(act) == 1 else None
-        self._act_discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        # a Discrete action crosses in its slab as an int within the slab dtype's range, or
+        # as a numpy scalar of exactly that dtype; anything else through the codec
+        if isinstance(self.action_space, gymnasium.spaces.Discrete) and self._act is not None:
+            bounds = np.iinfo(self._act.dtype)
+            int_range, scalar_type = (int(bounds.min), int(bounds.max) + 1), self._act.dtype.type
+        else:
+            int_range, scalar_type = (1, 0), _Never
         spin_ns, adaptive = wait_policy(wait, 2)
         worker.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
         worker.request(
@@ -176,10 +225,18 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         array_obs = isinstance(
             self.observation_space, (gymnasium.spaces.Box, gymnasium.spaces.MultiDiscrete, gymnasium.spaces.MultiBinary)
         )
+        self._call_step = worker.channel.call_step
+        self._rng = LiveGenerators(
+            [worker],
+            fetch=lambda: [self._worker.call(Opcode.GET_ATTR, "np_random")],
+            push=lambda name, states: self._worker.call(Opcode.SET_ATTR, (name, states[0])),
+            n=1,
+        )
         self._fast: tuple[Any, ...] = (
-            worker.channel.call_step,
+            self._call_step,
             self._act,
-            self._act_discrete,
+            *int_range,
+            scalar_type,
             self._obs0 if array_obs else None,
             self.copy,
             self.timeout,
@@ -191,15 +248,15 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         # The hot path. Everything it needs is unpacked from one tuple (each attribute
         # lookup costs tens of ns); a broken or dead worker has its channel closed, so
         # the C call itself refuses and failure() explains why.
-        call, act, discrete, obs0, copy, timeout = self._fast
+        call, act, lo, hi, scalar_type, obs0, copy, timeout = self._fast
         t = type(action)
-        if t is int and discrete and -(1 << 63) <= action < (1 << 63):
+        if t is int and lo <= action < hi:
             act[()] = action
             req = _STEP_INT
         elif t is np.ndarray and act is not None and action.dtype == act.dtype and action.shape == act.shape:
             act[...] = action
             req = _STEP_SLAB
-        elif discrete and t is np.int64:
+        elif t is scalar_type:
             act[()] = action
             req = _STEP_SCALAR
         else:
@@ -212,7 +269,14 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
                 return out
             mv = cast(memoryview, out)
             if not mv or mv[0]:
-                self._worker.check(mv)  # an error reply: the env's exception, raised here
+                # an error reply (the env's exception, raised here) or notes (its warnings,
+                # re-emitted here: the step itself is complete)
+                worker = self._worker
+                try:
+                    mv = worker.check(mv)
+                finally:
+                    if worker.notes:
+                        worker.emit_notes()
             otag, reward, terminated, truncated, info, extras = read_step_reply(mv, self._codec)
             return self._read_obs(otag, extras), reward, terminated, truncated, info
         except ShmbenchError as exc:
@@ -223,18 +287,25 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
 
     def _interrupted(self) -> None:
         """A step was interrupted while it waited (Ctrl-C): if its reply is owed, the next
-        step drains it first -- through a stand-in for the C call, so that the hot path
-        itself checks nothing."""
+        step drains it first."""
         self._worker.interrupted()
         if self._worker.owed:
-            real = self._fast
+            self._detour()
 
-            def drain_then_call(*args: Any) -> Any:
-                self._worker.settle()
-                self._fast = real
-                return real[0](*args)
+    def _detour(self) -> None:
+        """The next step runs what the worker owes first (a drained reply, the live
+        generators' draws) -- through a stand-in for the C call, so that the hot path
+        itself checks nothing."""
+        if self._fast[0] is not self._call_step:
+            return  # already on the detour
 
-            self._fast = (drain_then_call, *real[1:])
+        def settle_then_call(*args: Any) -> Any:
+            self._fast = (self._call_step, *self._fast[1:])
+            self._worker.settle()
+            self._worker.prepare()
+            return self._call_step(*args)
+
+        self._fast = (settle_then_call, *self._fast[1:])
 
     def _read_obs(self, otag: int, extras: Any) -> Any:
         if otag == ObsTag.SLAB_ARRAY:
@@ -268,32 +339,54 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
         return self._worker.call(Opcode.CALL, (name, list(args), kwargs))
 
     def get_attr(self, name: str) -> Any:
+        """The remote env's attribute ``name`` (through its wrappers)."""
+        if name == "np_random":
+            return self.np_random
         return self._worker.call(Opcode.GET_ATTR, name)
 
     def set_attr(self, name: str, value: Any) -> None:
+        """Set the remote env's attribute ``name`` (through its wrappers)."""
+        if name == "np_random":
+            self.np_random = value
+            return
         self._worker.call(Opcode.SET_ATTR, (name, value))
 
     def get_wrapper_attr(self, name: str) -> Any:
+        """As a wrapper stack would: the proxy's own attribute, else the remote env's."""
+        if name in _LOCAL or name in type(self).__dict__ or name in self.__dict__:
+            return getattr(self, name)
         return self.get_attr(name)
 
     def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        """Set ``name`` on the remote env (where the env keeps it, as natively)."""
         self.set_attr(name, value)
         return True
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names the proxy does not have: the remote env's attributes
+        # (env.unwrapped.state, ...), read through the codec
+        if name.startswith("__") or name in _LOCAL or "_worker" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            return self._worker.call(Opcode.GET_ATTR, name)
+        except AttributeError as exc:
+            remote = getattr(exc, "remote_message", str(exc))
+            raise AttributeError(f"the remote env has no attribute {name!r} ({remote})") from None
+
     @property
     def np_random(self) -> np.random.Generator:
-        """A snapshot of the remote env's generator (drawing from it does not advance the
-        remote one); assign a Generator to replace the remote generator's state."""
-        state = self.get_attr("np_random")
-        bitgen = getattr(np.random, state["bit_generator"])()
-        bitgen.state = state
-        return np.random.Generator(bitgen)
+        """The remote env's generator, live: draws here advance the stream the env draws
+        from (see :mod:`shmbench.host.rng`); assigning a Generator replaces it there too."""
+        generator = self._rng.get()[0]
+        self._detour()  # the next step pushes what is drawn from it meanwhile
+        return generator
 
     @np_random.setter
     def np_random(self, value: np.random.Generator) -> None:
-        self.set_attr("np_random", value.bit_generator.state)
+        self._rng.set(0, value)
+        self._detour()
 
-    # gymnasium's env checker reads the private attribute: the same remote snapshot
+    # gymnasium's env checker reads the private attribute: the same live generator
     _np_random = np_random
 
     @property
@@ -335,12 +428,13 @@ class RemoteEntryPoint:
     again, through shmbench, with the spec's kwargs as the env's keyword arguments (never
     as shmbench's options). Everything it holds came from the host."""
 
-    def __init__(self, env_id: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, env_id: str | None, options: dict[str, Any], *, from_spec: bool = False) -> None:
         self.env_id = env_id
         self.options = options
+        self.from_spec = from_spec
 
     def __call__(self, **kwargs: Any) -> RemoteEnvironmentClient:
-        return RemoteEnvironmentClient(self.env_id, env_kwargs=kwargs, **self.options)
+        return RemoteEnvironmentClient(self.env_id, env_kwargs=kwargs, from_spec=self.from_spec, **self.options)
 
     def __repr__(self) -> str:
         return f"<shmbench remote entry point {self.env_id!r} via {self.options.get('runtime')!r}>"

@@ -20,15 +20,17 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from shmbench.errors import ProtocolError, ShmbenchError
+from shmbench.errors import ChannelClosed, ProtocolError, ShmbenchError
 from shmbench.host.env import RemoteEntryPoint, merge_env_kwargs
 from shmbench.host.proxy import RemoteBase
-from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, wait_policy
+from shmbench.host.vector_calls import VectorCalls
+from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, emit_all_notes, wait_policy
 from shmbench.wire.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status, read_vector_reply
-from shmbench.wire.spaces import build_tree, layout, rebuild
+from shmbench.wire.slab import build_tree, layout
+from shmbench.wire.spaces import rebuild
 from shmbench.wire.specs import rebuild_spec
 
-__all__ = ["ShmVectorEnv", "make_vec", "default_num_workers"]
+__all__ = ["ShmVectorEnv", "RemoteVectorEntryPoint", "make_vec", "default_num_workers"]
 
 _HEADER = VEC_REPLY.size
 _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
@@ -66,7 +68,7 @@ def _copy_tree(x: Any) -> Any:
     return deepcopy(x)
 
 
-class ShmVectorEnv(RemoteBase, VectorEnv):
+class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  # np_random: SyncVectorEnv's tuple
     """A VectorEnv over shmbench workers (see :func:`make_vec` for the arguments)."""
 
     def __init__(
@@ -164,9 +166,12 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                 ),
             )
         infos = []
-        for w in workers:
-            infos.append(self._codec.decode(w.receive(timeout=max(start_timeout, self.timeout or 0))[1:]))
-            w.make_done(infos[-1])
+        try:
+            for w in workers:
+                infos.append(self._codec.decode(w.receive(timeout=max(start_timeout, self.timeout or 0))[1:]))
+                w.make_done(infos[-1])
+        finally:
+            emit_all_notes(workers)
         info = infos[0]
         self.single_observation_space = rebuild(info["observation_space"])
         self.single_action_space = rebuild(info["action_space"])
@@ -181,7 +186,9 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
         self.metadata = dict(info.get("metadata") or {})
         self.metadata["autoreset_mode"] = self.autoreset_mode
         self.render_mode = info.get("render_mode")
-        self.spec = rebuild_spec(info.get("spec"), self._remake)
+        self.spec = rebuild_spec(
+            info.get("spec"), self._remake, RemoteVectorEntryPoint(self._remake.env_id, self._remake.options)
+        )
         self.server_info = workers[0].server_info
 
         lay = layout(self.single_observation_space, self.single_action_space, self.num_envs)
@@ -219,26 +226,38 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
 
     def step_async(self, actions: Any) -> None:
         """Send the actions to every worker; they step while the host does other work."""
+        if self._pending is not None:
+            self._begin("step", "step_async")
         batch = self._act_batch
-        if (
-            type(actions) is np.ndarray
-            and batch is not None
-            and actions.dtype == batch.dtype
-            and actions.shape == batch.shape
-        ):
-            batch[...] = actions
-            for w in self._workers:
-                w.send(Opcode.STEP, flag=ActionTag.SLAB_ARRAY)
-            return
-        # anything else is split exactly as SyncVectorEnv splits it, and sent per env
-        items = list(iterate(self.action_space, actions))
-        if len(items) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} actions, got {len(items)}")
-        for w, rows in zip(self._workers, self._rows):
-            w.send(Opcode.STEP, self._codec.encode(items[rows.start : rows.stop]), flag=ActionTag.CODEC)
+        try:
+            if (
+                type(actions) is np.ndarray
+                and batch is not None
+                and actions.dtype == batch.dtype
+                and actions.shape == batch.shape
+            ):
+                batch[...] = actions
+                for w in self._workers:
+                    w.send(Opcode.STEP, flag=ActionTag.SLAB_ARRAY)
+            else:
+                # anything else is split exactly as SyncVectorEnv splits it, and sent per env
+                items = list(iterate(self.action_space, actions))
+                if len(items) != self.num_envs:
+                    raise ValueError(f"expected {self.num_envs} actions, got {len(items)}")
+                # every payload first: an action the codec refuses must not leave half the workers stepping
+                payloads = [self._codec.encode(items[rows.start : rows.stop]) for rows in self._rows]
+                for w, payload in zip(self._workers, payloads):
+                    w.send(Opcode.STEP, payload, flag=ActionTag.CODEC)
+        except ChannelClosed:
+            self._assert_is_running()
+            raise
+        self._pending = "step"
 
     def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Collect the workers' results (each waits at most ``timeout``, default the env's)."""
+        if self._pending != "step":
+            self._end("step", "step_wait", "step_async")
+        self._pending = None
         infos = self._collect(self.timeout if timeout is None else timeout)
         obs = _copy_tree(self._observations) if self.copy else self._observations
         return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
@@ -251,14 +270,16 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
             and batch is not None
             and actions.dtype == batch.dtype
             and actions.shape == batch.shape
+            and self._pending is None
         ):
             w = self._workers[0]
-            if w.state is WorkerState.READY:
+            if w.state is WorkerState.READY and w.before_request is None:
                 # one worker: the step is one round trip, without the per-worker bookkeeping
                 batch[...] = actions
                 try:
                     mv = w.channel.call(_STEP_SLAB, self.timeout)
                 except ShmbenchError as exc:
+                    self._assert_is_running()
                     raise w.failure(exc) from None
                 except BaseException:
                     w.interrupted()  # Ctrl-C: the reply is drained before the next request
@@ -266,7 +287,10 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                 infos: dict = {}
                 env_obs: list | None = [] if not self._obs_in_slab else None
                 if len(mv) != _HEADER or mv[0] != Status.OK or mv[1] != ObsTag.SLAB_ARRAY:
-                    infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
+                    try:
+                        infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
+                    finally:
+                        emit_all_notes(self._workers)
                 if env_obs is not None:
                     self._observations = self._concatenate(env_obs)
                 obs = _copy_tree(self._observations) if self.copy else self._observations
@@ -290,6 +314,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                     later.interrupted()
                 raise
             infos = self._absorb(w, rows, mv, infos, env_obs)
+        emit_all_notes(self._workers)
         if error is not None:
             raise error
         if env_obs is not None:
@@ -330,6 +355,11 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict]:
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        """Send every worker its resets (``options["reset_mask"]``: only those envs)."""
         if seed is None:
             seed = [None for _ in range(self.num_envs)]
         elif isinstance(seed, int):
@@ -339,6 +369,7 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                 f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
                 f"but got length={len(seed)}."
             )
+        self._begin("reset", "reset_async")
         mask = None
         if options is not None and "reset_mask" in options:
             mask = options.pop("reset_mask")  # popped, as SyncVectorEnv does
@@ -366,64 +397,30 @@ class ShmVectorEnv(RemoteBase, VectorEnv):
                     }
                 ),
             )
+        self._reset_mask = mask
+        self._pending = "reset"
+
+    def reset_wait(self, timeout: float | None = None) -> tuple[Any, dict]:
+        """Collect the resets' observations and infos."""
+        self._end("reset", "reset_wait", "reset_async")
+        mask, self._reset_mask = self._reset_mask, None
+        timeout = self.timeout if timeout is None else timeout
         if mask is None:
-            infos = self._collect(self.timeout)
+            infos = self._collect(timeout)
         else:
-            infos = self._collect_some(mask)
+            infos = self._collect_some(mask, timeout)
         obs = _copy_tree(self._observations) if self.copy else self._observations
         return obs, infos
 
-    def _collect_some(self, mask: np.ndarray) -> dict:
+    def _collect_some(self, mask: np.ndarray, timeout: float | None) -> dict:
         workers, rows = self._workers, self._rows
         try:
             keep = [i for i, r in enumerate(rows) if mask[r.start : r.stop].any()]
             self._workers = [workers[i] for i in keep]
             self._rows = [rows[i] for i in keep]
-            return self._collect(self.timeout)
+            return self._collect(timeout)
         finally:
             self._workers, self._rows = workers, rows
-
-    # -- slow path -------------------------------------------------------------------------
-
-    def _each(self, op: int, per_worker: list) -> list:
-        """Send one slow-path request per worker, then gather their per-env results."""
-        for w, value in zip(self._workers, per_worker):
-            w.send(op, self._codec.encode(value))
-        out: list = []
-        error = None
-        for w in self._workers:
-            try:
-                result = self._codec.decode(w.receive(self.timeout)[1:])
-                if result is not None:
-                    out.extend(result)
-            except ShmbenchError as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-        return out
-
-    def render(self) -> tuple | None:
-        return tuple(self._each(Opcode.RENDER, [None] * len(self._workers)))
-
-    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple:
-        return tuple(self._each(Opcode.CALL, [(name, list(args), kwargs)] * len(self._workers)))
-
-    def get_attr(self, name: str) -> tuple:
-        return tuple(self._each(Opcode.GET_ATTR, [name] * len(self._workers)))
-
-    def set_attr(self, name: str, values: list | tuple | Any) -> None:
-        if not isinstance(values, (list, tuple)):
-            values = [values for _ in range(self.num_envs)]
-        if len(values) != self.num_envs:
-            raise ValueError(
-                "Values must be a list or tuple with length equal to the number of environments. "
-                f"Got `{len(values)}` values for {self.num_envs} environments."
-            )
-        self._each(Opcode.SET_ATTR, [(name, list(values[r.start : r.stop])) for r in self._rows])
-
-    @property
-    def np_random_seed(self) -> tuple:  # type: ignore[override]  # a tuple of the envs' seeds, as SyncVectorEnv's
-        return self.get_attr("np_random_seed")
 
     def __repr__(self) -> str:
         env_id = self.spec.id if self.spec is not None else "?"
@@ -441,6 +438,25 @@ def _rows_of(tree: Any, rows: range) -> Any:
     return tree[rows.start : rows.stop]
 
 
+class RemoteVectorEntryPoint:
+    """What ``gymnasium.make_vec(spec, n)`` calls for a shmbench env (``vector_entry_point``):
+    a ShmVectorEnv of ``n`` copies, with the spec's kwargs as the env's keyword arguments."""
+
+    def __init__(self, env_id: str | None, options: dict[str, Any]) -> None:
+        self.env_id = env_id
+        self.options = options
+
+    def __call__(self, num_envs: int = 1, **kwargs: Any) -> ShmVectorEnv:
+        return ShmVectorEnv(self.env_id, num_envs, env_kwargs=kwargs, **self.options)
+
+    def __repr__(self) -> str:
+        return f"<shmbench remote vector entry point {self.env_id!r} via {self.options.get('runtime')!r}>"
+
+
+#: gymnasium's vector_kwargs, and what they mean here (None: accepted, nothing to do)
+_VECTOR_KWARGS = {"autoreset_mode": "autoreset_mode", "copy": "copy", "shared_memory": None}
+
+
 def make_vec(
     env_id: str,
     num_envs: int,
@@ -450,21 +466,47 @@ def make_vec(
     image=None,
     autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP,
     copy: bool = True,
+    vectorization_mode: str | None = None,
+    vector_kwargs: dict[str, Any] | None = None,
+    wrappers: Any = None,
     **env_kwargs,
 ) -> ShmVectorEnv:
     """``num_envs`` copies of ``env_id`` in ``num_workers`` servers, as one VectorEnv.
 
     Keyword arguments of :class:`~shmbench.host.env.RemoteEnvironmentClient` (``binds``,
-    ``environment``, ``wait``, ``timeout``, ``factory``, ``benchmark``, ``allow_pickle``) are
-    accepted too; everything else goes to ``gymnasium.make`` in the servers.
+    ``environment``, ``wait``, ``timeout``, ``factory``, ``benchmark``, ``allow_pickle``,
+    ``limits``, ``env_kwargs``) are accepted too; everything else goes to ``gymnasium.make``
+    in the servers. gymnasium's own ``make_vec`` arguments mean what they can here:
+    ``vectorization_mode="sync"`` steps every env in one server, ``"async"`` (and
+    ``"vector_entry_point"``, and None) in parallel servers; ``vector_kwargs`` may hold
+    ``autoreset_mode``, ``copy`` and ``shared_memory`` (always so here). Anything else --
+    ``wrappers`` (they would run on the host, not around each env in its server), a
+    multiprocessing ``context``, ``daemon``, a custom ``worker`` -- is refused, naming it.
     """
+    options: dict[str, Any] = {"autoreset_mode": autoreset_mode, "copy": copy}
+    for key, value in dict(vector_kwargs or {}).items():
+        if key not in _VECTOR_KWARGS:
+            raise TypeError(
+                f"vector_kwargs[{key!r}] has no meaning for shmbench's vector env (it accepts "
+                f"{', '.join(sorted(_VECTOR_KWARGS))}); the servers are shmbench's own processes"
+            )
+        if key == "shared_memory" and not value:
+            raise ValueError("shared_memory=False: shmbench's vector env always shares its memory")
+        target = _VECTOR_KWARGS[key]
+        if target is not None:
+            options[target] = value
+    if wrappers:
+        raise ValueError(
+            "wrappers= would wrap each env on the host, but shmbench's envs run in their servers: wrap the "
+            "vector env (gymnasium.wrappers.vector), or register an env id that includes the wrappers"
+        )
+    mode = getattr(vectorization_mode, "value", vectorization_mode)
+    if mode not in (None, "sync", "async", "vector_entry_point"):
+        raise ValueError(
+            f"Invalid vectorization mode: {vectorization_mode!r}, valid modes: 'sync', 'async', 'vector_entry_point'"
+        )
+    if mode == "sync" and num_workers is None:
+        num_workers = 1
     return ShmVectorEnv(
-        env_id,
-        num_envs,
-        num_workers=num_workers,
-        runtime=runtime,
-        image=image,
-        autoreset_mode=autoreset_mode,
-        copy=copy,
-        **env_kwargs,
+        env_id, num_envs, num_workers=num_workers, runtime=runtime, image=image, **options, **env_kwargs
     )

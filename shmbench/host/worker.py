@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from shmbench.runtimes.base import Launch, Runtime, ServerProcess
 from shmbench.transport.channel import Channel
 from shmbench.transport.session import Session, Slab
 from shmbench.wire.codec import Codec
-from shmbench.wire.protocol import Opcode, Status, raise_remote
+from shmbench.wire.protocol import Opcode, Status, split_notes
+from shmbench.wire.remote import emit_warnings, raise_remote
 
-__all__ = ["Worker", "WorkerState", "wait_policy", "START_TIMEOUT", "CLOSE_TIMEOUT", "STALL_TIMEOUT"]
+__all__ = ["Worker", "WorkerState", "wait_policy", "emit_all_notes", "START_TIMEOUT", "CLOSE_TIMEOUT", "STALL_TIMEOUT"]
 
 #: how long a server may take from spawn to a built env (an image's first start can be slow)
 START_TIMEOUT = 120.0
@@ -110,6 +112,10 @@ class Worker:
         self.name = f"worker {index} ({runtime.name} runtime, image {runtime.describe_image()})"
         self.state = WorkerState.CLOSED
         self.owed = False  # an interrupted call's reply is still to come
+        self.notes: list = []  # notes of replies received but not yet re-emitted
+        #: run (once) before the next request: what the host must tell the server first
+        #: (the live generators' draws, host/rng.py)
+        self.before_request: Callable[[], None] | None = None
         if wakeup != "futex" and runtime.isolated:
             raise ValueError(
                 f"wakeup={wakeup!r} needs the host's /dev/shm, which the {runtime.name} "
@@ -150,6 +156,8 @@ class Worker:
     def send(self, op: int, payload: bytes | bytearray | memoryview = b"", flag: int = 0) -> None:
         """Send a request without waiting (the first half of a call)."""
         self.settle()
+        if self.before_request is not None:
+            self.prepare()
         if self.state is not WorkerState.READY:
             self._refuse()
         try:
@@ -179,9 +187,20 @@ class Worker:
         return self.check(reply)
 
     def request(self, op: int, payload: bytes | bytearray | memoryview = b"", flag: int = 0) -> memoryview:
-        """Send a request and wait for its reply, within the worker's timeout."""
+        """Send a request and wait for its reply, within the worker's timeout; the env's
+        warnings on the way are re-emitted here."""
         self.send(op, payload, flag)
-        return self.receive(self.timeout)
+        try:
+            return self.receive(self.timeout)
+        finally:
+            if self.notes:
+                self.emit_notes()
+
+    def emit_notes(self) -> None:
+        """Re-emit the warnings the replies so far carried (the host's filters decide)."""
+        notes, self.notes = self.notes, []
+        for n in notes:
+            emit_warnings(n)
 
     def call(self, op: int, value: Any = None) -> Any:
         """A slow-path request: the codec both ways."""
@@ -203,6 +222,12 @@ class Worker:
             self.state, self.owed = WorkerState.READY, False
         else:
             self.mark_broken()
+
+    def prepare(self) -> None:
+        """Run :attr:`before_request` (once); the proxies' fast paths call it too."""
+        hook, self.before_request = self.before_request, None
+        if hook is not None:
+            hook()
 
     def settle(self) -> None:
         """Drain the reply an interrupted call left owed (see :meth:`interrupted`)."""
@@ -227,10 +252,20 @@ class Worker:
         self.channel.close()
 
     def check(self, reply: memoryview) -> memoryview:
+        """The reply itself, or the env's exception raised; its notes (the env's warnings)
+        are kept for :meth:`emit_notes`, which the caller runs once the call is complete."""
         if not len(reply):
             self.mark_broken()
             raise ProtocolError(f"{self.name} sent an empty reply")
         status = reply[0]
+        if status == Status.NOTES:
+            try:
+                notes, reply = split_notes(reply, self.codec)
+            except ProtocolError:
+                self.mark_broken()
+                raise
+            self.notes.append(notes)
+            status = reply[0]
         if status == Status.OK:
             return reply
         if status == Status.ERROR:
@@ -313,7 +348,11 @@ class Worker:
     def make(self, spec: dict, start_timeout: float = START_TIMEOUT) -> dict:
         """Ask the server to build its env(s); returns its description of them."""
         self.send(Opcode.MAKE, self.codec.encode(spec))
-        info = self.codec.decode(self.receive(max(start_timeout, self.timeout or 0))[1:])
+        try:
+            info = self.codec.decode(self.receive(max(start_timeout, self.timeout or 0))[1:])
+        finally:
+            if self.notes:
+                self.emit_notes()
         self.make_done(info)
         return info
 
@@ -365,3 +404,11 @@ class Worker:
     @property
     def log_path(self) -> Path | None:
         return self.process.log_path if self.process else None
+
+
+def emit_all_notes(workers: list[Worker]) -> None:
+    """Re-emit the warnings the workers' replies carried, in worker (so env) order: once
+    every reply is in, so that a warning turned into an error leaves no reply behind."""
+    for w in workers:
+        if w.notes:
+            w.emit_notes()

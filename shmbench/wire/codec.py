@@ -14,6 +14,7 @@ ext    payload
 2      ndarray: ``[dtype, shape, offset, nbytes]``; the raw bytes follow the document
 3      numpy scalar: ``[dtype, raw bytes]``
 4      int beyond 64 bits: its decimal digits
+5      gymnasium ``GraphInstance``: a packed list ``[nodes, edges, edge_links]``
 6      pickle (only when both sides opted in with ``allow_pickle=True``)
 =====  ====================================================================
 
@@ -34,6 +35,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from gymnasium.spaces.graph import GraphInstance
 
 from shmbench import _ring
 from shmbench.errors import DecodeError, EncodeError
@@ -44,6 +46,7 @@ EXT_TUPLE = 1
 EXT_NDARRAY = 2
 EXT_NPSCALAR = 3
 EXT_BIGINT = 4
+EXT_GRAPH = 5  # gymnasium's GraphInstance(nodes, edges, edge_links): a Graph space's value
 EXT_PICKLE = 6
 
 MAX_DEPTH = 64  # nesting of tuples/arrays decoded through extension records
@@ -179,6 +182,8 @@ class Codec:
             t = type(x)
             if t is tuple:
                 return msgpack.ExtType(EXT_TUPLE, pack(list(x)))
+            if t is GraphInstance:
+                return msgpack.ExtType(EXT_GRAPH, pack([x.nodes, x.edges, x.edge_links]))
             if t is np.ndarray:
                 dt = _dtype_to_wire(x.dtype)
                 arr = np.ascontiguousarray(x)
@@ -197,7 +202,7 @@ class Codec:
             raise EncodeError(
                 f"cannot send a {t.__module__}.{t.__qualname__} across the process boundary "
                 f"(supported: None, bool, int, float, str, bytes, list, tuple, dict, numpy arrays "
-                f"and scalars); opt in to pickle with allow_pickle=True if you trust both sides"
+                f"and scalars, gymnasium GraphInstances); opt in to pickle with allow_pickle=True if you trust both sides"
             )
 
         try:
@@ -297,6 +302,11 @@ class Codec:
                 # large enough to hide a bomb is costed on its own before it is unpacked
                 if _ring.decode_cost(payload, 2 * len(payload) + _RECORD_EXTRA) > 2 * len(payload) + _RECORD_EXTRA:
                     raise DecodeError("an array or scalar record would decode into too much")
+            if code == EXT_GRAPH:
+                items = unpack(payload)
+                if type(items) is not list or len(items) != 3:
+                    raise DecodeError("bad graph record")
+                return GraphInstance(*items)
             if code == EXT_NDARRAY:
                 return self._array(unpack(payload), mv, base, copy, array_end)
             if code == EXT_NPSCALAR:

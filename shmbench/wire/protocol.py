@@ -21,13 +21,12 @@ Everything read from a reply is validated: a malformed one is a
 from __future__ import annotations
 
 import struct
-import traceback
 from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
-from shmbench.errors import ProtocolError, RemoteEnvError
+from shmbench.errors import ProtocolError
 from shmbench.wire.codec import Codec
 
 __all__ = [
@@ -52,8 +51,8 @@ __all__ = [
     "vector_reply",
     "read_vector_reply",
     "codec_obs",
-    "error_payload",
-    "raise_remote",
+    "with_notes",
+    "split_notes",
 ]
 
 
@@ -74,6 +73,7 @@ class Opcode(IntEnum):
 class Status(IntEnum):
     OK = 0
     ERROR = 1
+    NOTES = 2  # the reply follows, prefixed with notes (with_notes)
 
 
 class ActionTag(IntEnum):
@@ -115,6 +115,8 @@ STEP_REPLY_F = struct.Struct("<BBBBB3xd")
 STEP_REPLY_I = struct.Struct("<BBBBB3xq")
 _F64 = struct.Struct("<d")
 _I64 = struct.Struct("<q")
+#: a NOTES reply's head: status, the notes document's length
+NOTES_HEAD = struct.Struct("<B3xI")
 #: vector replies: status, obs tag (SLAB_ARRAY: obs written to the slab rows; CODEC: extras)
 VEC_REPLY = struct.Struct("<BB6x")
 _NO_REWARD = b"\0" * 8
@@ -181,25 +183,29 @@ def decode_flag(b: int) -> Any:
     raise ProtocolError(f"bad done-flag byte {b}")
 
 
-def error_payload(exc: BaseException) -> dict:
-    """What the server sends for an exception in the env: names and text, never the object."""
-    return {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+def with_notes(reply: bytes | bytearray | memoryview, notes: dict, codec: Codec) -> bytes:
+    """``reply`` prefixed with ``notes`` (what happened on the way: the env's warnings).
+
+    ``NOTES | 3 pad | u32 length | codec(notes) | pad to 16 | reply``: the reply itself, its
+    own status byte first, follows unchanged (aligned, so its arrays stay aligned).
+    """
+    doc = codec.encode(notes)
+    head = NOTES_HEAD.pack(Status.NOTES, len(doc)) + doc
+    return head + b"\0" * ((-len(head)) % 16) + bytes(reply)
 
 
-def raise_remote(payload: Any) -> None:
-    """Raise RemoteEnvError from an error payload (validated: it comes from the peer)."""
-    if not isinstance(payload, dict):
-        raise ProtocolError("malformed error reply")
-    type_name = payload.get("type")
-    message = payload.get("message")
-    tb = payload.get("traceback", "")
-    if not isinstance(type_name, str) or not isinstance(message, str) or not isinstance(tb, str):
-        raise ProtocolError("malformed error reply")
-    raise RemoteEnvError(type_name, message, tb)
+def split_notes(mv: memoryview, codec: Codec) -> tuple[Any, memoryview]:
+    """``(notes, the reply)`` of a NOTES reply (validated: the peer wrote it)."""
+    if len(mv) < NOTES_HEAD.size:
+        raise ProtocolError("short notes reply")
+    _, n = NOTES_HEAD.unpack_from(mv)
+    start = NOTES_HEAD.size + n + ((-(NOTES_HEAD.size + n)) % 16)
+    if start >= len(mv):
+        raise ProtocolError("notes reply without its reply")
+    inner = mv[start:]
+    if inner[0] == Status.NOTES:
+        raise ProtocolError("notes inside notes")
+    return codec.decode(mv[NOTES_HEAD.size : NOTES_HEAD.size + n]), inner
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,19 +1,24 @@
-"""Spaces across the process boundary: describe, rebuild, flatten, and lay out as shared slabs.
+"""Spaces across the process boundary: described as plain data in the server, rebuilt on the host.
 
-The server describes its env's spaces as plain data (the codec carries it); the host
-rebuilds equal gymnasium spaces without importing the env's package, and lays out the
-fast-path slabs from them; both sides turn a Dict/Tuple observation into the slab's leaves
-and back. Every operation is dispatched per space type (Gymnasium's ``shared_memory.py``
-pattern: ``singledispatch`` on the space class, a table keyed by the description's type for
-rebuilding), so a new space type is one registration per operation away, and an
-unsupported one fails with a message that names it.
+The server describes its env's spaces (:func:`describe`); the host rebuilds equal gymnasium
+spaces without importing the env's package (:func:`rebuild`). Every constructor parameter
+crosses -- bounds, dtypes, starts, character lists and their order, key order, nested
+structure -- and so does each space's random generator once it exists (a space the env
+seeded samples on the host exactly as it would in the server). Every gymnasium space is
+covered: Box, Discrete, MultiDiscrete, MultiBinary, Text, Dict, Tuple, Graph, Sequence and
+OneOf; a custom Space subclass is refused with its name, or crosses as a pickle when both
+sides allowed pickling.
+
+Dispatch is per space type (Gymnasium's ``shared_memory.py`` pattern: ``singledispatch``
+on the class for describing, a table keyed by the description's type for rebuilding), so
+a new space type is one registration away. How values of these spaces sit in shared
+memory is :mod:`shmbench.wire.slab`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import singledispatch
 from typing import Any
 
@@ -22,20 +27,38 @@ from gymnasium import spaces
 
 from shmbench.errors import ProtocolError, SpaceNotSupported
 
-__all__ = [
-    "describe",
-    "rebuild",
-    "Leaf",
-    "leaves",
-    "unflatten",
-    "build_tree",
-    "flatten_exact",
-    "leaf_kind",
-    "SlabLayout",
-    "layout",
-]
+__all__ = ["describe", "rebuild", "generator_state", "generator_from_state", "MAX_LEAVES", "MAX_TOTAL_ELEMENTS"]
 
-SLAB_ALIGN = 64
+#: the bit generators a generator state may name (numpy's own, nothing imported by name)
+BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
+    cls.__name__: cls
+    for cls in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox, np.random.SFC64)
+}
+
+
+def generator_state(generator: Any) -> dict | None:
+    """The bit-generator state of a numpy Generator (plain data), None for anything else."""
+    if not isinstance(generator, np.random.Generator):
+        return None
+    return dict(generator.bit_generator.state)
+
+
+def generator_from_state(state: Any, into: np.random.Generator | None = None) -> np.random.Generator:
+    """A Generator in ``state`` (from a peer: validated). ``into`` is reused when it has the
+    same bit generator, so that a reference to it stays live."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = BIT_GENERATORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ProtocolError(f"not a numpy bit-generator state (bit_generator={name!r})")
+    if into is not None and type(into.bit_generator) is cls:
+        bitgen = into.bit_generator
+    else:
+        bitgen, into = cls(), None
+    try:
+        bitgen.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ProtocolError(f"bad {name} state: {exc}") from None
+    return into if into is not None else np.random.Generator(bitgen)
 
 
 # ----------------------------------------------------------------------------------------
@@ -43,55 +66,124 @@ SLAB_ALIGN = 64
 # ----------------------------------------------------------------------------------------
 
 
+def describe(space: spaces.Space, *, allow_pickle: bool = False) -> dict:
+    """Plain-data description of ``space``, its generator's state included once it has one.
+
+    A space shmbench does not know raises SpaceNotSupported naming it, unless
+    ``allow_pickle``: then it travels as the object (the codec pickles it).
+    """
+    return _describe(space, allow_pickle)
+
+
+def _with_rng(space: spaces.Space, desc: dict) -> dict:
+    state = generator_state(getattr(space, "_np_random", None))
+    if state is not None:
+        desc["rng"] = state
+    return desc
+
+
 @singledispatch
-def describe(space: spaces.Space) -> dict:
-    """Plain-data description of ``space`` (raises SpaceNotSupported, naming it)."""
+def _describe(space: spaces.Space, allow_pickle: bool) -> dict:
+    if allow_pickle and isinstance(space, spaces.Space):
+        return {"type": "Pickled", "space": space}
     raise SpaceNotSupported(
         f"shmbench cannot describe a {type(space).__module__}.{type(space).__qualname__} "
-        f"({space!r}); supported: Box, Discrete, MultiDiscrete, MultiBinary, Text, and Dict "
-        f"or Tuple of those"
+        f"({space!r}); supported: gymnasium's Box, Discrete, MultiDiscrete, MultiBinary, Text, "
+        f"Dict, Tuple, Graph, Sequence and OneOf (a custom space crosses as a pickle when both "
+        f"sides pass allow_pickle=True)"
     )
 
 
-@describe.register
-def _(space: spaces.Box) -> dict:
-    return {"type": "Box", "low": space.low, "high": space.high, "dtype": space.dtype.str}
+@_describe.register
+def _(space: spaces.Box, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space,
+        {
+            "type": "Box",
+            "low": space.low,
+            "high": space.high,
+            "dtype": space.dtype.str,
+            "bounded_below": space.bounded_below,
+            "bounded_above": space.bounded_above,
+        },
+    )
 
 
-@describe.register
-def _(space: spaces.Discrete) -> dict:
-    return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+@_describe.register
+def _(space: spaces.Discrete, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space, {"type": "Discrete", "n": int(space.n), "start": int(space.start), "dtype": space.dtype.str}
+    )
 
 
-@describe.register
-def _(space: spaces.MultiDiscrete) -> dict:
-    return {"type": "MultiDiscrete", "nvec": space.nvec, "start": space.start, "dtype": space.dtype.str}
+@_describe.register
+def _(space: spaces.MultiDiscrete, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space, {"type": "MultiDiscrete", "nvec": space.nvec, "start": space.start, "dtype": space.dtype.str}
+    )
 
 
-@describe.register
-def _(space: spaces.MultiBinary) -> dict:
+@_describe.register
+def _(space: spaces.MultiBinary, allow_pickle: bool) -> dict:
     n = space.n
-    return {"type": "MultiBinary", "n": [int(x) for x in n] if isinstance(n, (tuple, list, np.ndarray)) else int(n)}
+    return _with_rng(
+        space, {"type": "MultiBinary", "n": [int(x) for x in n] if isinstance(n, (tuple, list, np.ndarray)) else int(n)}
+    )
 
 
-@describe.register
-def _(space: spaces.Text) -> dict:
-    return {
-        "type": "Text",
-        "max_length": int(space.max_length),
-        "min_length": int(space.min_length),
-        "charset": space.characters,
-    }
+@_describe.register
+def _(space: spaces.Text, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space,
+        {
+            "type": "Text",
+            "max_length": int(space.max_length),
+            "min_length": int(space.min_length),
+            "charset": "".join(space.character_list),  # in its order: sampling indexes it
+        },
+    )
 
 
-@describe.register
-def _(space: spaces.Dict) -> dict:
-    return {"type": "Dict", "spaces": [[k, describe(s)] for k, s in space.spaces.items()]}
+@_describe.register
+def _(space: spaces.Dict, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space,
+        {
+            "type": "Dict",
+            "spaces": [[k, _describe(s, allow_pickle)] for k, s in space.spaces.items()],
+            "sort_keys": bool(getattr(space, "sort_keys", True)),
+        },
+    )
 
 
-@describe.register
-def _(space: spaces.Tuple) -> dict:
-    return {"type": "Tuple", "spaces": [describe(s) for s in space.spaces]}
+@_describe.register
+def _(space: spaces.Tuple, allow_pickle: bool) -> dict:
+    return _with_rng(space, {"type": "Tuple", "spaces": [_describe(s, allow_pickle) for s in space.spaces]})
+
+
+@_describe.register
+def _(space: spaces.Graph, allow_pickle: bool) -> dict:
+    edge = space.edge_space
+    return _with_rng(
+        space,
+        {
+            "type": "Graph",
+            "node_space": _describe(space.node_space, allow_pickle),
+            "edge_space": None if edge is None else _describe(edge, allow_pickle),
+        },
+    )
+
+
+@_describe.register
+def _(space: spaces.Sequence, allow_pickle: bool) -> dict:
+    return _with_rng(
+        space, {"type": "Sequence", "space": _describe(space.feature_space, allow_pickle), "stack": bool(space.stack)}
+    )
+
+
+@_describe.register
+def _(space: spaces.OneOf, allow_pickle: bool) -> dict:
+    return _with_rng(space, {"type": "OneOf", "spaces": [_describe(s, allow_pickle) for s in space.spaces]})
 
 
 # ----------------------------------------------------------------------------------------
@@ -99,35 +191,18 @@ def _(space: spaces.Tuple) -> dict:
 # it is validated: a bad one is a ProtocolError, never a crash or a huge allocation.
 # ----------------------------------------------------------------------------------------
 
-_MAX_ELEMENTS = 1 << 28
+#: a space from the container may have at most this many leaves, and elements over all of them
+MAX_LEAVES = 4096
+MAX_TOTAL_ELEMENTS = 1 << 28
+_MAX_DEPTH = 16
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, (list, tuple)) or len(shape) > 32 or not all(type(d) is int and 0 <= d for d in shape):
         raise ProtocolError(f"bad space shape {shape!r}")
-    n = 1
-    for d in shape:
-        n *= d
-    if n > _MAX_ELEMENTS:
+    if math.prod(shape) > MAX_TOTAL_ELEMENTS:
         raise ProtocolError(f"space shape {shape!r} is too large")
     return tuple(shape)
-
-
-#: rebuilders by the description's "type": one per space, as describe() has one per class
-_REBUILDERS: dict[str, Callable[[dict, int], spaces.Space]] = {}
-
-
-def _rebuilds(kind: str) -> Callable[[Callable[[dict, int], spaces.Space]], Callable[[dict, int], spaces.Space]]:
-    def register(fn: Callable[[dict, int], spaces.Space]) -> Callable[[dict, int], spaces.Space]:
-        _REBUILDERS[kind] = fn
-        return fn
-
-    return register
-
-
-#: a space from the container may have at most this many leaves, and elements over all of them
-MAX_LEAVES = 4096
-MAX_TOTAL_ELEMENTS = 1 << 28
 
 
 def _elements(desc: dict) -> int:
@@ -144,6 +219,20 @@ def _elements(desc: dict) -> int:
     return 1
 
 
+def _children(desc: dict) -> list | None:
+    """The sub-descriptions of a composite description, None for a leaf."""
+    kind = desc.get("type")
+    if kind == "Dict" and isinstance(desc.get("spaces"), list):
+        return [pair[1] if isinstance(pair, list) and len(pair) == 2 else None for pair in desc["spaces"]]
+    if kind in ("Tuple", "OneOf") and isinstance(desc.get("spaces"), list):
+        return list(desc["spaces"])
+    if kind == "Sequence":
+        return [desc.get("space")]
+    if kind == "Graph":
+        return [desc.get("node_space")] + ([desc["edge_space"]] if desc.get("edge_space") is not None else [])
+    return None
+
+
 def _check_description(desc: Any) -> None:
     """Before anything is built from a description (it comes from the container): its
     nesting, its number of leaves and their total size are bounded."""
@@ -151,12 +240,10 @@ def _check_description(desc: Any) -> None:
     leaves = elements = 0
     while todo:
         d, depth = todo.pop()
-        if depth > 16 or not isinstance(d, dict):
+        if depth > _MAX_DEPTH or not isinstance(d, dict):
             raise ProtocolError("malformed space description")
-        items = d.get("spaces")
-        if d.get("type") in ("Dict", "Tuple") and isinstance(items, list):
-            if d["type"] == "Dict":
-                items = [pair[1] if isinstance(pair, list) and len(pair) == 2 else None for pair in items]
+        items = _children(d)
+        if items is not None:
             if leaves + len(items) > MAX_LEAVES:
                 raise ProtocolError(f"space description too large: more than {MAX_LEAVES} leaves")
             todo += [(sub, depth + 1) for sub in items]
@@ -169,22 +256,49 @@ def _check_description(desc: Any) -> None:
             )
 
 
+#: rebuilders by the description's "type": one per space, as describe() has one per class
+_REBUILDERS: dict[str, Callable[[dict, int], spaces.Space]] = {}
+
+
+def _rebuilds(kind: str) -> Callable[[Callable[[dict, int], spaces.Space]], Callable[[dict, int], spaces.Space]]:
+    def register(fn: Callable[[dict, int], spaces.Space]) -> Callable[[dict, int], spaces.Space]:
+        _REBUILDERS[kind] = fn
+        return fn
+
+    return register
+
+
 def rebuild(desc: Any, depth: int = 0) -> spaces.Space:
-    """Rebuild a gymnasium space from :func:`describe`'s output."""
+    """Rebuild a gymnasium space from :func:`describe`'s output (generators included)."""
     if depth == 0:
         _check_description(desc)
-    if depth > 16 or not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
+    if depth > _MAX_DEPTH or not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
         raise ProtocolError("malformed space description")
     kind = desc["type"]
     rebuilder = _REBUILDERS.get(kind)
     if rebuilder is None:
         raise ProtocolError(f"unknown space type {kind!r} in a space description")
     try:
-        return rebuilder(desc, depth)
+        space = rebuilder(desc, depth)
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(f"bad {kind} space description: {exc}") from None
+    if "rng" in desc and kind != "Pickled":
+        space._np_random = generator_from_state(desc["rng"])
+    return space
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{what} must be an int, got {value!r}")  # rebuild() names the space
+    return value
+
+
+def _flags(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if type(value) is not np.ndarray or value.dtype != np.bool_ or value.shape != shape:
+        raise ProtocolError("bad Box bounded flags")
+    return value.copy()
 
 
 @_rebuilds("Box")
@@ -192,13 +306,19 @@ def _(desc: dict, depth: int) -> spaces.Space:
     low, high = desc["low"], desc["high"]
     if not isinstance(low, np.ndarray) or not isinstance(high, np.ndarray) or low.shape != high.shape:
         raise ProtocolError("bad Box bounds")
-    _check_shape(low.shape)
-    return spaces.Box(low=low, high=high, shape=low.shape, dtype=np.dtype(desc["dtype"]))
+    shape = _check_shape(low.shape)
+    box = spaces.Box(low=low, high=high, shape=shape, dtype=np.dtype(desc["dtype"]))
+    if "bounded_below" in desc:
+        box.bounded_below = _flags(desc["bounded_below"], shape)
+        box.bounded_above = _flags(desc["bounded_above"], shape)
+    return box
 
 
 @_rebuilds("Discrete")
 def _(desc: dict, depth: int) -> spaces.Space:
-    return spaces.Discrete(int(desc["n"]), start=int(desc["start"]))
+    return spaces.Discrete(
+        _int(desc["n"], "n"), start=_int(desc["start"], "start"), dtype=np.dtype(desc.get("dtype", "<i8"))
+    )
 
 
 @_rebuilds("MultiDiscrete")
@@ -219,264 +339,56 @@ def _(desc: dict, depth: int) -> spaces.Space:
 
 @_rebuilds("Text")
 def _(desc: dict, depth: int) -> spaces.Space:
-    return spaces.Text(int(desc["max_length"]), min_length=int(desc["min_length"]), charset=str(desc["charset"]))
+    charset = desc["charset"]
+    if type(charset) is not str:
+        raise ProtocolError("bad Text charset")
+    return spaces.Text(
+        _int(desc["max_length"], "max_length"), min_length=_int(desc["min_length"], "min_length"), charset=charset
+    )
 
 
 @_rebuilds("Dict")
 def _(desc: dict, depth: int) -> spaces.Space:
     items = desc["spaces"]
-    if not isinstance(items, list) or len(items) > 4096:
+    if not isinstance(items, list) or not all(isinstance(p, list) and len(p) == 2 for p in items):
         raise ProtocolError("bad Dict space")
-    return spaces.Dict({k: rebuild(d, depth + 1) for k, d in items})
+    # a list of pairs: the keys keep the server's order whatever sort_keys says
+    space = spaces.Dict([(k, rebuild(d, depth + 1)) for k, d in items])
+    space.sort_keys = bool(desc.get("sort_keys", True))
+    return space
 
 
 @_rebuilds("Tuple")
 def _(desc: dict, depth: int) -> spaces.Space:
     items = desc["spaces"]
-    if not isinstance(items, list) or len(items) > 4096:
+    if not isinstance(items, list):
         raise ProtocolError("bad Tuple space")
     return spaces.Tuple([rebuild(d, depth + 1) for d in items])
 
 
-# ----------------------------------------------------------------------------------------
-# leaves and slab layout
-# ----------------------------------------------------------------------------------------
+@_rebuilds("Graph")
+def _(desc: dict, depth: int) -> spaces.Space:
+    edge = desc["edge_space"]
+    return spaces.Graph(rebuild(desc["node_space"], depth + 1), None if edge is None else rebuild(edge, depth + 1))
 
 
-@dataclass(frozen=True)
-class Leaf:
-    """One fixed-size array of a space: its path in the structure, dtype and shape."""
-
-    path: tuple
-    dtype: np.dtype
-    shape: tuple[int, ...]
+@_rebuilds("Sequence")
+def _(desc: dict, depth: int) -> spaces.Space:
+    return spaces.Sequence(rebuild(desc["space"], depth + 1), stack=bool(desc["stack"]))
 
 
-@singledispatch
-def _leaves(space: spaces.Space, path: tuple) -> list[Leaf] | None:
-    return None  # not slab-able (Text, or a space only described, never laid out)
+@_rebuilds("OneOf")
+def _(desc: dict, depth: int) -> spaces.Space:
+    items = desc["spaces"]
+    if not isinstance(items, list) or not items:
+        raise ProtocolError("bad OneOf space")
+    return spaces.OneOf([rebuild(d, depth + 1) for d in items])
 
 
-@_leaves.register
-def _(space: spaces.Box, path: tuple) -> list[Leaf] | None:
-    return [Leaf(path, space.dtype, space.shape)]
-
-
-@_leaves.register
-def _(space: spaces.Discrete, path: tuple) -> list[Leaf] | None:
-    return [Leaf(path, space.dtype, ())]
-
-
-@_leaves.register
-def _(space: spaces.MultiDiscrete, path: tuple) -> list[Leaf] | None:
-    return [Leaf(path, space.dtype, space.shape)]
-
-
-@_leaves.register
-def _(space: spaces.MultiBinary, path: tuple) -> list[Leaf] | None:
-    return [Leaf(path, space.dtype, space.shape)]
-
-
-@_leaves.register
-def _(space: spaces.Dict, path: tuple) -> list[Leaf] | None:
-    out: list[Leaf] = []
-    for key, sub in space.spaces.items():
-        part = _leaves(sub, (*path, key))
-        if part is None:
-            return None
-        out += part
-    return out
-
-
-@_leaves.register
-def _(space: spaces.Tuple, path: tuple) -> list[Leaf] | None:
-    out: list[Leaf] = []
-    for i, sub in enumerate(space.spaces):
-        part = _leaves(sub, (*path, i))
-        if part is None:
-            return None
-        out += part
-    return out
-
-
-def leaves(space: spaces.Space) -> list[Leaf] | None:
-    """The fixed-size arrays of ``space`` in structure order; None if it has none (Text)."""
-    return _leaves(space, ())
-
-
-# ----------------------------------------------------------------------------------------
-# observations as slab leaves: the tree of a Dict/Tuple value <-> its leaves in space order
-# ----------------------------------------------------------------------------------------
-
-
-@singledispatch
-def unflatten(space: spaces.Space, leaves: Iterator[Any]) -> Any:
-    """The value of ``space`` made of ``leaves`` (taken in structure order).
-
-    Dict and Tuple spaces build their dict and tuple; every other space is one leaf.
-    """
-    return next(leaves)
-
-
-@unflatten.register
-def _(space: spaces.Dict, leaves: Iterator[Any]) -> Any:
-    return {k: unflatten(sub, leaves) for k, sub in space.spaces.items()}
-
-
-@unflatten.register
-def _(space: spaces.Tuple, leaves: Iterator[Any]) -> Any:
-    return tuple(unflatten(sub, leaves) for sub in space.spaces)
-
-
-def build_tree(space: spaces.Space, arrays: Iterable[Any]) -> Any:
-    """:func:`unflatten` over a list of leaves (the slab's arrays)."""
-    return unflatten(space, iter(arrays))
-
-
-@singledispatch
-def _flatten(space: spaces.Space, value: Any, dst: list[np.ndarray], out: list[np.ndarray]) -> bool:
-    # an array leaf: exactly the slab's dtype and shape, else the value keeps its own type
-    # through the codec
-    leaf = dst[len(out)]
-    if type(value) is not np.ndarray or value.dtype != leaf.dtype or value.shape != leaf.shape:
-        return False
-    out.append(value)
-    return True
-
-
-@_flatten.register
-def _(space: spaces.Discrete, value: Any, dst: list[np.ndarray], out: list[np.ndarray]) -> bool:
-    return False  # scalars inside trees keep their exact Python/numpy type via the codec
-
-
-@_flatten.register
-def _(space: spaces.Dict, value: Any, dst: list[np.ndarray], out: list[np.ndarray]) -> bool:
-    if type(value) is not dict or list(value) != list(space.spaces):
-        return False
-    return all(_flatten(sub, value[k], dst, out) for k, sub in space.spaces.items())
-
-
-@_flatten.register
-def _(space: spaces.Tuple, value: Any, dst: list[np.ndarray], out: list[np.ndarray]) -> bool:
-    if type(value) is not tuple or len(value) != len(space.spaces):
-        return False
-    return all(_flatten(sub, v, dst, out) for v, sub in zip(value, space.spaces))
-
-
-def flatten_exact(space: spaces.Space, value: Any, dst: list[np.ndarray]) -> list[np.ndarray] | None:
-    """The leaves of ``value`` when it matches ``space`` and the slab arrays ``dst`` exactly
-    (dict keys in space order, ndarrays of exactly the leaves' dtypes and shapes); else None."""
-    out: list[np.ndarray] = []
-    return out if _flatten(space, value, dst, out) else None
-
-
-@singledispatch
-def leaf_kind(space: spaces.Space) -> str:
-    """How a single env's observation of ``space`` sits in the slab: ``"array"`` (one
-    ndarray leaf), ``"discrete"`` (an int in a 0-d slab), ``"tree"`` (Dict/Tuple leaves)."""
-    return "array"
-
-
-@leaf_kind.register
-def _(space: spaces.Discrete) -> str:
-    return "discrete"
-
-
-@leaf_kind.register(spaces.Dict)
-@leaf_kind.register(spaces.Tuple)
-def _(space: spaces.Space) -> str:
-    return "tree"
-
-
-@dataclass(frozen=True)
-class SlabLayout:
-    """Where each fast-path array lives in the slab region, relative to its start.
-
-    ``batch`` is None for a single env (arrays exactly of the space's shape) or the number
-    of envs (the slab IS the batch: shape ``(batch, *shape)``). ``obs``/``action`` are None
-    when that space cannot be laid out (its values then always travel through the codec).
-    """
-
-    batch: int | None
-    obs: tuple[tuple[Leaf, int], ...] | None
-    action: tuple[tuple[Leaf, int], ...] | None
-    rewards: int | None
-    terminations: int | None
-    truncations: int | None
-    size: int
-
-    def to_wire(self) -> dict:
-        def enc(entries):
-            if entries is None:
-                return None
-            return [[list(leaf.path), leaf.dtype.str, list(leaf.shape), off] for leaf, off in entries]
-
-        return {
-            "batch": self.batch,
-            "obs": enc(self.obs),
-            "action": enc(self.action),
-            "rewards": self.rewards,
-            "terminations": self.terminations,
-            "truncations": self.truncations,
-            "size": self.size,
-        }
-
-    @classmethod
-    def from_wire(cls, d: dict) -> SlabLayout:
-        def dec(entries):
-            if entries is None:
-                return None
-            return tuple((Leaf(tuple(p), np.dtype(dt), tuple(shape)), off) for p, dt, shape, off in entries)
-
-        return cls(
-            d["batch"], dec(d["obs"]), dec(d["action"]), d["rewards"], d["terminations"], d["truncations"], d["size"]
-        )
-
-    def arrays(self, buf, which: str) -> list[np.ndarray] | None:
-        """numpy views of ``which`` ('obs' or 'action') over ``buf``, one per leaf."""
-        entries = getattr(self, which)
-        if entries is None:
-            return None
-        out = []
-        for leaf, off in entries:
-            shape = leaf.shape if self.batch is None else (self.batch, *leaf.shape)
-            count = int(np.prod(shape, dtype=np.int64))
-            out.append(np.frombuffer(buf, dtype=leaf.dtype, count=count, offset=off).reshape(shape))
-        return out
-
-    def vector(self, buf: Any, which: str, dtype: Any) -> np.ndarray:
-        """The batch vector ``which`` (``rewards``, ``terminations``, ``truncations``) over
-        ``buf``; only a vector layout has them."""
-        off = getattr(self, which)
-        if off is None or self.batch is None:
-            raise ProtocolError(f"a layout without a batch has no {which}")
-        return np.frombuffer(buf, dtype=dtype, count=self.batch, offset=off)
-
-
-def layout(observation_space: spaces.Space, action_space: spaces.Space, batch: int | None = None) -> SlabLayout:
-    """Lay out the fast-path arrays for one worker's envs, each SLAB_ALIGN-aligned."""
-    pos = 0
-
-    def place(nbytes: int) -> int:
-        nonlocal pos
-        off = pos
-        pos += (max(nbytes, 1) + SLAB_ALIGN - 1) // SLAB_ALIGN * SLAB_ALIGN
-        return off
-
-    def place_leaves(ls):
-        if ls is None:
-            return None
-        out = []
-        for leaf in ls:
-            n = int(np.prod(leaf.shape, dtype=np.int64)) * leaf.dtype.itemsize * (batch or 1)
-            out.append((leaf, place(n)))
-        return tuple(out)
-
-    obs = place_leaves(leaves(observation_space))
-    act = place_leaves(leaves(action_space))
-    rewards = terminations = truncations = None
-    if batch is not None:
-        rewards = place(8 * batch)
-        terminations = place(batch)
-        truncations = place(batch)
-    return SlabLayout(batch, obs, act, rewards, terminations, truncations, max(pos, SLAB_ALIGN))
+@_rebuilds("Pickled")
+def _(desc: dict, depth: int) -> spaces.Space:
+    # only reachable when the host decoded a pickle, which it does only with allow_pickle
+    space = desc["space"]
+    if not isinstance(space, spaces.Space):
+        raise ProtocolError("a pickled space description that holds no space")
+    return space

@@ -68,9 +68,14 @@ def _strict(value: Any) -> Any:
         return None
 
 
-def rebuild_spec(fields: dict | None, entry_point: Callable[..., Any] | None = None) -> EnvSpec | None:
-    """An EnvSpec from :func:`describe_spec`'s output whose entry point is ``entry_point`` (the
-    host's: see the module docstring); None for no or a malformed description."""
+def rebuild_spec(
+    fields: dict | None,
+    entry_point: Callable[..., Any] | None = None,
+    vector_entry_point: Callable[..., Any] | None = None,
+) -> EnvSpec | None:
+    """An EnvSpec from :func:`describe_spec`'s output whose entry points are the host's
+    (``entry_point``, ``vector_entry_point``: see the module docstring); None for no or a
+    malformed description."""
     if not isinstance(fields, dict):
         return None
     try:
@@ -92,7 +97,7 @@ def rebuild_spec(fields: dict | None, entry_point: Callable[..., Any] | None = N
             disable_env_checker=bool(fields.get("disable_env_checker", False)),
             kwargs=plain,
             additional_wrappers=(),
-            vector_entry_point=None,
+            vector_entry_point=vector_entry_point,
         )
     except Exception:
         return None
