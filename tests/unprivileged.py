@@ -38,27 +38,50 @@ def run_unprivileged(script: str, timeout: float = 180) -> subprocess.CompletedP
     pw = _test_user()
     import shmbench as package
 
-    prefix = Path(os.path.realpath(sys.prefix))
     repo = Path(package.__file__).resolve().parent.parent
     tests = Path(__file__).resolve().parent
-    mnt, mnt_repo = Path("/mnt/shmbench-test-python"), Path("/mnt/shmbench-test-repo")
-    mnt.mkdir(exist_ok=True)
-    mnt_repo.mkdir(exist_ok=True)
-    # the interpreter as the prefix sees it (inside a venv, sys.executable is a link into the
-    # venv's bin, which resolves outside sys.prefix: keep the venv's own path)
-    exe = Path(sys.executable)
-    rel = exe.relative_to(sys.prefix) if exe.is_relative_to(sys.prefix) else exe.resolve().relative_to(prefix)
-    rel_tests = tests.relative_to(repo)
-    cmd = (
-        f"mount --bind {prefix} {mnt} && mount --bind {repo} {mnt_repo} && "
+    # everything the script needs, at its own path: the interpreter (a venv and the Python
+    # it was made from), and the checkout
+    needed = sorted(
+        {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, repo, tests)}
+        | {os.path.dirname(os.path.realpath(sys.executable))}
+    )
+    keep = Path("/mnt/shmbench-test-keep")
+    keep.mkdir(exist_ok=True)
+    steps = [f"mount -t tmpfs -o mode=700 tmpfs {keep}"]
+    # a directory the user may not traverse (/root, mode 0700) becomes, in this private
+    # mount namespace only, an empty 0755 tmpfs holding just the needed trees, bound back
+    for n, blocked in enumerate(_untraversable_ancestors(needed)):
+        under = [d for d in needed if d.startswith(blocked + os.sep)]
+        for m, d in enumerate(under):
+            steps.append(f"mkdir -p {keep}/{n}-{m} && mount --bind {d} {keep}/{n}-{m}")
+        steps.append(f"mount -t tmpfs -o mode=755 tmpfs {blocked}")
+        for m, d in enumerate(under):
+            steps.append(f"mkdir -p {d} && mount --bind {keep}/{n}-{m} {d}")
+    ld = os.path.join(os.path.realpath(sys.base_prefix), "lib")
+    steps.append(
         f"exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} --clear-groups env -i HOME=/tmp "
-        f"PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={mnt / 'lib'} "
-        f'PYTHONPATH={mnt_repo}:{mnt_repo / rel_tests} {mnt / rel} -c "$0"'
+        f'PATH=/usr/bin:/bin LANG=C.UTF-8 LD_LIBRARY_PATH={ld} PYTHONPATH={repo}:{tests} {sys.executable} -c "$0"'
     )
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, script],
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), script],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd="/tmp",
     )
+
+
+def _untraversable_ancestors(paths: list[str]) -> list[str]:
+    """The outermost directories on the way to ``paths`` that others may not enter."""
+    out: list[str] = []
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(2, len(parts) + 1):
+            d = os.path.join(*parts[:i])
+            if any(d == o or d.startswith(o + os.sep) for o in out):
+                break
+            if not os.stat(d).st_mode & 0o001:
+                out.append(d)
+                break
+    return out
