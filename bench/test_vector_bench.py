@@ -69,9 +69,7 @@ def test_vector_step(benchmark, bench_envs, quick, workload_name: str, method: s
         driver = bench_envs.VecDriver(envs)
         driver.run(20 if "busy" in workload.name else (100 if quick else 500))
         if method.startswith("shmbench-"):
-            from shmbench.host.vector import default_num_workers
-
-            workers = 2 if method.endswith("-w2") else default_num_workers(workload.num_envs)
+            workers = envs.tuning.num_workers
         else:
             workers = workload.num_envs if method == "async-vector" else 0
         label(

@@ -138,6 +138,27 @@ class SlowEnv(_Seeded):
         return self._obs(), 0.0, False, False, {}
 
 
+class JitterEnv(_Seeded):
+    """A seeded random walk whose steps take 0 to ``max_delay`` seconds at random -- from an
+    unseeded generator, so that the order in which envs finish varies from run to run while
+    their trajectories do not (the async pool's workload). Infos carry the step count."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float64)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, max_delay: float = 0.002):
+        self.max_delay = max_delay
+        self._timing = np.random.default_rng()  # deliberately unseeded
+
+    def _obs(self):
+        return self.np_random.normal(size=3)
+
+    def step(self, action):
+        time.sleep(self._timing.uniform(0, self.max_delay))
+        self.t += 1
+        return self._obs(), float(action) - 1.0, bool(self.np_random.random() < 0.05), self.t >= 30, {"t": self.t}
+
+
 class ProbeEnv(_Seeded):
     """Reports what the server process sees of its world, in info."""
 

@@ -249,3 +249,54 @@ def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
             sv.close()
             h.close()
             h.unlink()
+
+
+def test_tracking_spins_for_replies_of_any_length_up_to_the_cap():
+    """track=True: the budget follows about twice the longest recent wait -- a 2 ms reply is
+    spun for (no sleep, no futex wake-up) under a 20 ms cap, a fast one shrinks the budget
+    again, and a reply slower than the cap is slept for."""
+    with Session() as s:
+        h = s.create_channel("t")
+        sv = Channel.attach(h.path, watch_stdin=False)
+        h.configure_wait(spin_ns=20_000_000, track=True)
+        assert h.stats()["tracking"]
+        delay = [0.002]
+        stop = threading.Event()
+
+        def echo():
+            while not stop.is_set():
+                try:
+                    mv = sv.recv(timeout=0.5)
+                except ChannelTimeout:
+                    continue
+                time.sleep(delay[0])
+                sv.send(bytes(mv))
+
+        t = threading.Thread(target=echo, daemon=True)
+        t.start()
+        try:
+            for _ in range(20):
+                h.call(b"x", timeout=5)
+            stats = h.stats()
+            # time.sleep(0.002) takes at least 2 ms; a loaded VM may add to it, never take off
+            assert stats["wait_estimate_ns"] >= 2_000_000, stats
+            assert 4_000_000 <= stats["spin_budget_ns"] <= 20_000_000, stats
+            assert stats["sleeps"] <= 4, stats  # spun for, bar the odd preemption
+            delay[0] = 0.0
+            for _ in range(2000):  # the peak decays by 1/64 a wait: well within 2000
+                h.call(b"x", timeout=5)
+            assert h.stats()["spin_budget_ns"] < 2_000_000, h.stats()
+            delay[0] = 0.05  # beyond the cap: spinning gives up and sleeps
+            sleeps = h.stats()["sleeps"]
+            for _ in range(3):
+                h.call(b"x", timeout=5)
+            stats = h.stats()
+            assert stats["sleeps"] - sleeps == 3 and stats["spin_budget_ns"] == 20_000_000, stats
+            h.configure_wait(spin_ns=0, track=False)
+            assert not h.stats()["tracking"] and h.stats()["spin_budget_ns"] == 0
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            sv.close()
+            h.close()
+            h.unlink()

@@ -29,7 +29,7 @@ def batch_actions(space: gymnasium.Space, n: int, seed: int) -> list:
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=["next", "same"])
-@pytest.mark.parametrize("num_workers", [1, 3])
+@pytest.mark.parametrize("num_workers", [1, 3, None])  # None: self-tuned
 @pytest.mark.parametrize("env_id", VECTOR_ENVS)
 def test_vector_trajectory_equals_sync(env_id, num_workers, mode):
     n = 4

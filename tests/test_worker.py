@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from shmbench.errors import ChannelClosed, ChannelTimeout, PeerDied, RemoteEnvError, RequestPending
-from shmbench.host.worker import START_TIMEOUT, Worker, WorkerState, wait_policy
+from shmbench.host.worker import HOST_SPIN_CAP_NS, START_TIMEOUT, Worker, WorkerState, wait_policy
 from shmbench.runtimes.process import ProcessRuntime
 from shmbench.transport.session import Session
 from shmbench.wire.codec import Codec
@@ -88,11 +88,22 @@ def test_close_is_idempotent_and_final(worker):
 
 def test_wait_policies():
     cores = len(os.sched_getaffinity(0))
-    assert wait_policy("auto", cores) == (100_000, True)
-    assert wait_policy("auto", cores + 1) == (0, False)
-    assert wait_policy("spin", 2) == (1_000_000, False)
-    assert wait_policy("block", 2) == (0, False)
-    assert wait_policy(0.00025, 2) == (250_000, False)
+    owned = wait_policy("auto", cores - 1)  # the host and every server have a core each
+    assert (owned.host_track, owned.host_spin_ns) == (True, HOST_SPIN_CAP_NS)
+    assert owned.for_server() == {"spin_ns": 100_000, "adaptive": True}
+    crowded = wait_policy("auto", cores)  # one too many: the host sleeps at once
+    assert (crowded.host_track, crowded.host_spin_ns) == (False, 0)
+    assert crowded.for_server() == {"spin_ns": 100_000, "adaptive": True}
+    spin = wait_policy("spin", 2)
+    assert (spin.host_spin_ns, spin.host_track, spin.for_server()) == (
+        1_000_000,
+        False,
+        {"spin_ns": 1_000_000, "adaptive": False},
+    )
+    block = wait_policy("block", 2)
+    assert (block.host_spin_ns, block.for_server()["spin_ns"]) == (0, 0)
+    fixed = wait_policy(0.00025, 2)
+    assert (fixed.host_spin_ns, fixed.server_spin_ns, fixed.host_adaptive) == (250_000, 250_000, False)
     for bad in ("fast", -1, True):
         with pytest.raises(ValueError):
             wait_policy(bad, 2)

@@ -22,7 +22,9 @@ try:
         Channel,
         Mapping,
         decode_cost,
+        fill_rows,
         layout_size,
+        store_step,
     )
 except ModuleNotFoundError as exc:
     if exc.name != "shmbench._ring._ring":
@@ -48,5 +50,7 @@ __all__ = [
     "Channel",
     "Mapping",
     "decode_cost",
+    "fill_rows",
     "layout_size",
+    "store_step",
 ]

@@ -212,6 +212,14 @@ typedef struct {
     int pause_left;          /* waits left that sleep without spinning */
     int pause_len;           /* the next pause, in waits */
     int64_t slice_ns;
+    /* tracking (the side that owns a core and only waits, e.g. a host waiting for its
+     * workers): spin twice the recent longest wait, spun or slept, never pausing; so a step
+     * of any length below the cap -- the occasional reset included -- is waited for
+     * spinning, run after run */
+    int track;
+    int64_t lat_ns;          /* EWMA of every completed wait (stats) */
+    int64_t peak_ns;         /* the longest recent wait: jumps up, decays by 1/64 a wait */
+    int64_t waits;           /* completed waits seen */
 } sb_wait_policy;
 
 typedef struct {
@@ -419,6 +427,12 @@ sb_spin_budget(sb_wait_policy *w)
 {
     if (w->spin_max_ns <= 0)
         return 0;
+    if (w->track) {
+        int64_t t = w->waits < 4 ? w->spin_max_ns : 2 * w->peak_ns;   /* the first waits: the cap */
+        if (t < SB_SPIN_FLOOR_NS)
+            t = SB_SPIN_FLOOR_NS;
+        return t < w->spin_max_ns ? t : w->spin_max_ns;
+    }
     if (!w->adaptive)
         return w->spin_max_ns;
     if (w->pause_left > 0)
@@ -452,6 +466,18 @@ sb_spin_learn(sb_wait_policy *w, int ok, int64_t elapsed)
         if (w->pause_len < 1024)
             w->pause_len *= 2;
     }
+}
+
+/* Every completed wait, for tracking and for stats(): an EWMA of how long waits take. */
+static inline void
+sb_track(sb_wait_policy *w, int64_t elapsed)
+{
+    w->lat_ns = w->waits == 0 ? elapsed : w->lat_ns + (elapsed - w->lat_ns) / 8;
+    if (w->waits == 0 || elapsed >= w->peak_ns)
+        w->peak_ns = elapsed;
+    else
+        w->peak_ns -= (w->peak_ns - elapsed) / 64;
+    w->waits++;
 }
 
 static int
@@ -504,8 +530,10 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
         }
     spun:
         if (r != 0) {
+            int64_t spun_ns = sb_now_ns() - t0;
             c->n_spin_ok++;
-            sb_spin_learn(&c->wait, 1, sb_now_ns() - t0);
+            sb_spin_learn(&c->wait, 1, spun_ns);
+            sb_track(&c->wait, spun_ns);
             goto done;
         }
         c->n_spin_fail++;
@@ -567,12 +595,14 @@ sb_wait(sb_channel *c, int space, uint64_t need, int64_t deadline, const char *w
             break;
         }
     }
-    if (budget > 0 && outcome == SB_W_OK) {
+    if (outcome == SB_W_OK) {
+        int64_t elapsed = sb_now_ns() - t0;
+        sb_track(&c->wait, elapsed);
         /* the spin gave up, then the data came: soon after (within the cap), the budget was
          * just too small -- learn the wait, as the spin would have; later, spinning could not
          * have helped -- a failure */
-        int64_t elapsed = sb_now_ns() - t0;
-        sb_spin_learn(&c->wait, elapsed <= c->wait.spin_max_ns, elapsed);
+        if (budget > 0)
+            sb_spin_learn(&c->wait, elapsed <= c->wait.spin_max_ns, elapsed);
     }
 done:
     PyEval_RestoreThread(ts);
@@ -1428,20 +1458,22 @@ sb_channel_peer_alive(sb_channel *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(sb_configure_wait_doc,
-"configure_wait($self, /, spin_ns=100000, adaptive=True, slice_ns=50000000, stall_ns=10000000000)\n--\n\n"
+"configure_wait($self, /, spin_ns=100000, adaptive=True, slice_ns=50000000, stall_ns=10000000000, track=False)\n--\n\n"
 "Spin at most spin_ns before sleeping (0: never spin). adaptive=True learns the typical\n"
 "wait and spins about twice that (capped at spin_ns), and stops spinning for a while\n"
-"when spins keep failing. slice_ns is how often a sleeping wait checks the peer is alive.\n"
+"when spins keep failing. track=True (for a side with a core of its own that only waits)\n"
+"spins twice the recent longest wait, spun or slept, capped at spin_ns, and never pauses.\n"
+"slice_ns is how often a sleeping wait checks the peer is alive.\n"
 "A peer with a heartbeat that shows none for stall_ns is stopped or frozen: the wait\n"
 "raises PeerStalled (0: never).");
 
 static PyObject *
 sb_channel_configure_wait(sb_channel *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"spin_ns", "adaptive", "slice_ns", "stall_ns", NULL};
+    static char *kwlist[] = {"spin_ns", "adaptive", "slice_ns", "stall_ns", "track", NULL};
     long long spin = self->wait.spin_max_ns, slice = self->wait.slice_ns, stall = self->stall_ns;
-    int adaptive = self->wait.adaptive;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|LpLL", kwlist, &spin, &adaptive, &slice, &stall))
+    int adaptive = self->wait.adaptive, track = self->wait.track;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|LpLLp", kwlist, &spin, &adaptive, &slice, &stall, &track))
         return NULL;
     if (spin < 0 || slice < 1000 || slice > 10LL * 1000 * 1000 * 1000 || stall < 0) {
         PyErr_SetString(PyExc_ValueError, "spin_ns and stall_ns must be >= 0 and slice_ns in [1 us, 10 s]");
@@ -1456,6 +1488,9 @@ sb_channel_configure_wait(sb_channel *self, PyObject *args, PyObject *kwds)
     self->wait.pause_left = 0;
     self->wait.pause_len = 16;
     self->wait.slice_ns = slice;
+    if (track && !self->wait.track)
+        self->wait.waits = 0;    /* start tracking afresh */
+    self->wait.track = track;
     Py_RETURN_NONE;
 }
 
@@ -1465,7 +1500,7 @@ PyDoc_STRVAR(sb_stats_doc,
 static PyObject *
 sb_channel_stats(sb_channel *self, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsLsLsL}",
+    return Py_BuildValue("{sKsKsKsKsKsLsLsLsLsi}",
                          "spin_ok", (unsigned long long)self->n_spin_ok,
                          "spin_fail", (unsigned long long)self->n_spin_fail,
                          "sleeps", (unsigned long long)self->n_sleeps,
@@ -1473,7 +1508,9 @@ sb_channel_stats(sb_channel *self, PyObject *unused)
                          "wakes_skipped", (unsigned long long)self->n_wakes_skipped,
                          "spin_estimate_ns", (long long)self->wait.est_ns,
                          "spin_budget_ns", (long long)sb_spin_peek(&self->wait),
-                         "spin_pause_left", (long long)self->wait.pause_left);
+                         "spin_pause_left", (long long)self->wait.pause_left,
+                         "wait_estimate_ns", (long long)self->wait.lat_ns,
+                         "tracking", self->wait.track);
 }
 
 PyDoc_STRVAR(sb_start_heartbeat_doc,
@@ -1828,9 +1865,142 @@ sb_layout_size(PyObject *mod, PyObject *args)
     return PyLong_FromUnsignedLongLong(SB_HEADER_SIZE + a + b);
 }
 
+PyDoc_STRVAR(sb_fill_rows_doc,
+"fill_rows(dst, items, /)\n--\n\n"
+"Copy items[i] into row i of the C-contiguous array dst when every item is a C-contiguous\n"
+"array of exactly the rows' format and shape, and return True; otherwise copy nothing and\n"
+"return False (the caller concatenates them the general way). What np.stack(items, out=dst)\n"
+"does for that case, without its per-call overhead (a vector server's observations).");
+
+static PyObject *
+sb_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "fill_rows(dst, items: list)");
+        return NULL;
+    }
+    PyObject *items = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_buffer out;
+    if (PyObject_GetBuffer(args[0], &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *result = Py_False;
+    if (out.ndim < 1 || out.shape[0] != n || n == 0)
+        goto done;
+    Py_ssize_t row = out.len / n;
+    /* all checked first, then all copied: a misfit item leaves dst untouched */
+    for (int pass = 0; pass < 2; pass++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(items, i);
+            if (Py_TYPE(item) != Py_TYPE(args[0]))
+                goto done;
+            Py_buffer src;
+            if (PyObject_GetBuffer(item, &src, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+                PyErr_Clear();
+                goto done;
+            }
+            int same = src.len == row && src.itemsize == out.itemsize && src.ndim == out.ndim - 1 &&
+                       strcmp(src.format ? src.format : "B", out.format ? out.format : "B") == 0;
+            for (int d = 0; same && d < src.ndim; d++)
+                same = src.shape[d] == out.shape[d + 1];
+            if (same && pass == 1)
+                memcpy((char *)out.buf + i * row, src.buf, (size_t)row);
+            PyBuffer_Release(&src);
+            if (!same)
+                goto done;
+        }
+    }
+    result = Py_True;
+done:
+    PyBuffer_Release(&out);
+    return Py_NewRef(result);
+}
+
+PyDoc_STRVAR(sb_store_step_doc,
+"store_step(rewards, terminations, truncations, reward_list, terminated_list, truncated_list, /)\n--\n\n"
+"Write one vector step's results into the batch arrays (float64, bool, bool; C-contiguous,\n"
+"one element per env) and return the envs that now need a reset, as a list of bools\n"
+"(terminated or truncated); or return None, having written nothing, when a value is not a\n"
+"plain number or flag (the caller assigns them the numpy way). Rewards convert as float()\n"
+"does and flags as bool() -- what numpy's item assignment does for them.");
+
+static int
+sb_plain_number(PyObject *v)
+{
+    return PyFloat_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v) ||
+           (PyNumber_Check(v) && !PyUnicode_Check(v) && !PyBytes_Check(v) && !PyComplex_Check(v) &&
+            PyObject_HasAttrString(v, "__float__"));
+}
+
+static PyObject *
+sb_store_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyList_CheckExact(args[3]) || !PyList_CheckExact(args[4]) || !PyList_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "store_step(rewards, terminations, truncations, list, list, list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[3]);
+    if (PyList_GET_SIZE(args[4]) != n || PyList_GET_SIZE(args[5]) != n)
+        Py_RETURN_NONE;
+    Py_buffer b[3];
+    const char *fmt[3] = {"d", "?", "?"};
+    int got = 0;
+    PyObject *result = NULL;
+    double *rew = NULL;
+    char *term = NULL, *trunc = NULL;
+    for (; got < 3; got++) {
+        if (PyObject_GetBuffer(args[got], &b[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+            goto out;
+        if (b[got].len != n * (got == 0 ? 8 : 1) || strcmp(b[got].format ? b[got].format : "B", fmt[got]) != 0) {
+            got++;
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+    }
+    rew = (double *)b[0].buf;
+    term = (char *)b[1].buf;
+    trunc = (char *)b[2].buf;
+    /* every value checked before anything is written */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(args[3], i), *t = PyList_GET_ITEM(args[4], i), *u = PyList_GET_ITEM(args[5], i);
+        if (!sb_plain_number(r) || !sb_plain_number(t) || !sb_plain_number(u)) {
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+    }
+    PyObject *autoreset = PyList_New(n);
+    if (autoreset == NULL)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double r = PyFloat_AsDouble(PyList_GET_ITEM(args[3], i));
+        int t = PyObject_IsTrue(PyList_GET_ITEM(args[4], i));
+        int u = PyObject_IsTrue(PyList_GET_ITEM(args[5], i));
+        if ((r == -1.0 && PyErr_Occurred()) || t < 0 || u < 0) {
+            /* a value that looked plain but is not: nothing may stay half-written */
+            PyErr_Clear();
+            Py_DECREF(autoreset);
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        PyList_SET_ITEM(autoreset, i, Py_NewRef((t || u) ? Py_True : Py_False));
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rew[i] = PyFloat_AsDouble(PyList_GET_ITEM(args[3], i));
+        term[i] = (char)(PyList_GET_ITEM(autoreset, i) == Py_True && PyObject_IsTrue(PyList_GET_ITEM(args[4], i)));
+        trunc[i] = (char)PyObject_IsTrue(PyList_GET_ITEM(args[5], i));
+    }
+    result = autoreset;
+out:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&b[i]);
+    return result;
+}
+
 static PyMethodDef sb_module_methods[] = {
     {"layout_size", sb_layout_size, METH_VARARGS, sb_layout_size_doc},
     {"decode_cost", sb_decode_cost, METH_VARARGS, sb_decode_cost_doc},
+    {"fill_rows", (PyCFunction)(void (*)(void))sb_fill_rows, METH_FASTCALL, sb_fill_rows_doc},
+    {"store_step", (PyCFunction)(void (*)(void))sb_store_step, METH_FASTCALL, sb_store_step_doc},
     {NULL},
 };
 

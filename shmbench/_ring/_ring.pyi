@@ -19,6 +19,20 @@ OPCODES: Final[dict[str, int]]
 #: status name -> value, mirrored by shmbench.protocol.Status
 STATUSES: Final[dict[str, int]]
 
+def fill_rows(dst: object, items: list, /) -> bool:
+    """Copy items[i] into row i of dst when all are exactly the rows' format and shape."""
+
+def store_step(
+    rewards: object,
+    terminations: object,
+    truncations: object,
+    reward_list: list,
+    terminated_list: list,
+    truncated_list: list,
+    /,
+) -> list[bool] | None:
+    """Write a vector step's results into the batch arrays; the envs needing a reset, or None."""
+
 def decode_cost(data: ReadableBuffer, limit: int, /) -> int:
     """Bytes of Python objects decoding the MessagePack document would allocate (limit + 1
     above the limit, -1 malformed)."""
@@ -103,7 +117,13 @@ class Channel:
         (held with flock(LOCK_EX) while it lives). The channel owns and closes them."""
     def peer_alive(self) -> bool: ...
     def configure_wait(
-        self, /, spin_ns: int = 100000, adaptive: bool = True, slice_ns: int = 50000000, stall_ns: int = 10000000000
+        self,
+        /,
+        spin_ns: int = 100000,
+        adaptive: bool = True,
+        slice_ns: int = 50000000,
+        stall_ns: int = 10000000000,
+        track: bool = False,
     ) -> None:
         """Spin at most spin_ns (0: block at once), learn the typical wait if adaptive,
         check liveness every slice_ns while sleeping; a peer with a heartbeat that shows

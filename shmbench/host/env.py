@@ -207,19 +207,11 @@ class RemoteEnvironmentClient(RemoteBase, gymnasium.Env):
             int_range, scalar_type = (int(bounds.min), int(bounds.max) + 1), self._act.dtype.type
         else:
             int_range, scalar_type = (1, 0), _Never
-        spin_ns, adaptive = wait_policy(wait, 2)
-        worker.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
+        policy = wait_policy(wait, 1)
+        policy.configure_host(worker.channel)
         worker.request(
             Opcode.CONFIGURE,
-            self._codec.encode(
-                {
-                    "slab": None,
-                    "layout": lay.to_wire(),
-                    "rows": [0, 1],
-                    "spin_ns": spin_ns,
-                    "adaptive": adaptive,
-                }
-            ),
+            self._codec.encode({"slab": None, "layout": lay.to_wire(), "rows": [0, 1], **policy.for_server()}),
         )
         # a slab array is handed out by the C fast path only for spaces whose obs IS one array
         array_obs = isinstance(

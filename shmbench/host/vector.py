@@ -22,7 +22,9 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from shmbench.errors import ChannelClosed, ProtocolError, ShmbenchError
 from shmbench.host.env import RemoteEntryPoint, merge_env_kwargs
+from shmbench.host.pool import PoolCalls, rows_of
 from shmbench.host.proxy import RemoteBase
+from shmbench.host.tuning import PROBE_SECONDS, PROBE_STEPS, Tuning, choose_workers
 from shmbench.host.vector_calls import VectorCalls
 from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, emit_all_notes, wait_policy
 from shmbench.wire.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status, read_vector_reply
@@ -30,20 +32,10 @@ from shmbench.wire.slab import build_tree, layout
 from shmbench.wire.spaces import rebuild
 from shmbench.wire.specs import rebuild_spec
 
-__all__ = ["ShmVectorEnv", "RemoteVectorEntryPoint", "make_vec", "default_num_workers"]
+__all__ = ["ShmVectorEnv", "RemoteVectorEntryPoint", "make_vec"]
 
 _HEADER = VEC_REPLY.size
 _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
-
-
-def default_num_workers(num_envs: int) -> int:
-    """One worker per core but one (the host's), at most one per env.
-
-    Few workers suit cheap envs (each extra worker is another wake-up per step); expensive
-    envs want more: pass ``num_workers`` to choose.
-    """
-    cores = len(os.sched_getaffinity(0))
-    return max(1, min(num_envs, cores - 1))
 
 
 def _split(n: int, parts: int) -> list[range]:
@@ -68,7 +60,7 @@ def _copy_tree(x: Any) -> Any:
     return deepcopy(x)
 
 
-class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  # np_random: SyncVectorEnv's tuple
+class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  # np_random: SyncVectorEnv's tuple
     """A VectorEnv over shmbench workers (see :func:`make_vec` for the arguments)."""
 
     def __init__(
@@ -77,6 +69,7 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
         num_envs: int,
         *,
         num_workers: int | None = None,
+        batch_size: int | None = None,
         runtime="auto",
         image=None,
         binds=(),
@@ -117,15 +110,27 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
                 stall_timeout=stall_timeout,
             ),
         )
-        num_workers = default_num_workers(num_envs) if num_workers is None else num_workers
-        if not 1 <= num_workers <= num_envs:
+        if num_workers is not None and not 1 <= num_workers <= num_envs:
             raise ValueError(f"num_workers must be between 1 and num_envs={num_envs}")
+        if batch_size is not None:
+            # the async pool (host/pool.py): one worker per group of batch_size envs
+            if not 1 <= batch_size <= num_envs or num_envs % batch_size:
+                raise ValueError(f"batch_size must divide num_envs={num_envs}, got {batch_size}")
+            if num_workers is not None and num_workers != num_envs // batch_size:
+                raise ValueError(
+                    f"batch_size={batch_size} means num_envs // batch_size = {num_envs // batch_size} workers, "
+                    f"not num_workers={num_workers}: give one of them"
+                )
+            num_workers = num_envs // batch_size
+        self.batch_size = batch_size
+        self._in_flight: list[int] = []
         self.num_envs = num_envs
         self.copy = copy
         self.autoreset_mode = (
             autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         )
-        self._rows = _split(num_envs, num_workers)
+        # empty: tuned from a measured step (host/tuning.py) once the first server is up
+        self._rows: list[range] = [] if num_workers is None else _split(num_envs, num_workers)
         self._open(
             runtime=runtime,
             image=image,
@@ -142,33 +147,49 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
     def _start(self, env_id, env_kwargs, factory, benchmark, allow_pickle, wait, start_timeout) -> None:
         import cloudpickle
 
-        owned = self._owned
-        workers = owned.workers
-        for i in range(len(self._rows)):
-            self._new_worker(i)
+        workers = self._owned.workers
         self._workers = workers
         pickled = cloudpickle.dumps(factory) if factory is not None else None
-        # MAKE everywhere first, then collect: the servers build their envs in parallel
-        for w, rows in zip(workers, self._rows):
-            w.send(
-                Opcode.MAKE,
-                self._codec.encode(
-                    {
-                        "env_id": env_id,
-                        "kwargs": env_kwargs,
-                        "num_envs": len(rows),
-                        "vector": True,
-                        "autoreset_mode": self.autoreset_mode.value,
-                        "factory": pickled,
-                        "benchmark": benchmark,
-                        "allow_pickle": allow_pickle,
-                    }
-                ),
+        make_timeout = max(start_timeout, self.timeout or 0)
+
+        def make(count: int, probe: int = 0) -> bytes | bytearray:
+            return self._codec.encode(
+                {
+                    "env_id": env_id,
+                    "kwargs": env_kwargs,
+                    "num_envs": count,
+                    "vector": True,
+                    "autoreset_mode": self.autoreset_mode.value,
+                    "factory": pickled,
+                    "benchmark": benchmark,
+                    "allow_pickle": allow_pickle,
+                    "probe_steps": probe,
+                    "probe_seconds": PROBE_SECONDS,
+                }
             )
-        infos = []
+
+        infos: list = []
         try:
-            for w in workers:
-                infos.append(self._codec.decode(w.receive(timeout=max(start_timeout, self.timeout or 0))[1:]))
+            if not self._rows:
+                # self-tuning: the first server makes every env and times a spare one; the
+                # count of servers follows, and the first keeps only its rows (CONFIGURE)
+                first = self._new_worker(0)
+                first.send(Opcode.MAKE, make(self.num_envs, PROBE_STEPS))
+                infos.append(self._codec.decode(first.receive(timeout=make_timeout)[1:]))
+                first.make_done(infos[0])
+                probe = infos[0].get("probe_ns")
+                step_ns = probe if type(probe) is int and probe > 0 else None
+                cores = len(os.sched_getaffinity(0))
+                k = choose_workers(self.num_envs, step_ns, cores)
+                self._rows = _split(self.num_envs, k)
+                self.tuning = Tuning(step_ns, k, cores, chosen=True)
+            else:
+                self.tuning = Tuning(None, len(self._rows), len(os.sched_getaffinity(0)), chosen=False)
+            # MAKE everywhere first, then collect: the servers build their envs in parallel
+            for i in range(len(workers), len(self._rows)):
+                self._new_worker(i).send(Opcode.MAKE, make(len(self._rows[i])))
+            for w in workers[len(infos) :]:
+                infos.append(self._codec.decode(w.receive(timeout=make_timeout)[1:]))
                 w.make_done(infos[-1])
         finally:
             emit_all_notes(workers)
@@ -192,7 +213,7 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
         self.server_info = workers[0].server_info
 
         lay = layout(self.single_observation_space, self.single_action_space, self.num_envs)
-        slab = owned.slab
+        slab = self._owned.slab
         slab.allocate(lay.size)
         obs = lay.arrays(slab.buffer, "obs")
         act = lay.arrays(slab.buffer, "action")
@@ -206,19 +227,13 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
         self._rewards = lay.vector(slab.buffer, "rewards", np.float64)
         self._terminations = lay.vector(slab.buffer, "terminations", np.uint8)
         self._truncations = lay.vector(slab.buffer, "truncations", np.uint8)
-        spin_ns, adaptive = wait_policy(wait, 1 + len(workers))
+        policy = wait_policy(wait, len(workers))
         for w, rows in zip(workers, self._rows):
-            w.channel.configure_wait(spin_ns=spin_ns, adaptive=adaptive)
+            policy.configure_host(w.channel)
             w.request(
                 Opcode.CONFIGURE,
                 self._codec.encode(
-                    {
-                        "slab": None,
-                        "layout": lay.to_wire(),
-                        "rows": [rows.start, rows.stop],
-                        "spin_ns": spin_ns,
-                        "adaptive": adaptive,
-                    }
+                    {"slab": None, "layout": lay.to_wire(), "rows": [rows.start, rows.stop], **policy.for_server()}
                 ),
             )
 
@@ -343,7 +358,7 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
                 # a worker whose obs did not fit the slab: concatenate its rows here,
                 # exactly as SyncVectorEnv would (and fail as it would, with a ValueError)
                 try:
-                    concatenate(self.single_observation_space, part, _rows_of(self._observations, rows))
+                    concatenate(self.single_observation_space, part, rows_of(self._observations, rows))
                 except (ValueError, TypeError) as exc:
                     raise ProtocolError(
                         f"{w.name} sent observations that do not fit the observation space: {exc}"
@@ -428,14 +443,6 @@ class ShmVectorEnv(VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  #
             f"<ShmVectorEnv {env_id} x{self.num_envs} in {len(self._rows)} workers via "
             f"{self.runtime.name}{' closed' if self.closed else ''}>"
         )
-
-
-def _rows_of(tree: Any, rows: range) -> Any:
-    if type(tree) is dict:
-        return {k: _rows_of(v, rows) for k, v in tree.items()}
-    if type(tree) is tuple:
-        return tuple(_rows_of(v, rows) for v in tree)
-    return tree[rows.start : rows.stop]
 
 
 class RemoteVectorEntryPoint:

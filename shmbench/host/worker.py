@@ -19,6 +19,7 @@ import enum
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,16 @@ from shmbench.wire.codec import Codec
 from shmbench.wire.protocol import Opcode, Status, split_notes
 from shmbench.wire.remote import emit_warnings, raise_remote
 
-__all__ = ["Worker", "WorkerState", "wait_policy", "emit_all_notes", "START_TIMEOUT", "CLOSE_TIMEOUT", "STALL_TIMEOUT"]
+__all__ = [
+    "Worker",
+    "WorkerState",
+    "WaitPolicy",
+    "wait_policy",
+    "emit_all_notes",
+    "START_TIMEOUT",
+    "CLOSE_TIMEOUT",
+    "STALL_TIMEOUT",
+]
 
 #: how long a server may take from spawn to a built env (an image's first start can be slow)
 START_TIMEOUT = 120.0
@@ -57,24 +67,55 @@ class WorkerState(enum.Enum):
     CLOSED = "closed"
 
 
-def wait_policy(wait: str | int | float, processes: int) -> tuple[int, bool]:
-    """(spin_ns, adaptive) for a wait policy name, given how many processes take turns.
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How the host and its servers wait for each other (``Channel.configure_wait``).
 
-    ``"auto"`` spins adaptively (up to 100 us, learning the typical reply time) while every
-    process can have its own core, and blocks at once when they outnumber the cores:
-    spinning on a core the peer needs costs a scheduler tick (milliseconds) per step.
-    ``"spin"`` spins up to 1 ms before blocking; ``"block"`` never spins; a number is a
-    fixed spin budget in seconds.
+    ``host_*`` for the host waiting for replies, ``server_*`` for a server waiting for the
+    next request (sent to it in CONFIGURE).
+    """
+
+    host_spin_ns: int
+    host_adaptive: bool
+    host_track: bool
+    server_spin_ns: int
+    server_adaptive: bool
+
+    def configure_host(self, channel: Channel) -> None:
+        channel.configure_wait(spin_ns=self.host_spin_ns, adaptive=self.host_adaptive, track=self.host_track)
+
+    def for_server(self) -> dict[str, Any]:
+        return {"spin_ns": self.server_spin_ns, "adaptive": self.server_adaptive}
+
+
+#: the longest a host that owns a core spins for a reply before it sleeps
+HOST_SPIN_CAP_NS = 20_000_000
+
+
+def wait_policy(wait: str | int | float, workers: int) -> WaitPolicy:
+    """The wait policy for a wait name, given how many servers share the machine with the host.
+
+    ``"auto"``: when the host and every server can each have a core, the host *tracks* its
+    replies -- it spins about twice its longest recent reply time, whatever that is (up to
+    20 ms), and so is woken by no futex for a step of any length: waking a halted vCPU
+    costs tens of microseconds here, and a synchronous step has nothing else to do meanwhile.
+    When they outnumber the cores the host sleeps at once (spinning on a core a server
+    needs costs it a scheduler tick per step). Servers spin adaptively for the next
+    request (up to 100 us, pausing when spins keep failing). ``"spin"`` spins up to 1 ms on
+    both sides; ``"block"`` never spins; a number is a fixed spin budget in seconds, both sides.
     """
     cores = len(os.sched_getaffinity(0))
     if wait == "auto":
-        return (100_000, True) if processes <= cores else (0, False)
+        if workers + 1 <= cores:
+            return WaitPolicy(HOST_SPIN_CAP_NS, False, True, 100_000, True)
+        return WaitPolicy(0, False, False, 100_000, True)
     if wait == "spin":
-        return 1_000_000, False
+        return WaitPolicy(1_000_000, False, False, 1_000_000, False)
     if wait == "block":
-        return 0, False
+        return WaitPolicy(0, False, False, 0, False)
     if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0:
-        return int(wait * 1e9), False
+        ns = int(wait * 1e9)
+        return WaitPolicy(ns, False, False, ns, False)
     raise ValueError(f"wait must be 'auto', 'spin', 'block' or seconds >= 0, got {wait!r}")
 
 

@@ -18,9 +18,21 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from shmbench._ring import fill_rows, store_step
 from shmbench.errors import ProtocolError
 
-__all__ = ["Leaf", "leaves", "unflatten", "build_tree", "flatten_exact", "leaf_kind", "SlabLayout", "layout"]
+__all__ = [
+    "Leaf",
+    "leaves",
+    "unflatten",
+    "build_tree",
+    "flatten_exact",
+    "fill_rows",
+    "store_step",
+    "leaf_kind",
+    "SlabLayout",
+    "layout",
+]
 
 SLAB_ALIGN = 64
 

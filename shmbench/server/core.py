@@ -28,6 +28,7 @@ import numpy as np
 
 from shmbench.benchmarks.factory import make_env
 from shmbench.errors import ChannelClosed, EncodeError, PeerDied, ProtocolError, ShmbenchError
+from shmbench.server.vector import NEXT_STEP, VectorServing, autoreset_code, probe_step_ns
 from shmbench.transport.session import Slab, attach, reap_session
 from shmbench.wire.codec import Codec
 from shmbench.wire.protocol import (
@@ -37,11 +38,10 @@ from shmbench.wire.protocol import (
     Status,
     reset_reply,
     step_reply,
-    vector_reply,
     with_notes,
 )
 from shmbench.wire.remote import WarningCollector, error_payload
-from shmbench.wire.slab import SlabLayout, build_tree, flatten_exact, leaf_kind
+from shmbench.wire.slab import SlabLayout, flatten_exact, leaf_kind
 from shmbench.wire.spaces import describe, generator_from_state
 from shmbench.wire.specs import describe_spec
 
@@ -83,7 +83,7 @@ def _plain_metadata(metadata: Any, codec: Codec) -> dict:
     return out
 
 
-class RemoteEnvironmentServer:
+class RemoteEnvironmentServer(VectorServing):
     """Serves one worker's env(s) over one channel (the container side).
 
     Args:
@@ -103,6 +103,7 @@ class RemoteEnvironmentServer:
         self.envs: list[Any] = []
         self.vector = False
         self.autoreset_mode: Any = None
+        self._mode = NEXT_STEP
         self.slab: Slab | None = None
         self.layout: SlabLayout | None = None
         self.host_died = False
@@ -242,6 +243,7 @@ class RemoteEnvironmentServer:
             from gymnasium.vector import AutoresetMode
 
             self.autoreset_mode = AutoresetMode(spec["autoreset_mode"])
+            self._mode = autoreset_code(self.autoreset_mode)
         self.envs = [make_env(spec) for _ in range(count)]
         env = self.envs[0]
         import gymnasium
@@ -273,6 +275,9 @@ class RemoteEnvironmentServer:
                 or getattr(other, "action_space", None) != act_space
             ):
                 raise RuntimeError("the envs of one worker have different spaces")
+        probe = spec.get("probe_steps")
+        if self.vector and type(probe) is int and probe > 0:
+            info["probe_ns"] = probe_step_ns(spec, probe, float(spec.get("probe_seconds") or 0.25))
         return self._ok(info)
 
     def _configure(self, mv: memoryview) -> bytes:
@@ -280,6 +285,14 @@ class RemoteEnvironmentServer:
         self.layout = layout = SlabLayout.from_wire(cfg["layout"])
         self.rows = slice(*cfg["rows"])
         self.channel.configure_wait(spin_ns=int(cfg["spin_ns"]), adaptive=bool(cfg["adaptive"]))
+        if self.vector:
+            # the first server of a self-tuning vector env made every env; it keeps its rows
+            keep = self.rows.stop - self.rows.start
+            if not 0 < keep <= len(self.envs):
+                raise ProtocolError(f"CONFIGURE gives {keep} rows to a server of {len(self.envs)} envs")
+            extra, self.envs = self.envs[keep:], self.envs[:keep]
+            for env in extra:
+                env.close()
         if self.slab_fd is not None:
             self.slab = Slab.attach(self.slab_fd, layout.size)
             self.slab_fd = None  # the slab owns the descriptor now
@@ -292,21 +305,7 @@ class RemoteEnvironmentServer:
         obs = layout.arrays(buf, "obs")
         act = layout.arrays(buf, "action")
         if self.vector:
-            r = self.rows
-            self._obs_rows = None if obs is None else build_tree(env.observation_space, [a[r] for a in obs])
-            self._act_rows = None if act is None else act[0][r] if len(act) == 1 else None
-            self._rewards = layout.vector(buf, "rewards", np.float64)[r]
-            self._terms = layout.vector(buf, "terminations", np.bool_)[r]
-            self._truncs = layout.vector(buf, "truncations", np.bool_)[r]
-            n = len(self.envs)
-            self._autoreset = np.zeros(n, dtype=np.bool_)
-            self._env_obs: list[Any] = [None] * n
-            from gymnasium.vector.utils import batch_space, concatenate, iterate
-
-            self._concatenate = concatenate
-            self._iterate = iterate
-            self._batch_action_space = batch_space(env.action_space, n)
-            self._step = self._step_vector
+            self._configure_vector(layout, buf)
         else:
             self._obs_leaves = obs
             self._obs_kind = None if obs is None else leaf_kind(env.observation_space)
@@ -394,80 +393,6 @@ class RemoteEnvironmentServer:
             return self._reset_vector(args)
         obs, info = self.envs[0].reset(seed=args.get("seed"), options=args.get("options"))
         return reset_reply(self._write_obs(obs), obs, info, self.codec)
-
-    # -- vector mode: SyncVectorEnv's semantics, our rows of the batch ----------------------
-
-    def _vector_reply(self, infos: list, obs_in_slab: bool) -> bytes:
-        return vector_reply(obs_in_slab, infos, self._env_obs, self.codec)
-
-    def _write_obs_rows(self) -> bool:
-        if self._obs_rows is None:
-            return False
-        try:
-            self._concatenate(self.envs[0].observation_space, self._env_obs, self._obs_rows)
-        except (ValueError, TypeError):
-            return False  # an obs that does not fit: the host concatenates from the codec
-        return True
-
-    def _step_vector(self, mv: memoryview) -> bytes:
-        tag = mv[1]
-        if tag == ActionTag.SLAB_ARRAY and self._act_rows is not None:
-            actions = list(self._iterate(self._batch_action_space, self._act_rows.copy()))
-        elif tag == ActionTag.CODEC:
-            actions = self.codec.decode(mv[2:])
-            if type(actions) is not list or len(actions) != len(self.envs):
-                raise ProtocolError("vector STEP needs one action per env")
-        else:
-            raise ProtocolError(f"bad action tag {tag}")
-        from gymnasium.vector import AutoresetMode
-
-        mode = self.autoreset_mode
-        infos: list = []
-        rewards, terms, truncs, autoreset, env_obs = (
-            self._rewards,
-            self._terms,
-            self._truncs,
-            self._autoreset,
-            self._env_obs,
-        )
-        for i, (env, action) in enumerate(zip(self.envs, actions)):
-            if mode == AutoresetMode.NEXT_STEP:
-                if autoreset[i]:
-                    env_obs[i], env_info = env.reset()
-                    rewards[i] = 0.0
-                    terms[i] = False
-                    truncs[i] = False
-                else:
-                    env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
-            elif mode == AutoresetMode.DISABLED:
-                if autoreset[i]:
-                    raise RuntimeError(f"env {i} needs a reset (autoreset_mode=DISABLED)")
-                env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
-            else:  # SAME_STEP
-                env_obs[i], rewards[i], terms[i], truncs[i], env_info = env.step(action)
-                if terms[i] or truncs[i]:
-                    infos.append((i, {"final_obs": env_obs[i], "final_info": env_info}))
-                    env_obs[i], env_info = env.reset()
-            if env_info:
-                infos.append((i, env_info))
-        np.logical_or(terms, truncs, out=autoreset)
-        return self._vector_reply(infos, self._write_obs_rows())
-
-    def _reset_vector(self, args: dict) -> bytes:
-        seeds = args["seeds"]
-        options = args.get("options")
-        mask = args.get("mask")
-        infos: list = []
-        for i, env in enumerate(self.envs):
-            if mask is not None and not mask[i]:
-                continue
-            self._terms[i] = False
-            self._truncs[i] = False
-            self._autoreset[i] = False
-            self._env_obs[i], env_info = env.reset(seed=seeds[i], options=options)
-            if env_info:
-                infos.append((i, env_info))
-        return self._vector_reply(infos, self._write_obs_rows())
 
     # -- slow path: render, call, attributes ------------------------------------------------
 
@@ -579,7 +504,3 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return server.serve()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

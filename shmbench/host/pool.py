@@ -1,0 +1,245 @@
+"""The async pool: take whichever envs finished first, as EnvPool and PufferLib hand them out.
+
+A synchronous vector step waits for its slowest worker. When step times vary (a DAC
+benchmark whose instances differ, envs with 0.1 to 2 ms steps), the faster workers idle
+meanwhile. The pool keeps every worker busy instead: ``make_vec(..., batch_size=k)``
+groups the envs ``k`` to a worker, :meth:`PoolCalls.send` gives groups their actions, and
+:meth:`PoolCalls.recv` returns the group that finished first, with its env ids::
+
+    envs = shmbench.make_vec("MyEnv-v0", 8, batch_size=4)   # two workers of four envs
+    envs.reset(seed=0)
+    envs.send(policy(first_obs))                             # every env: actions in env order
+    while training:
+        obs, rewards, terminated, truncated, infos, env_ids = envs.recv()
+        envs.send(policy(obs), env_ids)                      # only these envs step next
+
+Each env steps only on its own actions, in the order they were sent to it, so the same
+seeds, actions and env ids give the same per-env trajectories however the groups' replies
+interleave (autoreset too: it is each env's own). ``copy=False`` returns views of the
+group's rows of the shared slab, valid until that group's next ``send``. ``step()`` keeps
+working while no group is in flight (it steps every group).
+
+Waiting for any of several servers has no single futex to sleep on: the host polls the
+groups' channels, spinning while it has a core of its own and otherwise sleeping
+:data:`POLL_SLEEP` between polls (a pool is for steps long enough for that not to matter).
+A server that dies is noticed between polls; one that stops answering but lives is waited
+for by the channel's own stall check once the poll has waited ``stall_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from shmbench.errors import ChannelClosed, ChannelTimeout
+from shmbench.host.worker import Worker, WorkerState, emit_all_notes
+from shmbench.wire.codec import Codec
+from shmbench.wire.protocol import ActionTag, Opcode
+
+__all__ = ["PoolCalls", "POLL_SLEEP", "POLL_SPIN", "rows_of"]
+
+#: seconds between polls when the host shares its cores with the servers
+POLL_SLEEP = 20e-6
+#: seconds the host spins polling before it sleeps between polls (when it has a core)
+POLL_SPIN = 200e-6
+#: seconds between liveness checks of the servers a poll waits for
+_LIVENESS_PERIOD = 0.05
+
+
+class PoolCalls:
+    """``send``/``recv`` of a ShmVectorEnv (a mixin; see the module docstring)."""
+
+    num_envs: int
+    timeout: float | None
+    stall_timeout: float | None
+    copy: bool
+    _workers: list[Worker]
+    _rows: list[range]
+    _codec: Codec
+    _pending: str | None
+    _act_batch: np.ndarray | None
+    _observations: Any
+    _obs_in_slab: bool
+    _rewards: np.ndarray
+    _terminations: np.ndarray
+    _truncations: np.ndarray
+    #: the groups (worker indices) sent actions and not yet received, oldest first
+    _in_flight: list[int]
+
+    def send(self, actions: Any, env_ids: Any = None) -> None:
+        """Step the groups of ``env_ids`` (default: every env) on ``actions``, one per id
+        in that order, without waiting. The ids must make up whole groups (as :meth:`recv`
+        returns them) none of which is in flight."""
+        in_flight = getattr(self, "_in_flight", None)
+        if self._pending not in (None, "send"):
+            self._begin("send", "send")  # type: ignore[attr-defined]  # raises: something else pending
+        self._assert_is_running()  # type: ignore[attr-defined]
+        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids)
+        groups = self._groups_of(ids, in_flight or [])
+        actions_in_env_order = self._in_env_order(actions, ids)
+        batch = self._act_batch
+        try:
+            if (
+                type(actions_in_env_order) is np.ndarray
+                and batch is not None
+                and actions_in_env_order.dtype == batch.dtype
+                and actions_in_env_order.shape[1:] == batch.shape[1:]
+            ):
+                for g in groups:
+                    rows = self._rows[g]
+                    start = sum(len(self._rows[j]) for j in groups if j < g)
+                    batch[rows.start : rows.stop] = actions_in_env_order[start : start + len(rows)]
+                for g in groups:
+                    self._workers[g].send(Opcode.STEP, flag=ActionTag.SLAB_ARRAY)
+            else:
+                payloads = []
+                start = 0
+                for g in groups:  # every payload first: a refused action must not leave some groups stepping
+                    size = len(self._rows[g])
+                    payloads.append(self._codec.encode(actions_in_env_order[start : start + size]))
+                    start += size
+                for g, payload in zip(groups, payloads):
+                    self._workers[g].send(Opcode.STEP, payload, flag=ActionTag.CODEC)
+        except ChannelClosed:
+            self._assert_is_running()  # type: ignore[attr-defined]
+            raise
+        self._in_flight = (in_flight or []) + groups
+        self._pending = "send"
+
+    def recv(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict, np.ndarray]:
+        """The group that finished first: ``(obs, rewards, terminated, truncated, infos,
+        env_ids)``, each with one row per env of the group (waits at most ``timeout``,
+        default the env's)."""
+        if self._pending != "send" or not getattr(self, "_in_flight", None):
+            self._end("send", "recv", "send")  # type: ignore[attr-defined]  # raises: nothing sent
+        timeout = self.timeout if timeout is None else timeout
+        env_obs: list | None = None if self._obs_in_slab else []
+        try:
+            g = self._first_ready(timeout)
+            w, rows = self._workers[g], self._rows[g]
+            self._in_flight.remove(g)
+            try:
+                mv = w.receive(timeout)  # it is there: this does not wait
+                infos = self._absorb(w, rows, mv, {}, env_obs)  # type: ignore[attr-defined]
+            finally:
+                emit_all_notes([w])
+        finally:
+            # a group whose worker failed (dead, broken) is no longer in flight
+            self._in_flight = [j for j in self._in_flight if self._workers[j].state is WorkerState.PENDING]
+            if not self._in_flight:
+                self._pending = None
+        sl = slice(rows.start, rows.stop)
+        if env_obs is not None:  # the codec's observations: a new batch of the group's rows
+            space = self.single_observation_space  # type: ignore[attr-defined]
+            obs = concatenate(space, env_obs, create_empty_array(space, n=len(rows), fn=np.zeros))  # type: ignore[arg-type]
+        else:
+            obs = rows_of(self._observations, sl, copy=self.copy)
+        return (
+            obs,
+            self._rewards[sl].copy(),
+            self._terminations[sl] != 0,
+            self._truncations[sl] != 0,
+            _info_rows(infos, sl),
+            np.arange(rows.start, rows.stop),
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _groups_of(self, ids: np.ndarray, in_flight: list[int]) -> list[int]:
+        """The groups that ``ids`` make up, in env order; a ValueError unless they are whole
+        groups, each once, none in flight."""
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or len(ids) == 0:
+            raise ValueError(f"env_ids must be a non-empty 1-d sequence of env indices, got {ids!r}")
+        if ids.min() < 0 or ids.max() >= self.num_envs:
+            raise ValueError(f"env_ids must be in range({self.num_envs}), got {ids.tolist()}")
+        wanted = np.sort(ids)
+        if np.any(wanted[1:] == wanted[:-1]):
+            raise ValueError(f"env_ids has repeats: {ids.tolist()}")
+        groups = []
+        for g, rows in enumerate(self._rows):
+            inside = wanted[(wanted >= rows.start) & (wanted < rows.stop)]
+            if len(inside) == 0:
+                continue
+            if len(inside) != len(rows):
+                raise ValueError(
+                    f"env_ids must be whole groups of envs (as recv() returns them: {self._group_names()}), "
+                    f"got {ids.tolist()}"
+                )
+            if g in in_flight:
+                raise ValueError(f"envs {rows.start}..{rows.stop - 1} are still stepping: recv() them first")
+            groups.append(g)
+        return groups
+
+    def _group_names(self) -> str:
+        return ", ".join(f"{r.start}..{r.stop - 1}" for r in self._rows)
+
+    def _in_env_order(self, actions: Any, ids: np.ndarray) -> Any:
+        """``actions`` (one per id, in the ids' order) reordered to env order: an array
+        where they are one, else a list of per-env actions."""
+        order = np.argsort(ids, kind="stable")
+        if isinstance(actions, np.ndarray) and actions.ndim >= 1:
+            if len(actions) != len(ids):
+                raise ValueError(f"expected {len(ids)} actions for env_ids {ids.tolist()}, got {len(actions)}")
+            return actions if np.all(order == np.arange(len(ids))) else actions[order]
+        space = self.single_action_space  # type: ignore[attr-defined]
+        items = list(iterate(batch_space(space, len(ids)), actions))
+        if len(items) != len(ids):
+            raise ValueError(f"expected {len(ids)} actions for env_ids {ids.tolist()}, got {len(items)}")
+        return [items[i] for i in order]
+
+    def _first_ready(self, timeout: float | None) -> int:
+        """The in-flight group whose reply came first (polling; see the module docstring)."""
+        groups = self._in_flight
+        channels = [self._workers[g].channel for g in groups]
+        start = time.monotonic()
+        spin_until = start + (POLL_SPIN if len(self._workers) + 1 <= len(os.sched_getaffinity(0)) else 0.0)
+        check_at = start + _LIVENESS_PERIOD
+        give_up = None if timeout is None else start + timeout
+        stall = self.stall_timeout
+        while True:
+            for g, ch in zip(groups, channels):
+                if ch.closed or ch.poll():
+                    return g  # a closed channel: receive() raises why
+            now = time.monotonic()
+            if now >= check_at:
+                check_at = now + _LIVENESS_PERIOD
+                for g, ch in zip(groups, channels):
+                    if not ch.peer_alive():
+                        return g  # receive() turns the death into PeerDied
+                if give_up is not None and now >= give_up:
+                    # every group in flight is late: each is broken, as a late step_wait's worker is
+                    late = ChannelTimeout("no reply")
+                    errors = [self._workers[g].failure(late, timeout) for g in groups]
+                    raise errors[0]
+                if stall is not None and now - start >= stall:
+                    return groups[0]  # frozen? the channel's stall check decides while receive() waits
+            if now >= spin_until:
+                time.sleep(POLL_SLEEP)
+
+
+def rows_of(tree: Any, rows: range | slice, copy: bool = False) -> Any:
+    """Rows ``rows`` of a batch in the slab (dicts and tuples of arrays): views, or copies."""
+    sl = slice(rows.start, rows.stop) if isinstance(rows, range) else rows
+    if type(tree) is dict:
+        return {k: rows_of(v, sl, copy) for k, v in tree.items()}
+    if type(tree) is tuple:
+        return tuple(rows_of(v, sl, copy) for v in tree)
+    part = tree[sl]
+    return part.copy() if copy else part
+
+
+def _info_rows(infos: dict, rows: slice) -> dict:
+    """The group's part of infos merged for all envs (``_add_info`` sizes them num_envs)."""
+    out: dict = {}
+    for k, v in infos.items():
+        if isinstance(v, dict):
+            out[k] = _info_rows(v, rows)
+        elif isinstance(v, np.ndarray):
+            out[k] = v[rows]
+        else:
+            out[k] = v
+    return out
