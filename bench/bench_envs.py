@@ -37,6 +37,9 @@ __all__ = [
     "cycle_policy",
     "Driver",
     "VecDriver",
+    "PoolDriver",
+    "MixedBusyCartPoleEnv",
+    "SWEEP_SIZES",
     "record",
     "record_vec",
     "native_trajectory",
@@ -143,6 +146,24 @@ class BusyCartPoleEnv(CartPoleEnv):
         return super().step(action)
 
 
+class MixedBusyCartPoleEnv(CartPoleEnv):
+    """CartPole whose steps compute for 0.1 to 2 ms, log-uniformly at random: envs whose
+    step times vary (DAC instances of different sizes), where a synchronous vector step
+    waits for its slowest env. The durations come from a generator of their own, never the
+    env's, so trajectories stay seeded; their spread, not their sequence, is the workload."""
+
+    def __init__(self, lo_ms: float = 0.1, hi_ms: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._durations = np.random.default_rng()
+        self._log_range = (np.log(lo_ms / 1000.0), np.log(hi_ms / 1000.0))
+
+    def step(self, action):
+        end = time.perf_counter() + float(np.exp(self._durations.uniform(*self._log_range)))
+        while time.perf_counter() < end:
+            pass
+        return super().step(action)
+
+
 def _register() -> None:
     # idempotent: gymnasium warns when an id is registered twice, and the suite turns
     # warnings into errors
@@ -169,6 +190,12 @@ def _register() -> None:
             max_episode_steps=500,
             reward_threshold=475.0,
             kwargs={"step_ms": 1.0},
+        ),
+        "BenchMixedCartPole-v0": dict(
+            entry_point=f"{MODULE}:MixedBusyCartPoleEnv",
+            max_episode_steps=500,
+            reward_threshold=475.0,
+            kwargs={"lo_ms": 0.1, "hi_ms": 2.0},
         ),
     }
     for env_id, kwargs in specs.items():
@@ -235,12 +262,15 @@ class VectorWorkload:
     check_steps: int
 
 
+#: the scaling sweep's sizes (issue 13): cheap envs and 1 ms envs at each
+SWEEP_SIZES = (1, 2, 4, 8, 16, 32)
+
 VECTOR_WORKLOADS = {
     w.name: w
     for w in (
-        VectorWorkload("vec4-cartpole", "CartPole-v1", 4, 16, 600),
-        VectorWorkload("vec8-cartpole", "CartPole-v1", 8, 16, 600),
-        VectorWorkload("vec8-busy1ms", f"{MODULE}:BenchBusyCartPole-v0", 8, 16, 15),
+        *(VectorWorkload(f"vec{n}-cartpole", "CartPole-v1", n, 16, 600) for n in SWEEP_SIZES),
+        *(VectorWorkload(f"vec{n}-busy1ms", f"{MODULE}:BenchBusyCartPole-v0", n, 16, 15) for n in SWEEP_SIZES),
+        VectorWorkload("vec8-mixed", f"{MODULE}:BenchMixedCartPole-v0", 8, 16, 15),
     )
 }
 
@@ -280,13 +310,38 @@ def warm_up(driver, steps: int, seconds: float) -> None:
             break
 
 
+class PoolDriver:
+    """Drives an async pool (shmbench's ``batch_size=``, EnvPool's async mode): each round
+    takes the batch that finished first and sends it its next actions -- ``batch_size``
+    env steps a round, the training loop PufferLib's and EnvPool's users write.
+
+    ``recv()`` returns ``(obs, env_ids)``; ``send(actions, env_ids)``; ``start()`` resets
+    and leaves every env stepping or ready to be received; ``drain()`` receives what is
+    still in flight (so that closing finds nothing pending)."""
+
+    def __init__(self, start, send, recv, drain, policy=cartpole_batch_policy) -> None:
+        self._send, self._recv, self._drain, self.policy = send, recv, drain, policy
+        start()
+
+    def step(self) -> None:
+        obs, ids = self._recv()
+        self._send(self.policy(obs), ids)
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+    def drain(self) -> None:
+        self._drain()
+
+
 class VecDriver:
     """Steps a VectorEnv with a batch policy (the vector env resets finished envs itself)."""
 
-    def __init__(self, envs, policy=cartpole_batch_policy, seed: int = 0) -> None:
+    def __init__(self, envs, policy=cartpole_batch_policy, seed: int | None = 0) -> None:
         self.envs = envs
         self.policy = policy
-        self.obs, _ = envs.reset(seed=seed)
+        self.obs, _ = envs.reset(seed=seed)  # None: EnvPool, seeded when made
 
     def step(self) -> None:
         self.obs = self.envs.step(self.policy(self.obs))[0]

@@ -13,6 +13,11 @@
   float64 and uint8 to int64 -- so its trajectory check compares values, not dtypes).
   The server runs Pyro4's multiplexing server type, as DACBench's runner does.
 
+* :func:`open_envpool` -- EnvPool (``pip install envpool``): C++ envs stepped by a C++
+  thread pool, synchronously or as an async pool. It runs only its own C++ envs, so it
+  appears in the CartPole rows alone, and its CartPole is its own implementation with its
+  own seeding: its trajectory cannot be compared with gymnasium's, only its speed.
+
 All servers run in processes started with ``spawn`` (no fork of a possibly threaded
 pytest process); ``close()`` stops them and never leaves a process or socket behind.
 """
@@ -30,7 +35,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-__all__ = ["PipeEnv", "AsyncVectorEnv1", "PyroJsonEnv", "json_encode", "json_decode"]
+__all__ = ["PipeEnv", "AsyncVectorEnv1", "PyroJsonEnv", "json_encode", "json_decode", "open_envpool", "ENVPOOL_IDS"]
 
 _START_TIMEOUT = 60.0
 
@@ -279,6 +284,27 @@ SINGLE_METHODS = {
     "gym-async": (False, True),
     "pyro4-json": (False, True),
 }
+
+
+#: the gymnasium ids EnvPool has a C++ implementation of, among the bench's workloads
+ENVPOOL_IDS = {"CartPole-v1"}
+
+
+def open_envpool(env_id: str, num_envs: int, batch_size: int | None = None, num_threads: int = 1):
+    """An EnvPool of ``num_envs`` C++ copies of ``env_id`` (its gymnasium API); with
+    ``batch_size`` < ``num_envs`` its async pool (``async_reset``/``recv``/``send``)."""
+    import envpool
+
+    if env_id not in ENVPOOL_IDS:
+        raise ValueError(f"EnvPool has no C++ {env_id}")
+    return envpool.make(
+        env_id,
+        env_type="gymnasium",
+        num_envs=num_envs,
+        batch_size=batch_size or num_envs,
+        num_threads=num_threads,
+        seed=0,
+    )
 
 
 def shmbench_options(method: str, image=None) -> dict:

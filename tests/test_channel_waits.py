@@ -300,3 +300,72 @@ def test_tracking_spins_for_replies_of_any_length_up_to_the_cap():
             sv.close()
             h.close()
             h.unlink()
+
+
+def test_wait_any_wakes_on_the_first_reply_of_several():
+    """wait_any sleeps on every channel's futex word at once: the one that gets a reply
+    is returned (quickly: not at the end of a slice), a timeout gives -1, a closed channel
+    counts as ready (its recv says why), and a close from another thread wakes it."""
+    from shmbench.transport.channel import wait_any
+
+    with Session() as s:
+        hosts = [s.create_channel(f"any{i}") for i in range(3)]
+        peers = [Channel.attach(h.path, watch_stdin=False) for h in hosts]
+        try:
+            t0 = time.monotonic()
+            assert wait_any(hosts, 0.1) == -1
+            assert 0.1 <= time.monotonic() - t0 < 1.0
+            assert wait_any(hosts, 0) == -1
+            sleeps = [h.stats()["sleeps"] for h in hosts]
+
+            def reply_later():
+                time.sleep(0.2)
+                peers[2].send(b"two")
+
+            t = threading.Thread(target=reply_later)
+            t.start()
+            t0 = time.monotonic()
+            assert wait_any(hosts, 10) == 2
+            took = time.monotonic() - t0
+            t.join()
+            assert 0.15 <= took < 2.0, took
+            assert bytes(hosts[2].recv(timeout=1)) == b"two"
+            assert [h.stats()["sleeps"] for h in hosts] == sleeps  # nothing else was touched
+            with pytest.raises(ValueError):
+                wait_any([], 1)
+            with pytest.raises(TypeError):
+                wait_any([object()], 1)
+            closer = threading.Timer(0.2, hosts[1].close)
+            closer.start()
+            assert wait_any(hosts, 10) == 1  # the close woke it
+            closer.join()
+        finally:
+            for c in peers + hosts:
+                c.close()
+            for h in hosts:
+                h.unlink()
+
+
+def test_wait_any_is_interruptible():
+    from shmbench.transport.channel import wait_any
+
+    class Alarm(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Alarm
+
+    with Session() as s, s.create_channel("anyint") as h:
+        peer = Channel.attach(h.path, watch_stdin=False)
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            t0 = time.monotonic()
+            with pytest.raises(Alarm):
+                wait_any([h], 10)
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            peer.close()
+            h.unlink()

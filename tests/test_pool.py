@@ -118,6 +118,7 @@ def test_misuse_is_refused_clearly():
         with pytest.raises(ValueError, match="expected 2 actions"):
             envs.send(np.zeros(3, np.int64), [0, 1])
         envs.send(np.zeros(2, np.int64), [0, 1])
+        assert envs.in_flight.tolist() == [0, 1]
         with pytest.raises(ValueError, match="still stepping"):
             envs.send(np.zeros(2, np.int64), [0, 1])
         with pytest.raises(AlreadyPendingCallError):
@@ -125,6 +126,7 @@ def test_misuse_is_refused_clearly():
         with pytest.raises(AlreadyPendingCallError):
             envs.reset()
         assert envs.recv()[-1].tolist() == [0, 1]
+        assert envs.in_flight.tolist() == []
         with pytest.raises(NoAsyncCallError):
             envs.recv()
         envs.reset()  # all back: everything works again

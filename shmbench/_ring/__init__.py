@@ -25,6 +25,7 @@ try:
         fill_rows,
         layout_size,
         store_step,
+        wait_any,
     )
 except ModuleNotFoundError as exc:
     if exc.name != "shmbench._ring._ring":
@@ -53,4 +54,5 @@ __all__ = [
     "fill_rows",
     "layout_size",
     "store_step",
+    "wait_any",
 ]

@@ -1996,11 +1996,153 @@ out:
     return result;
 }
 
+PyDoc_STRVAR(sb_wait_any_doc,
+"wait_any(channels, timeout, /)\n--\n\n"
+"Wait until one of the channels (a list of up to 64) has a message waiting,\n"
+"is closed or broken, or its peer closed; return its index, or -1 once timeout seconds\n"
+"passed (None: no limit). It sleeps on every channel's futex word at once (futex_waitv,\n"
+"Linux 5.16+), so the first reply wakes it; it checks no liveness (the caller's slices\n"
+"do) and leaves every channel as it was. Raises OSError where futex_waitv is missing.");
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#define SB_WAIT_ANY_MAX 64
+
+struct sb_waitv {   /* struct futex_waitv, spelled out for headers older than 5.16 */
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+/* 1: channel i is ready for the caller (a message, or a state its recv will report) */
+static int
+sb_any_ready(sb_channel *c)
+{
+    if (c->closed || c->broken || sb_peer_closed(c))
+        return 1;
+    uint64_t avail;
+    const char *why = NULL;
+    int r = sb_rx_ready(c, &avail, &why);
+    return r < 0 || (r > 0 && avail > c->pending_release);
+}
+
+static PyObject *
+sb_wait_any(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wait_any(channels: list, timeout)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[0]);
+    if (n < 1 || n > SB_WAIT_ANY_MAX) {
+        PyErr_Format(PyExc_ValueError, "wait_any takes 1 to %d channels, got %zd", SB_WAIT_ANY_MAX, n);
+        return NULL;
+    }
+    sb_channel *chans[SB_WAIT_ANY_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(args[0], i);
+        if (!PyObject_TypeCheck(item, &sb_ChannelType)) {
+            PyErr_SetString(PyExc_TypeError, "wait_any needs a list of channels");
+            return NULL;
+        }
+        chans[i] = (sb_channel *)item;
+        if (chans[i]->mapping == NULL) {
+            PyErr_SetString(sb_state.ChannelClosed, "channel is not attached");
+            return NULL;
+        }
+    }
+    int64_t deadline;
+    if (sb_parse_timeout(args[1], &deadline) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (sb_any_ready(chans[i]))
+            return PyLong_FromSsize_t(i);
+    if (deadline == SB_NOWAIT)
+        return PyLong_FromLong(-1);
+
+    /* each channel (and so its mapping) stays alive while the GIL is released, whatever
+     * another thread does to the list; a close() meanwhile wakes us (it bumps the words) */
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_INCREF(chans[i]);
+    struct sb_waitv w[SB_WAIT_ANY_MAX];
+    Py_ssize_t found = -1;
+    int err = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    for (;;) {
+        /* announce ourselves on every word, then re-check: a reply published before the
+         * flag was seen is found here, one after it wakes us (see sb_wait's block loop) */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            sb_ring_ctrl *ctl = chans[i]->rx.ctrl;
+            if (chans[i]->closed) {
+                found = i;
+                break;
+            }
+            STORE_SC(&ctl->data_sleepers, 1);
+            w[i].val = LOAD_SC(&ctl->data_seq);
+            w[i].uaddr = (uint64_t)(uintptr_t)&ctl->data_seq;
+            w[i].flags = 2;   /* FUTEX_32, shared: the peer is another process */
+            w[i].reserved = 0;
+        }
+        for (Py_ssize_t i = 0; found < 0 && i < n; i++)
+            if (sb_any_ready(chans[i]))
+                found = i;
+        int64_t now = sb_now_ns();
+        if (found < 0 && now < deadline) {
+            struct timespec abs, *tp = NULL;
+            if (deadline != SB_FOREVER) {
+                struct timespec mono;
+                clock_gettime(CLOCK_MONOTONIC, &mono);
+                int64_t left = deadline - now;
+                int64_t ns = (int64_t)mono.tv_nsec + left % 1000000000LL;
+                abs.tv_sec = mono.tv_sec + (time_t)(left / 1000000000LL) + (time_t)(ns / 1000000000LL);
+                abs.tv_nsec = (long)(ns % 1000000000LL);
+                tp = &abs;
+            }
+            long rc = syscall(SYS_futex_waitv, w, (unsigned int)n, 0, tp, CLOCK_MONOTONIC);
+            if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT && errno != EINTR)
+                err = errno;
+            else if (rc < 0 && errno == EINTR)
+                err = EINTR;
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!chans[i]->closed)
+                STORE_SC(&chans[i]->rx.ctrl->data_sleepers, 0);
+        if (found >= 0 || (err && err != EINTR))
+            break;
+        for (Py_ssize_t i = 0; found < 0 && i < n; i++)
+            if (sb_any_ready(chans[i]))
+                found = i;
+        if (found >= 0 || sb_now_ns() >= deadline)
+            break;
+        if (err == EINTR) {
+            PyEval_RestoreThread(ts);
+            int sig = PyErr_CheckSignals();
+            ts = PyEval_SaveThread();
+            if (sig < 0)
+                break;
+            err = 0;
+        }
+    }
+    PyEval_RestoreThread(ts);
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(chans[i]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (err && err != EINTR) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef sb_module_methods[] = {
     {"layout_size", sb_layout_size, METH_VARARGS, sb_layout_size_doc},
     {"decode_cost", sb_decode_cost, METH_VARARGS, sb_decode_cost_doc},
     {"fill_rows", (PyCFunction)(void (*)(void))sb_fill_rows, METH_FASTCALL, sb_fill_rows_doc},
     {"store_step", (PyCFunction)(void (*)(void))sb_store_step, METH_FASTCALL, sb_store_step_doc},
+    {"wait_any", (PyCFunction)(void (*)(void))sb_wait_any, METH_FASTCALL, sb_wait_any_doc},
     {NULL},
 };
 

@@ -33,6 +33,10 @@ def store_step(
 ) -> list[bool] | None:
     """Write a vector step's results into the batch arrays; the envs needing a reset, or None."""
 
+def wait_any(channels: list[Channel], timeout: float | None, /) -> int:
+    """The index of a channel with a message waiting (or closed, broken, its peer closed),
+    or -1 after timeout seconds; sleeps on all their futex words at once (futex_waitv)."""
+
 def decode_cost(data: ReadableBuffer, limit: int, /) -> int:
     """Bytes of Python objects decoding the MessagePack document would allocate (limit + 1
     above the limit, -1 malformed)."""

@@ -19,16 +19,15 @@ interleave (autoreset too: it is each env's own). ``copy=False`` returns views o
 group's rows of the shared slab, valid until that group's next ``send``. ``step()`` keeps
 working while no group is in flight (it steps every group).
 
-Waiting for any of several servers has no single futex to sleep on: the host polls the
-groups' channels, spinning while it has a core of its own and otherwise sleeping
-:data:`POLL_SLEEP` between polls (a pool is for steps long enough for that not to matter).
-A server that dies is noticed between polls; one that stops answering but lives is waited
-for by the channel's own stall check once the poll has waited ``stall_timeout``.
+Waiting for any of several servers sleeps on all their channels' futex words at once
+(``futex_waitv``, the C extension's ``wait_any``), so the first reply wakes the host and
+nothing polls. It sleeps in slices of 50 ms, between which a server that died is noticed;
+one that stops answering but lives is waited for by the channel's own stall check once
+``recv`` has waited ``stall_timeout``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -37,16 +36,15 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from shmbench.errors import ChannelClosed, ChannelTimeout
 from shmbench.host.worker import Worker, WorkerState, emit_all_notes
+from shmbench.transport.channel import wait_any
 from shmbench.wire.codec import Codec
 from shmbench.wire.protocol import ActionTag, Opcode
 
-__all__ = ["PoolCalls", "POLL_SLEEP", "POLL_SPIN", "rows_of"]
+__all__ = ["PoolCalls", "POLL_SLEEP", "rows_of"]
 
-#: seconds between polls when the host shares its cores with the servers
+#: seconds between polls where a channel cannot be waited for by futex (semaphore backend)
 POLL_SLEEP = 20e-6
-#: seconds the host spins polling before it sleeps between polls (when it has a core)
-POLL_SPIN = 200e-6
-#: seconds between liveness checks of the servers a poll waits for
+#: seconds between liveness checks of the servers a recv waits for
 _LIVENESS_PERIOD = 0.05
 
 
@@ -69,6 +67,12 @@ class PoolCalls:
     _truncations: np.ndarray
     #: the groups (worker indices) sent actions and not yet received, oldest first
     _in_flight: list[int]
+
+    @property
+    def in_flight(self) -> np.ndarray:
+        """The ids of the envs sent actions and not yet received (in env order)."""
+        groups = sorted(getattr(self, "_in_flight", None) or [])
+        return np.array([i for g in groups for i in self._rows[g]], dtype=np.int64)
 
     def send(self, actions: Any, env_ids: Any = None) -> None:
         """Step the groups of ``env_ids`` (default: every env) on ``actions``, one per id
@@ -192,33 +196,45 @@ class PoolCalls:
         return [items[i] for i in order]
 
     def _first_ready(self, timeout: float | None) -> int:
-        """The in-flight group whose reply came first (polling; see the module docstring)."""
+        """The in-flight group whose reply came first: one sleep on every group's futex
+        word (``wait_any``), in slices between which the servers' liveness is checked."""
         groups = self._in_flight
         channels = [self._workers[g].channel for g in groups]
         start = time.monotonic()
-        spin_until = start + (POLL_SPIN if len(self._workers) + 1 <= len(os.sched_getaffinity(0)) else 0.0)
-        check_at = start + _LIVENESS_PERIOD
         give_up = None if timeout is None else start + timeout
         stall = self.stall_timeout
         while True:
-            for g, ch in zip(groups, channels):
-                if ch.closed or ch.poll():
-                    return g  # a closed channel: receive() raises why
             now = time.monotonic()
-            if now >= check_at:
-                check_at = now + _LIVENESS_PERIOD
-                for g, ch in zip(groups, channels):
-                    if not ch.peer_alive():
-                        return g  # receive() turns the death into PeerDied
-                if give_up is not None and now >= give_up:
-                    # every group in flight is late: each is broken, as a late step_wait's worker is
-                    late = ChannelTimeout("no reply")
-                    errors = [self._workers[g].failure(late, timeout) for g in groups]
-                    raise errors[0]
-                if stall is not None and now - start >= stall:
-                    return groups[0]  # frozen? the channel's stall check decides while receive() waits
-            if now >= spin_until:
-                time.sleep(POLL_SLEEP)
+            left = _LIVENESS_PERIOD if give_up is None else max(0.0, min(_LIVENESS_PERIOD, give_up - now))
+            i = self._wait_any(channels, left)
+            if i >= 0:
+                return groups[i]  # a reply, or a closed channel whose receive() says why
+            for g, ch in zip(groups, channels):
+                if not ch.peer_alive():
+                    return g  # receive() turns the death into PeerDied
+            now = time.monotonic()
+            if give_up is not None and now >= give_up:
+                # every group in flight is late: each is broken, as a late step_wait's worker is
+                late = ChannelTimeout("no reply")
+                errors = [self._workers[g].failure(late, timeout) for g in groups]
+                raise errors[0]
+            if stall is not None and now - start >= stall:
+                return groups[0]  # frozen? the channel's stall check decides while receive() waits
+
+    @staticmethod
+    def _wait_any(channels: list, timeout: float) -> int:
+        """wait_any, or polling where a channel is not the C type (the semaphore backend's
+        Python channel wakes its peer by semaphore, not by futex)."""
+        if all(type(ch).wait_any_ok for ch in channels):
+            return wait_any(channels, timeout)
+        end = time.monotonic() + timeout
+        while True:
+            for i, ch in enumerate(channels):
+                if ch.closed or ch.poll():
+                    return i
+            if time.monotonic() >= end:
+                return -1
+            time.sleep(POLL_SLEEP)
 
 
 def rows_of(tree: Any, rows: range | slice, copy: bool = False) -> Any:

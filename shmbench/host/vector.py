@@ -480,6 +480,11 @@ def make_vec(
 ) -> ShmVectorEnv:
     """``num_envs`` copies of ``env_id`` in ``num_workers`` servers, as one VectorEnv.
 
+    With no ``num_workers`` the count is chosen from a measured step (``envs.tuning``;
+    host/tuning.py). ``batch_size=k`` (dividing ``num_envs``) makes the envs an async pool
+    of ``num_envs // k`` servers: ``send(actions, env_ids)`` and ``recv()`` returning the
+    group that finished first (host/pool.py, docs/vector.md).
+
     Keyword arguments of :class:`~shmbench.host.env.RemoteEnvironmentClient` (``binds``,
     ``environment``, ``wait``, ``timeout``, ``factory``, ``benchmark``, ``allow_pickle``,
     ``limits``, ``env_kwargs``) are accepted too; everything else goes to ``gymnasium.make``

@@ -47,9 +47,12 @@ __all__ = [
     "Channel",
     "reserve",
     "sealed_memory",
+    "wait_any",
 ]
 
 HOST = _ring.HOST
+#: wait for the first of several channels to have a message (futex_waitv; the async pool)
+wait_any = _ring.wait_any
 SERVER = _ring.SERVER
 
 #: the lock a host holds for its session's lifetime (in the session directory)
@@ -129,6 +132,8 @@ class Channel(_ring.Channel):
     """
 
     path: Path | None
+    #: its replies wake a futex sleeper, so :func:`wait_any` can wait for it
+    wait_any_ok = True
 
     @classmethod
     def create(

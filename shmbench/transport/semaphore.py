@@ -73,6 +73,7 @@ class SemaphoreChannel(Channel):
     """
 
     wakeup = "posix_ipc"
+    wait_any_ok = False  # its peer posts a semaphore: wait_any would not be woken
     slice_s = SLICE_S
     _mine: Any  # posix_ipc.Semaphore: this side sleeps on it
     _theirs: Any  # the peer's, posted after a send
