@@ -49,6 +49,7 @@ __all__ = [
     "LogFile",
     "read_log",
     "strip_volatile",
+    "step_row",
     "to_plain",
     "timestamp",
 ]
@@ -217,6 +218,42 @@ def read_log(path: str | os.PathLike[str]) -> LogFile:
             out.rows.append(record)
     out.complete = whole and out.end is not None
     return out
+
+
+def step_row(
+    fields: set[str],
+    *,
+    ids: tuple[int, int, Any, int | None],
+    flags: tuple[bool, bool],
+    logged: dict[str, Any],
+    step_duration: float,
+    total: float | None = None,
+    episode_duration: float | None = None,
+) -> dict[str, Any]:
+    """One DACBench-shaped step row: ``ids`` (episode, step, instance, seed) and ``flags``
+    (terminated, truncated) at the top level; each of ``logged`` (reward, action, state,
+    info) that ``fields`` names as ``{"values": [v], "times": [now]}``; ``"time"`` adds the
+    step's duration; the episode's last row (``total`` given) its performance and duration."""
+    now = timestamp()
+    episode, step, instance, seed = ids
+    row: dict[str, Any] = {
+        "episode": episode,
+        "step": step,
+        "instance": instance,
+        "seed": seed,
+        "terminated": bool(flags[0]),
+        "truncated": bool(flags[1]),
+    }
+    for name in ("reward", "action", "state", "info"):
+        if name in fields:
+            row[name] = {"values": [logged[name]], "times": [now]}
+    if "time" in fields:
+        row["step_duration"] = {"values": [step_duration], "times": [now]}
+    if total is not None and "performance" in fields:
+        row["overall_performance"] = {"values": [total], "times": [now]}
+    if episode_duration is not None and "time" in fields:
+        row["episode_duration"] = {"values": [episode_duration], "times": [now]}
+    return row
 
 
 def strip_volatile(record: Any) -> Any:

@@ -38,6 +38,8 @@ def test_doctor_reports_runtimes_channels_and_caches(tmp_path):
         "limits (limits= on make/make_vec/RemoteRunner, --limit on shmbench run)",
         "free of",
         f"cache root: {tmp_path / 'cache'}",
+        "environment:",
+        f"SHMBENCH_CACHE_DIR         {tmp_path / 'cache'}",  # its effective value
     ):
         assert needle in text, needle
     # every runtime line says ok or no, and why
@@ -123,3 +125,56 @@ def test_errors_are_one_line_not_a_traceback():
     out = shmbench("pull", "exp:does-not-exist")
     assert out.returncode == 1
     assert out.stderr.startswith("shmbench: ") and "Traceback" not in out.stderr
+
+
+def _commands():
+    from shmbench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return list(sub.choices.items())
+
+
+@pytest.mark.parametrize("name,parser", _commands(), ids=[n for n, _ in _commands()])
+def test_every_command_explains_itself(name, parser):
+    """--help: a description, every option's meaning, and examples that name the command."""
+    assert parser.description and len(parser.description) > 20, name
+    assert parser.epilog.startswith("examples:\n"), name
+    assert f"shmbench {name}" in parser.epilog
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help, f"shmbench {name}: {action.option_strings or action.dest} has no help text"
+    text = parser.format_help()
+    assert "``" not in text  # no reStructuredText in a terminal
+
+
+def test_top_level_help_reads_as_a_sentence_not_rst():
+    out = shmbench("--help")
+    assert out.returncode == 0
+    assert "``" not in out.stdout and "rootless containers" in out.stdout
+    assert "benchmarks" in out.stdout and "COMMAND --help" in out.stdout
+
+
+def test_the_cli_reference_is_current():
+    from shmbench.cli.reference import render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert doc.read_text() == render(), "docs/cli.md drifted: python -m shmbench.cli.reference > docs/cli.md"
+
+
+def test_benchmarks_lists_every_id_a_run_accepts():
+    from shmbench.benchmarks import DACBENCH_IDS, SHMBENCH_IDS
+
+    out = shmbench("benchmarks")
+    assert out.returncode == 0, out.stderr
+    for env_id in [*SHMBENCH_IDS, *DACBENCH_IDS]:
+        assert env_id in out.stdout
+    assert "Predict the Luby sequence" in out.stdout
+
+
+def test_the_readme_documents_every_environment_variable():
+    from shmbench.cli.system import ENVIRONMENT
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, _ in ENVIRONMENT:
+        assert f"| `{name}` |" in readme, name

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from run_helpers import (
     parse,
+    user_record,
 )
 
 from shmbench.agents import RandomAgent
@@ -178,3 +179,97 @@ def test_run_limits_bind_the_server(tmp_path):
     local = parse("--experiment", "exp:0.01", "--runtime", "local", "--limit", "pids=64", "--out", str(tmp_path))
     with pytest.raises(ExperimentError, match="--runtime local runs none"):
         runner_from_args(local)
+
+
+def test_ctrl_c_in_run_names_the_log_and_marks_its_end(tmp_path):
+    """SIGINT mid-run: exit 130, the finished episodes and the log's path on stderr, and
+    the log closed with an end record that says it was interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shmbench",
+            "run",
+            "--benchmark",
+            "CartPole-v1",
+            "--runtime",
+            "process",
+            "--episodes",
+            "100000",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SHMBENCH_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a few episodes in: the log has their last rows
+            logs = list(out.glob("*.jsonl")) if out.exists() else []
+            text = logs[0].read_text() if logs else ""
+            if text.count('"terminated":true') + text.count('"truncated":true') >= 3:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the run logged no finished episodes within 60 s")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    (path,) = logs
+    assert f"log {path}" in err and "interrupted after " in err, err
+    assert "Traceback" not in err
+    done = int(err.split("interrupted after ")[1].split()[0])
+    log = read_log(path)
+    assert log.complete and log.end["interrupted"] is True
+    assert log.end["episodes"] == done >= 3
+
+
+def test_warnings_are_one_clean_line_and_progress_bars_draw_no_frames_into_a_pipe(tmp_path, monkeypatch):
+    """The process runtime with a pinned image warns, as one line with no source line; the
+    image's pull and hashing draw no tqdm frames when stderr is not a terminal."""
+    import os
+    import subprocess
+    import sys
+
+    records, _digest = user_record(tmp_path, b"not really a SIF, but pinned\n" * 50_000)
+    monkeypatch.setenv("SHMBENCH_EXPERIMENTS", str(records))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmbench",
+            "run",
+            "--experiment",
+            "exp:0.01",
+            "--runtime",
+            "process",
+            "--episodes",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert out.returncode == 0, out.stderr
+    warning = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1, out.stderr
+    assert warning[0].startswith("shmbench: warning: image ") and "process runtime runs the env" in warning[0]
+    assert "RuntimeWarning" not in out.stderr and "warnings.warn" not in out.stderr
+    assert "\r" not in out.stderr and "%|" not in out.stderr, out.stderr  # no progress frames

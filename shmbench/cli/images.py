@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from shmbench.cli.util import human_size
+from shmbench.cli.util import add_command, human_size
 
 __all__ = ["register", "cmd_build", "cmd_experiments", "cmd_images", "cmd_pull"]
 
@@ -78,28 +78,66 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiments", help="list known experiment records")
+    p = add_command(
+        sub,
+        "experiments",
+        help="list known experiment records",
+        description=(
+            "List the experiment records a run can name: from $SHMBENCH_EXPERIMENTS, the user's\n"
+            "directory, $SHMBENCH_EXPERIMENT_INDEX and the package, first found wins."
+        ),
+        examples=("shmbench experiments", "shmbench experiments -v"),
+        func=cmd_experiments,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show hashes and sources")
-    p.set_defaults(func=cmd_experiments)
 
-    p = sub.add_parser("pull", help="download an experiment's image (or an image reference) into the cache")
+    p = add_command(
+        sub,
+        "pull",
+        help="download an experiment's image (or an image reference) into the cache",
+        description="Download an image into the cache and verify it against its sha256 digest.",
+        examples=(
+            "shmbench pull exp:0.01",
+            "shmbench pull oras://registry.example.org/shmbench/light:1 --digest sha256:...",
+        ),
+        func=cmd_pull,
+    )
     p.add_argument("target", help="an experiment id (exp:0.01) or an image reference")
     p.add_argument("--digest", help="sha256 digest to verify an image reference against")
     p.add_argument("--offline", action="store_true", help="use the cache only")
-    p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("images", help="list (or remove) cached images")
-    p.add_argument("--remove", nargs="+", metavar="DIGEST")
-    p.set_defaults(func=cmd_images)
+    p = add_command(
+        sub,
+        "images",
+        help="list (or remove) cached images",
+        description="List the images in the cache (digest, size, last use, path), or remove some.",
+        examples=("shmbench images", "shmbench images --remove sha256:0123abcd..."),
+        func=cmd_images,
+    )
+    p.add_argument("--remove", nargs="+", metavar="DIGEST", help="remove these images from the cache")
 
-    p = sub.add_parser("build", help="build a SIF image from a Singularity definition file")
-    p.add_argument("recipe")
+    p = add_command(
+        sub,
+        "build",
+        help="build a SIF image from a Singularity definition file",
+        description=(
+            "Build a SIF image from a definition file: with Apptainer where it is installed, else\n"
+            "natively (debootstrap, bubblewrap and siftool; root only)."
+        ),
+        examples=(
+            "shmbench build recipes/light.def -o light.sif",
+            "shmbench build recipes/dacbench.def -o dacbench.sif --build-arg wheel=dist/shmbench.whl",
+        ),
+        func=cmd_build,
+    )
+    p.add_argument("recipe", help="the definition file (.def)")
     p.add_argument("-o", "--output", required=True, help="the SIF file to write")
-    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--build-arg", action="append", default=[], metavar="KEY=VALUE", help="a {{ KEY }} of the recipe (repeatable)"
+    )
     p.add_argument(
         "--builder",
         choices=["auto", "apptainer", "native"],
         default="auto",
         help="native: debootstrap + bwrap + siftool, no Apptainer (root only)",
     )
-    p.set_defaults(func=cmd_build)

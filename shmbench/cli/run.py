@@ -10,6 +10,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from shmbench.cli.util import add_command
 from shmbench.errors import ExperimentError, ShmbenchError
 from shmbench.experiments.runner import DEFAULT_LOG_DIR, EpisodeResult, LocalRunner, RemoteRunner, Runner, RunResult
 from shmbench.runtimes.limits import Limits
@@ -260,7 +261,9 @@ def run_command(args: argparse.Namespace) -> int:
 
                 result = runner.run(agent, args.episodes, callback=progress)
     except KeyboardInterrupt:
-        print("shmbench run: interrupted", file=sys.stderr)
+        done = len(runner.episodes)
+        where = f"; log {runner.log_path} (its end record says interrupted)" if runner.log_path else ""
+        print(f"shmbench run: interrupted after {done} finished episode(s){where}", file=sys.stderr)
         return 130
     except (ShmbenchError, OSError) as exc:
         print(f"shmbench run: error: {exc}", file=sys.stderr)
@@ -274,6 +277,20 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run an agent on an experiment, logging on the host")
+    p = add_command(
+        sub,
+        "run",
+        help="run an agent on an experiment, logging on the host",
+        description=(
+            "Run a baseline agent on an experiment: the env runs in its pinned image (pulled and\n"
+            "verified on first use) through the best runtime here, every step is logged as JSONL\n"
+            "on the host, and a summary table ends the run. Ctrl-C stops it, keeping the log."
+        ),
+        examples=(
+            "shmbench run --experiment exp:0.01 --agent random --episodes 10 --seed 42",
+            "shmbench run --benchmark shmbench/Luby-v0 --runtime process --episodes 3 --out runs/",
+            "shmbench run --experiment exp:0.01 --config n_actions=5 --limit memory=2G",
+        ),
+        func=run_command,
+    )
     add_run_arguments(p)
-    p.set_defaults(func=run_command)

@@ -1,4 +1,4 @@
-"""``shmbench demo``, ``doctor`` and ``gc``: the main job and the machine's state."""
+"""``shmbench demo``, ``doctor``, ``benchmarks`` and ``gc``: the main job and the machine's state."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from shmbench.cli.util import free_space, human_size, tree_size
+from shmbench.cli.util import add_command, free_space, human_size, tree_size
 
-__all__ = ["register", "register_demo", "cmd_demo", "cmd_doctor", "cmd_gc"]
+__all__ = ["register", "register_demo", "cmd_demo", "cmd_doctor", "cmd_gc", "cmd_benchmarks", "ENVIRONMENT"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -116,6 +116,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if d.exists():
             size = tree_size(d)
             print(f"  {sub:9s} {d} ({human_size(size)})")
+    print("\nenvironment:")
+    for name, meaning in ENVIRONMENT:
+        value = os.environ.get(name)
+        print(f"  {name:26s} {value if value is not None else '(not set)'}")
+        print(f"  {'':26s} {meaning}")
     return 0 if chosen is not None else 1
 
 
@@ -146,22 +151,97 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the environment variables that steer shmbench: name, what it does, where it is read.
+#: ``shmbench doctor`` prints their effective values; README's table is checked against it.
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("SHMBENCH_RUNTIME", "the runtime runtime='auto' picks (bwrap, apptainer, process), when it works here"),
+    ("SHMBENCH_CHANNEL_DIR", "where host-only session directories live (default /dev/shm/shmbench-UID)"),
+    ("SHMBENCH_CACHE_DIR", "the cache of images, unpacked trees and built images (default ~/.cache/shmbench)"),
+    ("SHMBENCH_EXPERIMENTS", "directories of experiment records searched first (os.pathsep-separated)"),
+    ("SHMBENCH_EXPERIMENT_INDEX", "URL of a remote index of experiment records"),
+    ("SHMBENCH_BENCH_DIR", "the benchmark suites 'shmbench bench' runs (default: the checkout's bench/)"),
+    ("SHMBENCH_BENCH_BUILD", "0: the benchmarks skip the reference image when it is not cached"),
+)
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    """The benchmark ids a run accepts (``--benchmark``, an experiment record's benchmark)."""
+    import gymnasium
+
+    from shmbench.benchmarks import DACBENCH_IDS, SHMBENCH_IDS, register
+
+    register()
+    print("shmbench's own (numpy only, in every image):")
+    for env_id in SHMBENCH_IDS:
+        entry = gymnasium.registry[env_id].entry_point
+        module, _, name = str(entry).partition(":")
+        import importlib
+
+        doc = (getattr(importlib.import_module(module), name).__doc__ or "").strip().split("\n")[0].split(";")[0]
+        print(f"  {env_id:34s} {doc.rstrip('.')}")
+    print("\nDACBench's (the image needs DACBench: recipes/dacbench.def):")
+    for env_id, (module, cls) in DACBENCH_IDS.items():
+        print(f"  {env_id:34s} {module}.{cls}")
+    print(
+        "\nand any id in gymnasium's registry where the env runs (CartPole-v1, ...), its config\n"
+        "passed as keyword arguments to gymnasium.make; module:Env ids are refused (code the\n"
+        "host would choose)."
+    )
+    return 0
+
+
 def register_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="step an env in the best runtime here and compare it with native")
-    p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--runtime", default="auto")
-    p.add_argument("--image", default=None)
+    p = add_command(
+        sub,
+        "demo",
+        help="step an env in the best runtime here and compare it with native",
+        description=(
+            "The main job in one command: make an env in a server (a container where one works\n"
+            "here), step it from this process, check its trajectory against the native env step\n"
+            "for step and time both."
+        ),
+        examples=("shmbench demo", "shmbench demo --env Acrobot-v1 --runtime bwrap --steps 5000"),
+        func=cmd_demo,
+    )
+    p.add_argument("--env", default="CartPole-v1", help="a gymnasium id")
+    p.add_argument("--runtime", default="auto", help="auto, bwrap, apptainer or process")
+    p.add_argument("--image", default=None, help="an image for the server (a SIF, a directory, oras://)")
     p.add_argument("--check", type=int, default=2000, help="steps compared with the native env")
     p.add_argument("--steps", type=int, default=2000, help="steps timed per side")
-    p.set_defaults(func=cmd_demo)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="which runtimes work here, where channels and caches live")
-    p.set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser("gc", help="remove channel directories whose owner is dead")
+    add_command(
+        sub,
+        "doctor",
+        help="which runtimes work here, where channels and caches live",
+        description=(
+            "What shmbench finds on this machine: the runtimes and why one does not work, how\n"
+            "resource limits bind, where sessions and caches live, and the environment variables\n"
+            "in effect. Exits 1 when no runtime works."
+        ),
+        examples=("shmbench doctor",),
+        func=cmd_doctor,
+    )
+    add_command(
+        sub,
+        "benchmarks",
+        help="list the benchmark ids a run accepts",
+        description="The benchmark ids --benchmark and experiment records may name, one line each.",
+        examples=("shmbench benchmarks", "shmbench run --benchmark shmbench/Sigmoid-v0 --episodes 2"),
+        func=cmd_benchmarks,
+    )
+    p = add_command(
+        sub,
+        "gc",
+        help="remove channel directories whose owner is dead",
+        description=(
+            "Remove what dead hosts left: session directories, semaphores, Apptainer instances\n"
+            "and cgroups (shmbench cleans up itself; this is for a host killed with -9)."
+        ),
+        examples=("shmbench gc", "shmbench gc --min-age 0"),
+        func=cmd_gc,
+    )
     p.add_argument(
         "--min-age", type=float, default=60.0, help="seconds before a directory without a lock counts as abandoned"
     )
-    p.set_defaults(func=cmd_gc)

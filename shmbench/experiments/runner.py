@@ -54,7 +54,7 @@ from shmbench.host.worker import START_TIMEOUT
 from shmbench.images.fetch import pull_spec
 from shmbench.images.refs import ImageSpec
 from shmbench.images.store import file_digest
-from shmbench.logs import LOG_FORMAT, RunLog, timestamp, to_plain
+from shmbench.logs import LOG_FORMAT, RunLog, step_row, timestamp, to_plain
 from shmbench.runtimes.selection import choose
 
 __all__ = [
@@ -191,6 +191,7 @@ class Runner(abc.ABC):
         self._steps = 0
         self._instance_attr: str | bool | None = None
         self._closed = False
+        self._interrupted = False  # a run() stopped by Ctrl-C: the end record says so
         #: the image's sha256 when one was pulled (RemoteRunner)
         self.image_digest: str | None = None
 
@@ -253,7 +254,15 @@ class Runner(abc.ABC):
                     "episodes": number_of_episodes,
                 }
             )
-        results = []
+        results: list[EpisodeResult] = []
+        try:
+            self._run_episodes(env, agent, number_of_episodes, log, fields, policy, results, callback)
+        except KeyboardInterrupt:
+            self._interrupted = True  # the end record says so when the runner closes
+            raise
+        return RunResult(tuple(results), self.log_path, time.perf_counter() - t_run)
+
+    def _run_episodes(self, env, agent, number_of_episodes, log, fields, policy, results, callback) -> None:
         for _ in range(number_of_episodes):
             episode = self._next_episode
             self._next_episode += 1  # a failed episode keeps its index: no duplicate rows
@@ -276,31 +285,18 @@ class Runner(abc.ABC):
                 total += reward
                 self._steps += 1
                 if log is not None:
-                    now = timestamp()
-                    row: dict[str, Any] = {
-                        "episode": episode,
-                        "step": step,
-                        "instance": instance,
-                        "seed": seed,
-                        "terminated": bool(terminated),
-                        "truncated": bool(truncated),
-                    }
-                    if "reward" in fields:
-                        row["reward"] = {"values": [reward], "times": [now]}
-                    if "action" in fields:
-                        row["action"] = {"values": [plain_action], "times": [now]}
-                    if "state" in fields:
-                        row["state"] = {"values": [next_state], "times": [now]}
-                    if "info" in fields:
-                        row["info"] = {"values": [info], "times": [now]}
-                    if "time" in fields:
-                        row["step_duration"] = {"values": [step_duration], "times": [now]}
-                    if terminated or truncated:
-                        if "performance" in fields:
-                            row["overall_performance"] = {"values": [total], "times": [now]}
-                        if "time" in fields:
-                            row["episode_duration"] = {"values": [time.perf_counter() - t_episode], "times": [now]}
-                    log.write(row)
+                    done = terminated or truncated
+                    log.write(
+                        step_row(
+                            fields,
+                            ids=(episode, step, instance, seed),
+                            flags=(terminated, truncated),
+                            logged={"reward": reward, "action": plain_action, "state": next_state, "info": info},
+                            step_duration=step_duration,
+                            total=total if done else None,
+                            episode_duration=time.perf_counter() - t_episode if done else None,
+                        )
+                    )
                 step += 1
             agent.end_episode(state, reward)
             result = EpisodeResult(episode, seed, instance, step, float(total), to_plain(reward))
@@ -308,7 +304,6 @@ class Runner(abc.ABC):
             results.append(result)
             if callback is not None:
                 callback(result)
-        return RunResult(tuple(results), self.log_path, time.perf_counter() - t_run)
 
     def _instance(self, env: gymnasium.Env) -> Any:
         """The episode's instance id, through wrappers and the channel; None if the env has none."""
@@ -330,6 +325,11 @@ class Runner(abc.ABC):
         return None
 
     # -- the log -------------------------------------------------------------------------
+
+    @property
+    def episodes(self) -> tuple[EpisodeResult, ...]:
+        """Every episode finished so far, across run() calls."""
+        return tuple(self._episodes)
 
     @property
     def log_path(self) -> Path | None:
@@ -403,6 +403,7 @@ class Runner(abc.ABC):
                         "steps": self._steps,
                         "episode_rewards": [e.reward for e in self._episodes],
                         "episode_lengths": [e.steps for e in self._episodes],
+                        **({"interrupted": True} if self._interrupted else {}),
                     }
                 )
                 self._log.close()

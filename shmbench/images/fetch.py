@@ -170,7 +170,8 @@ def pull(
         digest: ``sha256:<hex>`` of the image *file*. Required for remote references; for a
             local path, optional (checked when given).
         offline: use the cache only; a missing image is an error instead of a download.
-        progress: show a tqdm progress bar on stderr while downloading or hashing.
+        progress: show a tqdm progress bar on stderr while downloading or hashing (only
+            where stderr is a terminal: a log file gets no frames).
         insecure: for ``oras://`` only: talk plain HTTP to the registry. ``None`` (the
             default) does so for loopback hosts (a test or a local mirror) and HTTPS
             elsewhere; ``True`` always, ``False`` never. Integrity does not depend on it: the
@@ -286,7 +287,10 @@ def _download(parsed: ImageRef, tmp: Path, digest: str, *, progress: bool, insec
         "file": _fetch_file,
     }
     label = parsed.text.rsplit("/", 1)[-1][:40]
-    with open(tmp, "xb") as out, tqdm(unit="B", unit_scale=True, desc=label, disable=not progress, leave=False) as bar:
+    with (
+        open(tmp, "xb") as out,
+        tqdm(unit="B", unit_scale=True, desc=label, disable=None if progress else True, leave=False) as bar,
+    ):
         writer = _HashingWriter(out, bar, parsed)
         try:
             fetchers[parsed.scheme](parsed, writer, digest, insecure)

@@ -140,7 +140,14 @@ def file_digest(path: str | os.PathLike[str], *, progress: bool = False) -> str:
     hasher = hashlib.sha256()
     with (
         open(key[0], "rb") as f,
-        tqdm(total=key[2], unit="B", unit_scale=True, desc=f"sha256 {name}", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=key[2],
+            unit="B",
+            unit_scale=True,
+            desc=f"sha256 {name}",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar,
     ):
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
