@@ -50,6 +50,11 @@ __all__ = [
     "read_log",
     "strip_volatile",
     "step_row",
+    "log_files",
+    "step_records",
+    "to_dataframe",
+    "episode_returns",
+    "plot_returns",
     "to_plain",
     "timestamp",
 ]
@@ -254,6 +259,116 @@ def step_row(
     if episode_duration is not None and "time" in fields:
         row["episode_duration"] = {"values": [episode_duration], "times": [now]}
     return row
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """``path`` itself when it is a file, else the ``*.jsonl`` logs under it, sorted."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"no log file or directory at {p}")
+    return sorted(q for q in p.rglob("*.jsonl") if q.is_file())
+
+
+#: the columns every :func:`to_dataframe` row has, before the logged quantities
+ID_COLUMNS = ("log", "experiment", "benchmark", "base_seed", "episode", "step", "instance", "seed")
+
+
+def step_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One flat dict per step of every log at ``path`` (a file or a directory of runs): the
+    identifying fields (the log's file name, the experiment, its benchmark and base seed,
+    then DACBench's episode, step, instance, seed), the flags, and each logged quantity
+    as a plain column (``{"values": [v], "times": [t]}`` becomes ``v``, and ``t`` goes to
+    ``<name>_time``). Logs a crash cut short count as far as they go."""
+    out: list[dict[str, Any]] = []
+    for file in log_files(path):
+        log = read_log(file)
+        header = log.header or {}
+        experiment = header.get("experiment") or {}
+        ran: dict = header.get("benchmark") or {}  # what ran, after overrides
+        policy: dict = experiment.get("seed") or {}
+        base = {
+            "log": file.name,
+            "experiment": experiment.get("identifier"),
+            "benchmark": ran.get("benchmark", experiment.get("benchmark")),
+            "base_seed": ran.get("seed", policy.get("base")),
+        }
+        for row in log.rows:
+            flat = dict(base)
+            for key, value in row.items():
+                if isinstance(value, dict) and set(value) == {"values", "times"}:
+                    values, times = value["values"], value["times"]
+                    flat[key] = values[0] if len(values) == 1 else values
+                    flat[f"{key}_time"] = times[0] if len(times) == 1 else times
+                else:
+                    flat[key] = value
+            out.append(flat)
+    return out
+
+
+def to_dataframe(path: str | os.PathLike[str]) -> Any:
+    """The steps of the log(s) at ``path`` as a pandas DataFrame, one row per step and flat
+    columns (:func:`step_records`; ``*_time`` columns as datetimes). pandas is an optional
+    dependency: ``pip install 'shmbench[analysis]'``."""
+    try:
+        import pandas as pd  # type: ignore[import-untyped,import-not-found,unused-ignore]  # optional, no stubs
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install 'shmbench[analysis]'") from None
+    frame = pd.DataFrame.from_records(step_records(path))
+    for column in [c for c in frame.columns if c.endswith("_time")]:
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    return frame
+
+
+def episode_returns(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per episode of every log at ``path``: experiment, base seed, log, episode, return (the
+    sum of its logged rewards) and length -- what :func:`plot_returns` draws."""
+    episodes: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in step_records(path):
+        key = (r["log"], r["episode"])
+        e = episodes.setdefault(
+            key, {k: r[k] for k in ("experiment", "base_seed", "log", "episode")} | {"return": 0.0, "steps": 0}
+        )
+        reward = r.get("reward")
+        if isinstance(reward, (int, float)):
+            e["return"] += float(reward)
+        e["steps"] += 1
+    return list(episodes.values())
+
+
+def plot_returns(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """A PNG of the per-episode return of the runs at ``path``: one line per log (labelled
+    by its base seed), one panel per experiment. Needs matplotlib (``shmbench[analysis]``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'shmbench[analysis]'") from None
+    episodes = episode_returns(path)
+    if not episodes:
+        raise ValueError(f"no logged steps under {path}")
+    experiments = sorted({str(e["experiment"]) for e in episodes})
+    fig, axes = plt.subplots(len(experiments), 1, figsize=(7, 3.2 * len(experiments)), squeeze=False)
+    for ax, experiment in zip(axes[:, 0], experiments):
+        mine = [e for e in episodes if str(e["experiment"]) == experiment]
+        for log in sorted({e["log"] for e in mine}):
+            run = sorted((e for e in mine if e["log"] == log), key=lambda e: e["episode"])
+            ax.plot(
+                [e["episode"] for e in run], [e["return"] for e in run], marker=".", label=f"seed {run[0]['base_seed']}"
+            )
+        ax.set_title(experiment)
+        ax.set_xlabel("episode")
+        ax.set_ylabel("return")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
 
 
 def strip_volatile(record: Any) -> Any:

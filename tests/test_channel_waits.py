@@ -283,9 +283,15 @@ def test_tracking_spins_for_replies_of_any_length_up_to_the_cap():
             assert 4_000_000 <= stats["spin_budget_ns"] <= 20_000_000, stats
             assert stats["sleeps"] <= 4, stats  # spun for, bar the odd preemption
             delay[0] = 0.0
-            for _ in range(2000):  # the peak decays by 1/64 a wait: well within 2000
+            # the peak decays by 1/64 a wait: within some hundreds of fast replies the budget
+            # shrinks (a preempted reply on a loaded machine may lift it again for a while,
+            # so the lowest budget seen is what counts)
+            lowest = h.stats()["spin_budget_ns"]
+            for i in range(3000):
                 h.call(b"x", timeout=5)
-            assert h.stats()["spin_budget_ns"] < 2_000_000, h.stats()
+                if i % 50 == 0:
+                    lowest = min(lowest, h.stats()["spin_budget_ns"])
+            assert lowest < 1_000_000, h.stats()
             delay[0] = 0.05  # beyond the cap: spinning gives up and sleeps
             sleeps = h.stats()["sleeps"]
             for _ in range(3):

@@ -178,3 +178,29 @@ def test_the_readme_documents_every_environment_variable():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, _ in ENVIRONMENT:
         assert f"| `{name}` |" in readme, name
+
+
+def test_images_prune_removes_derived_entries_but_not_pulled_or_running_ones(tmp_path):
+    cache = tmp_path / "cache"
+    unpacked, built, images = cache / "unpacked", cache / "built", cache / "images"
+    for tree in ("a" * 64, "b" * 64):
+        (unpacked / tree / "usr" / "lib").mkdir(parents=True)
+        (unpacked / tree / "usr" / "lib" / "x.so").write_bytes(b"x" * 1000)
+        (unpacked / tree / "usr").chmod(0o555)  # read-only, as unpacked trees can be
+    (built).mkdir()
+    (built / "k1.sif").write_bytes(b"s" * 5000)
+    images.mkdir()
+    pulled = images / ("sha256-" + "c" * 64)
+    pulled.write_bytes(b"pinned")
+    busy = unpacked / ("b" * 64)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(busy)])
+    try:
+        out = shmbench("images", "--prune", env={"SHMBENCH_CACHE_DIR": str(cache)})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 0, out.stderr
+    assert not (unpacked / ("a" * 64)).exists() and not (built / "k1.sif").exists()
+    assert busy.is_dir() and pulled.read_bytes() == b"pinned"  # a running sandbox's tree, a pull
+    assert "pruned 2 unpacked tree(s) and built image(s)" in out.stdout
+    assert not [p for p in unpacked.iterdir() if p.name.startswith(".pruning")]

@@ -121,3 +121,57 @@ def test_a_log_is_never_overwritten(tmp_path):
         ra = a.run(RandomAgent(a.get_environment()), 1)
         rb = b.run(RandomAgent(b.get_environment()), 1)
     assert ra.log_path != rb.log_path and read_log(ra.log_path).complete and read_log(rb.log_path).complete
+
+
+def _two_seeded_runs(tmp_path):
+    """Two real runs of exp:0.01 (Sigmoid, 10 steps an episode) with base seeds 1 and 2."""
+    paths = []
+    for seed in (1, 2):
+        with LocalRunner(experiment_identifier="exp:0.01", seed=seed, log_dir=tmp_path / "runs") as runner:
+            result = runner.run(StaticAgent(runner.get_environment(), np.array([1, 2])), 3)
+        paths.append(result.log_path)
+    return paths, result
+
+
+def test_to_dataframe_gives_one_flat_row_per_step(tmp_path):
+    from shmbench.logs import ID_COLUMNS, to_dataframe
+
+    paths, _ = _two_seeded_runs(tmp_path)
+    frame = to_dataframe(tmp_path / "runs")
+    logs = [read_log(p) for p in paths]
+    assert len(frame) == sum(len(log.rows) for log in logs) > 0
+    assert list(frame.columns[: len(ID_COLUMNS)]) == list(ID_COLUMNS)
+    assert set(frame["base_seed"]) == {1, 2} and set(frame["experiment"]) == {"exp:0.01"}
+    assert set(frame["benchmark"]) == {"shmbench/Sigmoid-v0"}
+    first = logs[0].rows[0]
+    row = frame[(frame["log"] == paths[0].name) & (frame["episode"] == 0) & (frame["step"] == 0)].iloc[0]
+    assert row["reward"] == first["reward"]["values"][0]  # {"values": [v]} became v
+    assert row["action"] == [1, 2]
+    assert str(row["reward_time"].tz) == "UTC"
+    assert len(to_dataframe(paths[0])) == len(logs[0].rows)  # one file works too
+
+
+def test_plot_writes_the_per_episode_returns_by_seed(tmp_path):
+    from shmbench.logs import episode_returns
+
+    paths, _ = _two_seeded_runs(tmp_path)
+    episodes = episode_returns(tmp_path / "runs")
+    assert len(episodes) == 6
+    log = read_log(paths[0])
+    want = log.end["episode_rewards"]
+    got = [e["return"] for e in episodes if e["log"] == paths[0].name]
+    assert got == pytest.approx(want)
+    out = subprocess.run(
+        [sys.executable, "-m", "shmbench", "plot", str(tmp_path / "runs"), "-o", str(tmp_path / "r.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "shmbench", "plot", str(empty)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1 and out.stderr.startswith("shmbench plot: error: no logged steps")

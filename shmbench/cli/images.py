@@ -62,8 +62,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from shmbench.images.store import list_images, remove_image
+    from shmbench.images.store import list_images, prune_cache, remove_image
 
+    if args.prune:
+        removed = prune_cache()
+        for path, size in removed:
+            print(f"removed {path} ({human_size(size)})")
+        print(f"pruned {len(removed)} unpacked tree(s) and built image(s), {human_size(sum(s for _, s in removed))}")
+        return 0
     if args.remove:
         for digest in args.remove:
             print(("removed " if remove_image(digest) else "not cached: ") + digest)
@@ -109,12 +115,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "images",
-        help="list (or remove) cached images",
-        description="List the images in the cache (digest, size, last use, path), or remove some.",
-        examples=("shmbench images", "shmbench images --remove sha256:0123abcd..."),
+        help="list (or remove) cached images; prune unpacked trees and built images",
+        description=(
+            "List the images in the cache (digest, size, last use, path), or remove some; --prune\n"
+            "removes what is made again when needed -- trees unpacked from SIFs, images built from\n"
+            "recipes -- except those a running server uses."
+        ),
+        examples=("shmbench images", "shmbench images --remove sha256:0123abcd...", "shmbench images --prune"),
         func=cmd_images,
     )
     p.add_argument("--remove", nargs="+", metavar="DIGEST", help="remove these images from the cache")
+    p.add_argument("--prune", action="store_true", help="remove unpacked trees and built images nothing uses")
 
     p = add_command(
         sub,

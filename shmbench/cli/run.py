@@ -276,6 +276,19 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot_command(args: argparse.Namespace) -> int:
+    """``shmbench plot``: the per-episode return of the runs in a directory, as a PNG."""
+    from shmbench.logs import plot_returns
+
+    try:
+        path = plot_returns(args.runs, args.output)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"shmbench plot: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
@@ -294,3 +307,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         func=run_command,
     )
     add_run_arguments(p)
+
+    p = add_command(
+        sub,
+        "plot",
+        help="plot the per-episode return of logged runs",
+        description=(
+            "Write a PNG of the per-episode return of the run logs in a directory (or one log):\n"
+            "one line per run, labelled by its seed, one panel per experiment. Needs matplotlib\n"
+            "(pip install 'shmbench[analysis]'); shmbench.logs.to_dataframe gives the steps."
+        ),
+        examples=("shmbench plot shmbench_logs/", "shmbench plot runs/ -o returns.png"),
+        func=plot_command,
+    )
+    p.add_argument("runs", help="a directory of run logs (searched recursively) or one .jsonl log")
+    p.add_argument("-o", "--output", default="returns.png", help="the PNG to write")

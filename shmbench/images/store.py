@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "images_dir",
     "list_images",
     "make_once",
+    "prune_cache",
     "remember_digest",
     "remove_image",
     "touch",
@@ -257,3 +259,89 @@ def remove_image(digest: str) -> bool:
         except FileNotFoundError:
             return False
     return True
+
+
+#: the cache's derived parts: trees unpacked from SIFs (for bwrap) and images built from
+#: recipes -- both made again when needed; pulled images (digest-pinned downloads) are kept
+PRUNABLE = ("unpacked", "built")
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a process names ``path`` on its command line (a bwrap sandbox runs with its
+    root tree as an argument) -- a running server's tree is never pruned."""
+    needle = os.fsencode(str(path))
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if needle in f.read(1 << 20):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove an unpacked tree: renamed aside first (it vanishes at once, whole), then
+    deleted, making read-only directories writable where that is what stops it."""
+    import shutil
+    import stat
+
+    aside = path.with_name(f".pruning-{path.name}-{os.getpid()}")
+    path.rename(aside)
+
+    def retry(func: Callable[[str], object], name: str, exc: object) -> None:
+        parent = os.path.dirname(name)
+        os.chmod(parent, os.lstat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        func(name)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(aside, onexc=retry)
+    else:
+        shutil.rmtree(aside, onerror=retry)
+
+
+def prune_cache(parts: tuple[str, ...] = PRUNABLE) -> list[tuple[Path, int]]:
+    """Remove the derived parts of the cache (:data:`PRUNABLE`) that nothing uses: each
+    entry under its lock (one being made is skipped) and only if no process names it.
+    Returns what was removed, with the bytes it held."""
+    from filelock import FileLock, Timeout
+
+    removed: list[tuple[Path, int]] = []
+    for part in parts:
+        if part not in PRUNABLE:
+            raise ValueError(f"only {PRUNABLE} can be pruned, not {part!r}")
+        directory = cache_root() / part
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            if entry.name.startswith(".") or entry.suffix == ".lock" or entry.is_symlink():
+                continue
+            key = entry.name.split(".", 1)[0]
+            try:
+                with FileLock(str(directory / f"{key}.lock"), timeout=0):
+                    if _in_use(entry):
+                        continue
+                    size = _size(entry)
+                    if entry.is_dir():
+                        _remove_tree(entry)
+                    else:
+                        entry.unlink()
+                    removed.append((entry, size))
+            except Timeout:
+                continue  # being unpacked or built right now
+    return removed
+
+
+def _size(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
