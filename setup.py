@@ -1,4 +1,7 @@
-"""Builds the C extension ``shmbench._ring._ring``; everything else lives in pyproject.toml.
+"""Builds the C extension ``shmbench._ring._ring`` and lists the packages; everything else
+lives in pyproject.toml. The benchmark suites in ``bench/`` are installed as the package
+``shmbench.perf.suites`` (one source: ``shmbench bench`` finds them in a checkout or in the
+installed package).
 
 ``SHMBENCH_SANITIZE=1`` builds it with AddressSanitizer and UndefinedBehaviorSanitizer
 (run Python with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load the runtime);
@@ -6,7 +9,7 @@
 """
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 cflags = ["-std=c11", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 ldflags = ["-pthread"]   # the heartbeat thread
@@ -20,6 +23,8 @@ else:
     cflags += ["-O2"]
 
 setup(
+    packages=[*find_packages(include=["shmbench", "shmbench.*"]), "shmbench.perf.suites"],
+    package_dir={"shmbench.perf.suites": "bench"},
     ext_modules=[
         Extension(
             "shmbench._ring._ring",

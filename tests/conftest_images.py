@@ -137,11 +137,12 @@ def small_sif(tmp_path: Path) -> Path:
 
 
 def _source_hash() -> str:
-    """What the wheel is built from: the package sources and the build configuration."""
+    """What the wheel is built from: the package sources (bench/ installs as its suites) and
+    the build configuration."""
     h = hashlib.sha256()
     for name in ("pyproject.toml", "setup.py"):
         h.update((REPO / name).read_bytes())
-    for path in sorted((REPO / "shmbench").rglob("*")):
+    for path in sorted([*(REPO / "shmbench").rglob("*"), *(REPO / "bench").rglob("*")]):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".so", ".pyc"):
             h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:24]

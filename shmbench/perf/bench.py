@@ -4,9 +4,10 @@
 >>> run(quick=True, out_dir="bench-report")              # doctest: +SKIP
 0
 
-The suites are the pytest files in the source checkout's ``bench/`` directory; they run in
-a child ``python -m pytest`` (the checkout's pytest configuration applies, and a caller
-that is itself a pytest run is not disturbed), which streams its progress -- one line per
+The suites are the pytest files of the source checkout's ``bench/`` directory, which a
+``pip install 'shmbench[bench]'`` installs as ``shmbench.perf.suites``; they run in a child
+``python -m pytest`` (a checkout's pytest configuration applies, and a caller that is
+itself a pytest run is not disturbed), which streams its progress -- one line per
 benchmark, skips with their reasons -- and writes ``OUT/bench.json``. Then
 :func:`shmbench.perf.report.write_report` turns it into ``OUT/report.md`` and plots.
 
@@ -38,16 +39,19 @@ _QUICK = {"min_rounds": 5, "max_time": 1.0}
 
 def find_bench_dir() -> Path:
     """The directory of the benchmark suites: ``$SHMBENCH_BENCH_DIR``, else ``bench/`` next
-    to this package in a source checkout."""
+    to this package in a source checkout, else the installed copy (``shmbench.perf.suites``,
+    what setup.py installs ``bench/`` as)."""
     override = os.environ.get(BENCH_DIR_ENV)
     candidates = [Path(override)] if override else []
     candidates.append(Path(__file__).resolve().parents[2] / "bench")
+    candidates.append(Path(__file__).resolve().parent / "suites")
     for path in candidates:
         if (path / "conftest.py").is_file():
             return path.resolve()
     raise FileNotFoundError(
-        "the benchmark suites live in a shmbench source checkout's bench/ directory, which "
-        f"was not found (looked in {', '.join(map(str, candidates))}); set {BENCH_DIR_ENV}"
+        "the benchmark suites were not found (looked in "
+        f"{', '.join(map(str, candidates))}); install shmbench with its suites "
+        f"(pip install 'shmbench[bench]') or set {BENCH_DIR_ENV} to a checkout's bench/"
     )
 
 
@@ -100,7 +104,10 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
     mode = "quick subset" if quick else "full suite"
     print(f"shmbench bench: running the {mode} from {bench_dir}\n  $ {' '.join(args[1:])}", flush=True)
     start = time.monotonic()
-    status = subprocess.run(args, cwd=bench_dir.parent, env=env).returncode
+    # a checkout: run from its root (its pytest configuration); installed suites: from the
+    # output directory, so that nothing of site-packages lands first on the child's sys.path
+    in_checkout = (bench_dir.parent / "shmbench").is_dir() and bench_dir.name == "bench"
+    status = subprocess.run(args, cwd=bench_dir.parent if in_checkout else out.resolve(), env=env).returncode
     elapsed = time.monotonic() - start
     print(f"shmbench bench: pytest exited with status {status} after {elapsed:.0f} s", flush=True)
     if not json_path.is_file():
