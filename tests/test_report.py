@@ -123,8 +123,9 @@ def test_report_structure(sample, tmp_path):
     md = path.read_text()
     assert md.startswith("# shmbench overhead report\n")
     sections = _sections(md)
-    for heading in ("Runs", "Issue targets", "Results", "Plots"):
+    for heading in ("Runs", "Results", "Plots", "Appendix: the project's performance goals"):
         assert heading in sections, f"no '## {heading}' section"
+    assert md.index("## Results") < md.index("## Appendix")  # the user's numbers first
     assert "AMD" in sections["Runs"] or "CPUs" in sections["Runs"]
     groups = _groups(sample)
     # one table per workload group, one row per benchmark of the group
@@ -162,7 +163,7 @@ def test_report_structure(sample, tmp_path):
     assert float(row[header.index("× native")].replace(",", "")) == pytest.approx(
         med["shmbench-process"] / med["native"], rel=0.01
     )
-    targets = _tables(sections["Issue targets"])[0]
+    targets = _tables(sections["Appendix: the project's performance goals"])[0]
     assert targets[0] == ["target", "measured", "goal", "met"]
     assert all(r[3] in ("yes", "no") for r in targets[2:])
 
@@ -261,7 +262,7 @@ def test_generic_groups_get_tables(tmp_path):
     spin = next(r for r in rows if r[0] == "shmbench-spin")
     assert spin[-1] == "10.5"  # 1 MiB per 100 µs
     assert "test_unlabelled" in sections["Other benchmarks"]
-    assert "Issue targets" not in sections
+    assert "Appendix: the project's performance goals" not in sections
     assert (tmp_path / "out" / "step-time.png").is_file()
     assert not (tmp_path / "out" / "vector-throughput.png").exists()
 
@@ -294,3 +295,25 @@ def test_bench_quick(tmp_path):
         assert f"### {group}" in md
     assert (tmp_path / "step-time.png").stat().st_size > 0
     assert (tmp_path / "vector-throughput.png").stat().st_size > 0
+    # compacted: every round's timing became 101 percentiles, the summary stayed
+    for bench in data["benchmarks"]:
+        stats = bench["stats"]
+        assert "data" not in stats and len(stats["data_percentiles"]) == 101
+        assert stats["data_percentiles"][0] == stats["min"] and stats["data_percentiles"][-1] == stats["max"]
+    assert (tmp_path / "bench.json").stat().st_size < 2_000_000
+
+
+def test_compact_keeps_the_statistics_and_shrinks_the_rounds(tmp_path):
+    from shmbench.perf.bench import compact
+
+    rounds = [float(i) for i in range(1, 100_001)]
+    doc = {"benchmarks": [{"name": "x", "stats": {"median": 50000.5, "rounds": 100_000, "data": rounds}}]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    before = path.stat().st_size
+    compact(path)
+    stats = json.loads(path.read_text())["benchmarks"][0]["stats"]
+    assert stats["median"] == 50000.5 and stats["rounds"] == 100_000 and "data" not in stats
+    assert stats["data_percentiles"][0] == 1.0 and stats["data_percentiles"][50] == 50001.0
+    assert stats["data_percentiles"][100] == 100_000.0
+    assert path.stat().st_size < before / 100

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["run", "find_bench_dir", "pytest_args", "QUICK_ENV", "BENCH_DIR_ENV"]
+__all__ = ["run", "find_bench_dir", "pytest_args", "compact", "QUICK_ENV", "BENCH_DIR_ENV"]
 
 #: read by bench/conftest.py: keep the quick subset, fewer rounds, build no image
 QUICK_ENV = "SHMBENCH_BENCH_QUICK"
@@ -115,6 +115,26 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
         return status or 1
     from shmbench.perf.report import write_report
 
+    compact(json_path)
     report = write_report([json_path], out)
     print(f"shmbench bench: results {json_path}\nshmbench bench: report  {report}", flush=True)
     return status
+
+
+def compact(json_path: Path) -> None:
+    """Shrink a pytest-benchmark JSON in place: each benchmark's every-round timings
+    (``stats.data``: most of the file, 60 MB for the full suite) become their 101 percentiles
+    (``stats.data_percentiles``); the summary statistics the report reads stay as they are."""
+    import json
+
+    doc = json.loads(json_path.read_text())
+    for bench in doc.get("benchmarks", []):
+        stats = bench.get("stats") or {}
+        data = stats.pop("data", None)
+        if data:
+            ordered = sorted(data)
+            last = len(ordered) - 1
+            stats["data_percentiles"] = [ordered[round(q * last / 100)] for q in range(101)]
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, json_path)

@@ -547,8 +547,6 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
         md += _machine_lines(run)
     md.append("")
     targets = _targets_table(runs)
-    if targets:
-        md += ["## Issue targets", "", "Measured, not asserted.", "", targets, ""]
     md += ["## Results", ""]
     for name in list(step_groups) + list(vector_groups):
         md += [f"### {name}", "", _group_table(name, groups[name], runs), ""]
@@ -582,6 +580,17 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
     if vector_groups:
         _plot(vector_groups, out / "vector-throughput.png", "Vector env throughput", throughput=True, multi=multi)
         md += ["![vector env throughput](vector-throughput.png)", ""]
+    if targets:
+        md += [
+            "## Appendix: the project's performance goals",
+            "",
+            "The goals shmbench's developers set themselves (its issue tracker), measured on this "
+            "machine: a ratio here is not a failure of your set-up, and the goals were set on a "
+            "2-vCPU VM; compare with the tables above.",
+            "",
+            targets,
+            "",
+        ]
     report = out / "report.md"
     report.write_text("\n".join(md), encoding="utf-8")
     return report
