@@ -204,3 +204,25 @@ def test_images_prune_removes_derived_entries_but_not_pulled_or_running_ones(tmp
     assert busy.is_dir() and pulled.read_bytes() == b"pinned"  # a running sandbox's tree, a pull
     assert "pruned 2 unpacked tree(s) and built image(s)" in out.stdout
     assert not [p for p in unpacked.iterdir() if p.name.startswith(".pruning")]
+
+
+def test_demo_times_an_env_only_its_server_can_build():
+    """``module:Class`` ids are built by the server; the host's gymnasium.make cannot build
+    an unregistered class (nor a module only the container has): the demo says so and times
+    the server alone instead of crashing."""
+    tests = str(Path(__file__).resolve().parent)
+    out = shmbench(
+        "demo",
+        "--env",
+        "envs:InfoEnv",
+        "--runtime",
+        "process",
+        "--check",
+        "50",
+        "--steps",
+        "200",
+        env={"PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "the host cannot build envs:InfoEnv" in out.stdout and "no native reference" in out.stdout
+    assert "median step: shmbench" in out.stdout and "Traceback" not in out.stderr

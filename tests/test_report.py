@@ -20,7 +20,10 @@ an idle 2-vCPU machine, a minute or more under load. It is marked ``slow`` (CI r
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -317,3 +320,46 @@ def test_compact_keeps_the_statistics_and_shrinks_the_rounds(tmp_path):
     assert stats["data_percentiles"][0] == 1.0 and stats["data_percentiles"][50] == 50001.0
     assert stats["data_percentiles"][100] == 100_000.0
     assert path.stat().st_size < before / 100
+
+
+def test_bench_measures_the_users_own_env(tmp_path):
+    """``shmbench bench --env`` on an env the host can build (native, the runtime, vector
+    rows) and on one only its server can (no native row, said as the skip's reason)."""
+    from shmbench.perf import bench as benchrun
+
+    status = benchrun.run(
+        quick=True, out_dir=tmp_path / "cp", user={"env": "CartPole-v1", "runtime": "process", "num_envs": 2}
+    )
+    assert status == 0
+    data = json.loads((tmp_path / "cp" / "bench.json").read_text())
+    groups = _groups(data)
+    assert set(groups) == {"user-CartPole-v1", "user-vec2-CartPole-v1"}
+    methods = {b["extra_info"]["method"] for b in data["benchmarks"]}
+    assert {"native", "shmbench-process", "sync-vector", "shmbench-vector"} <= methods
+    assert "### user-CartPole-v1" in (tmp_path / "cp" / "report.md").read_text()
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmbench",
+            "bench",
+            "--quick",
+            "--env",
+            "envs:InfoEnv",
+            "--runtime",
+            "process",
+            "-o",
+            str(tmp_path / "info"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "the host cannot build envs:InfoEnv" in out.stdout  # the skip's reason, in -rs
+    data = json.loads((tmp_path / "info" / "bench.json").read_text())
+    assert {b["extra_info"]["method"] for b in data["benchmarks"]} == {"shmbench-process"}

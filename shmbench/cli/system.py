@@ -33,25 +33,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"(image: {env.runtime.describe_image()}); server pid {info.get('pid')} "
             f"python {info.get('python')} numpy {info.get('numpy')}"
         )
-        ref = gymnasium.make(args.env)
-        ref.action_space.seed(0)
-        actions = [ref.action_space.sample() for _ in range(args.check)]
+        try:
+            ref = gymnasium.make(args.env)
+        except Exception as exc:  # the env needs what only its container has: that is fine
+            ref = None
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            print(f"the host cannot build {args.env} ({why}): no native reference, the server alone is timed")
+        space = (ref or env).action_space
+        space.seed(0)
+        actions = [space.sample() for _ in range(max(args.check, args.steps))]
         mismatches = 0
-        for e in (env, ref):
-            e.reset(seed=0)
-        for a in actions:
-            got, want = env.step(a), ref.step(a)
-            same = all(np.array_equal(x, y) and type(x) is type(y) for x, y in zip(got[:4], want[:4]))
-            mismatches += not same
-            if got[2] or got[3]:
-                env.reset()
-                ref.reset()
-        print(
-            f"{args.check} steps compared with the native env: "
-            + ("identical" if not mismatches else f"{mismatches} MISMATCHES")
-        )
+        if ref is not None:
+            for e in (env, ref):
+                e.reset(seed=0)
+            for a in actions[: args.check]:
+                got, want = env.step(a), ref.step(a)
+                same = all(np.array_equal(x, y) and type(x) is type(y) for x, y in zip(got[:4], want[:4]))
+                mismatches += not same
+                if got[2] or got[3]:
+                    env.reset()
+                    ref.reset()
+            print(
+                f"{args.check} steps compared with the native env: "
+                + ("identical" if not mismatches else f"{mismatches} MISMATCHES")
+            )
         timings = {}
         for name, e in (("native", ref), ("shmbench", env)):
+            if e is None:
+                continue
             e.reset(seed=1)
             samples = []
             for a in actions[: args.steps]:
@@ -61,10 +70,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if term or trunc:
                     e.reset()
             timings[name] = float(np.median(samples)) / 1000
-        print(
-            f"median step: native {timings['native']:.2f} us, shmbench {timings['shmbench']:.2f} us "
-            f"({timings['shmbench'] / timings['native']:.2f}x)"
-        )
+        if ref is not None:
+            ref.close()
+            print(
+                f"median step: native {timings['native']:.2f} us, shmbench {timings['shmbench']:.2f} us "
+                f"({timings['shmbench'] / timings['native']:.2f}x)"
+            )
+        else:
+            print(f"median step: shmbench {timings['shmbench']:.2f} us (no native reference)")
     print("closed: server stopped, channel files removed")
     return 0 if not mismatches else 1
 

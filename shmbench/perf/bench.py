@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["run", "find_bench_dir", "pytest_args", "compact", "QUICK_ENV", "BENCH_DIR_ENV"]
+__all__ = ["run", "find_bench_dir", "pytest_args", "compact", "QUICK_ENV", "BENCH_DIR_ENV", "USER_ENV"]
 
 #: read by bench/conftest.py: keep the quick subset, fewer rounds, build no image
 QUICK_ENV = "SHMBENCH_BENCH_QUICK"
@@ -56,7 +56,7 @@ def find_bench_dir() -> Path:
 
 
 def pytest_args(bench_dir: Path, json_path: Path, quick: bool, extra_args: Sequence[str] = ()) -> list[str]:
-    """The child pytest's command line."""
+    """The child pytest's command line (``bench_dir``: the suites, or one suite's file)."""
     opts = _QUICK if quick else _FULL
     return [
         sys.executable,
@@ -78,8 +78,20 @@ def pytest_args(bench_dir: Path, json_path: Path, quick: bool, extra_args: Seque
     ]
 
 
-def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()) -> int:
+#: the user's env for bench/test_user_bench.py (shmbench bench --env ...)
+USER_ENV = {
+    "env": "SHMBENCH_BENCH_ENV",
+    "image": "SHMBENCH_BENCH_IMAGE",
+    "runtime": "SHMBENCH_BENCH_RUNTIME",
+    "num_envs": "SHMBENCH_BENCH_NUM_ENVS",
+}
+
+
+def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] = (), user: dict | None = None) -> int:
     """Run the suites (the quick subset if ``quick``) and write the report into ``out_dir``.
+
+    ``user`` (keys of :data:`USER_ENV`: ``env``, ``image``, ``runtime``, ``num_envs``) runs
+    only the suite that measures the user's own env instead (bench/test_user_bench.py).
 
     Returns pytest's exit status (0: every benchmark ran or skipped with a reason), or 2
     when the suites cannot be found. A report is written whenever the run produced JSON,
@@ -100,7 +112,12 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
         env[QUICK_ENV] = "1"
     else:
         env.pop(QUICK_ENV, None)
-    args = pytest_args(bench_dir, json_path, quick, extra_args)
+    for key, name in USER_ENV.items():
+        env.pop(name, None)
+        if user and user.get(key) not in (None, ""):
+            env[name] = str(user[key])
+    target = bench_dir / "test_user_bench.py" if user and user.get("env") else bench_dir
+    args = pytest_args(target, json_path, quick, extra_args)
     mode = "quick subset" if quick else "full suite"
     print(f"shmbench bench: running the {mode} from {bench_dir}\n  $ {' '.join(args[1:])}", flush=True)
     start = time.monotonic()
