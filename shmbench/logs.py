@@ -53,6 +53,7 @@ __all__ = [
     "log_files",
     "step_records",
     "to_dataframe",
+    "load_logs",
     "episode_returns",
     "plot_returns",
     "to_plain",
@@ -305,6 +306,12 @@ def step_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     flat[key] = value
             out.append(flat)
     return out
+
+
+def load_logs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The step rows of the log(s) at ``path``, DACBench-shaped, as ``dacbench.logger.load_logs``
+    returns them: ``dacbench.logger.log2dataframe(load_logs(path))`` works unchanged."""
+    return [row for file in log_files(path) for row in read_log(file).rows]
 
 
 def to_dataframe(path: str | os.PathLike[str]) -> Any:

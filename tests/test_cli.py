@@ -226,3 +226,23 @@ def test_demo_times_an_env_only_its_server_can_build():
     assert out.returncode == 0, out.stderr
     assert "the host cannot build envs:InfoEnv" in out.stdout and "no native reference" in out.stdout
     assert "median step: shmbench" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_inspect_shows_the_sif_and_says_when_nothing_runs_in_it(small_sif):
+    """small_sif: a real SIF (siftool, squashfs) with a definition file and no Python."""
+    out = shmbench("inspect", str(small_sif), "--runtime", "bwrap", timeout=180)
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout
+    assert f"{small_sif}: SIF 01, amd64" in text and "digest sha256:" in text
+    assert "deffile" in text and "partition" in text
+    assert "definition file:\n    Bootstrap: scratch" in text
+    assert "inside: no server could run in it (" in text and "Traceback" not in out.stderr
+    missing = shmbench("inspect", str(small_sif) + ".nope")
+    assert missing.returncode == 2 and missing.stderr.startswith("shmbench inspect: error: no image at")
+
+
+@pytest.mark.slow
+def test_inspect_reports_what_runs_inside_a_real_image(light_sif):
+    out = shmbench("inspect", str(light_sif), "--runtime", "bwrap", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "inside (via the bwrap runtime): python 3.11" in out.stdout and "shmbench 0.1.0" in out.stdout

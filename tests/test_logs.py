@@ -149,6 +149,9 @@ def test_to_dataframe_gives_one_flat_row_per_step(tmp_path):
     assert row["action"] == [1, 2]
     assert str(row["reward_time"].tz) == "UTC"
     assert len(to_dataframe(paths[0])) == len(logs[0].rows)  # one file works too
+    from shmbench.logs import load_logs
+
+    assert load_logs(tmp_path / "runs") == logs[0].rows + logs[1].rows  # files in name order: seed 1, 2
 
 
 def test_plot_writes_the_per_episode_returns_by_seed(tmp_path):

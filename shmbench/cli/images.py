@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from shmbench.cli.util import add_command, human_size
 
@@ -83,6 +84,60 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What an image is (its SIF header, objects, definition file, labels) and what runs in
+    it: a server started in it by the runtime a run would use reports its Python, numpy,
+    gymnasium and shmbench."""
+    import datetime
+    import json
+    from pathlib import Path
+
+    from shmbench.errors import ShmbenchError
+    from shmbench.images.sif import DataType, read_sif
+    from shmbench.images.store import file_digest
+
+    path = Path(args.image)
+    if not path.exists():
+        print(f"shmbench inspect: error: no image at {path}", file=sys.stderr)
+        return 2
+    if path.is_file():
+        sif = read_sif(path)
+        h = sif.header
+        created = datetime.datetime.fromtimestamp(h.created, tz=datetime.timezone.utc)
+        print(f"{path}: SIF {h.version}, {h.arch}, {human_size(sif.file_size)}, created {created:%Y-%m-%d %H:%M} UTC")
+        print(f"  digest {file_digest(path)}")
+        for d in sif.descriptors:
+            kind = DataType(d.datatype).name.lower() if d.datatype in DataType._value2member_map_ else hex(d.datatype)
+            print(f"  object {d.id}: {kind}, {human_size(d.size)}" + (f" ({d.name})" if d.name else ""))
+        for d in sif.of_type(DataType.LABELS):
+            try:
+                labels = json.loads(sif.read_object(d))
+            except ValueError:
+                labels = {}
+            for key, value in sorted(labels.items()) if isinstance(labels, dict) else []:
+                print(f"  label {key}: {value}")
+        for d in sif.of_type(DataType.DEFFILE):
+            text = sif.read_object(d).decode("utf-8", "replace")
+            print("  definition file:")
+            for line in text.splitlines()[: args.deffile_lines]:
+                print(f"    {line}")
+    else:
+        print(f"{path}: a directory (a sandbox root filesystem)")
+    import shmbench
+
+    try:
+        with shmbench.make("CartPole-v1", runtime=args.runtime, image=str(path), start_timeout=60) as env:
+            info = env.server_info
+            print(
+                f"  inside (via the {env.runtime.name} runtime): python {info.get('python')}, numpy "
+                f"{info.get('numpy')}, gymnasium {info.get('gymnasium')}, shmbench {info.get('shmbench')}"
+            )
+    except (ShmbenchError, OSError, ValueError) as exc:
+        print(f"  inside: no server could run in it ({' '.join(str(exc).split())[:300]})")
+        return 1
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
@@ -126,6 +181,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--remove", nargs="+", metavar="DIGEST", help="remove these images from the cache")
     p.add_argument("--prune", action="store_true", help="remove unpacked trees and built images nothing uses")
+
+    p = add_command(
+        sub,
+        "inspect",
+        help="what an image holds and what runs in it",
+        description=(
+            "Show an image: its SIF header, data objects, labels and definition file, then start\n"
+            "a server in it through the runtime a run would use and report the Python, numpy,\n"
+            "gymnasium and shmbench it runs. Exits 1 when no server could run in it."
+        ),
+        examples=("shmbench inspect light.sif", "shmbench inspect ~/.cache/shmbench/unpacked/0123... --runtime bwrap"),
+        func=cmd_inspect,
+    )
+    p.add_argument("image", help="a SIF file or a sandbox directory")
+    p.add_argument("--runtime", default="auto", help="the runtime that starts the server in it")
+    p.add_argument("--deffile-lines", type=int, default=40, metavar="N", help="lines of the definition file shown")
 
     p = add_command(
         sub,
