@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from shmbench.errors import ChannelClosed, ChannelTimeout, PeerDied, RemoteEnvError, RequestPending
+import shmbench
+from shmbench.errors import ChannelClosed, ChannelTimeout, PeerDied, ProtocolError, RemoteEnvError, RequestPending
 from shmbench.host.worker import HOST_SPIN_CAP_NS, START_TIMEOUT, Worker, WorkerState, wait_policy
 from shmbench.runtimes.process import ProcessRuntime
 from shmbench.transport.session import Session
@@ -107,3 +111,26 @@ def test_wait_policies():
     for bad in ("fast", -1, True):
         with pytest.raises(ValueError):
             wait_policy(bad, 2)
+
+
+class OtherProtocol(ProcessRuntime):
+    """The process runtime starting tests/old_server.py: a server of another protocol."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__()
+        self.version = version
+
+    def command(self, launch):
+        _argv, env = super().command(launch)
+        return [sys.executable, str(Path(__file__).resolve().parent / "old_server.py"), str(self.version)], env
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_server_of_another_protocol_is_refused_at_the_handshake(version):
+    t0 = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        shmbench.make("CartPole-v1", runtime=OtherProtocol(version))
+    message = str(info.value)
+    assert f"speaks shmbench protocol {version} " in message and "this host protocol 2 " in message
+    assert "rebuild the image with this host's shmbench" in message
+    assert time.monotonic() - t0 < 30

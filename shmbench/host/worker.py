@@ -36,7 +36,7 @@ from shmbench.runtimes.base import Launch, Runtime, ServerProcess
 from shmbench.transport.channel import Channel
 from shmbench.transport.session import Session, Slab
 from shmbench.wire.codec import Codec
-from shmbench.wire.protocol import Opcode, Status, split_notes
+from shmbench.wire.protocol import PROTOCOL_VERSION, Opcode, Status, split_notes
 from shmbench.wire.remote import emit_warnings, raise_remote
 
 __all__ = [
@@ -403,6 +403,17 @@ class Worker:
             raise ProtocolError(f"{self.name} answered MAKE with {type(info).__name__}")
         server = info.get("server")
         self.server_info = server if isinstance(server, dict) else {}
+        theirs = self.server_info.get("protocol", 1)
+        if theirs != PROTOCOL_VERSION:
+            from shmbench import __version__
+
+            self.mark_broken()
+            raise ProtocolError(
+                f"{self.name} speaks shmbench protocol {theirs!r} (its shmbench "
+                f"{self.server_info.get('shmbench', '?')}), this host protocol {PROTOCOL_VERSION} (shmbench "
+                f"{__version__}): rebuild the image with this host's shmbench (shmbench build "
+                "RECIPE), or run it from a host with the image's shmbench version"
+            )
 
     # -- shutdown: begin for every worker, then finish for every worker ---------------------
 

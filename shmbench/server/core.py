@@ -32,6 +32,7 @@ from shmbench.server.vector import NEXT_STEP, VectorServing, autoreset_code, pro
 from shmbench.transport.session import Slab, attach, reap_session
 from shmbench.wire.codec import Codec
 from shmbench.wire.protocol import (
+    PROTOCOL_VERSION,
     ActionTag,
     ObsTag,
     Opcode,
@@ -267,6 +268,7 @@ class RemoteEnvironmentServer(VectorServing):
                 "numpy": np.__version__,
                 "gymnasium": gymnasium.__version__,
                 "shmbench": _shmbench_version(),
+                "protocol": PROTOCOL_VERSION,
             },
         }
         for other in self.envs[1:]:

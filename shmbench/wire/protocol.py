@@ -30,6 +30,7 @@ from shmbench.errors import ProtocolError
 from shmbench.wire.codec import Codec
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "Opcode",
     "Status",
     "ActionTag",
@@ -54,6 +55,14 @@ __all__ = [
     "with_notes",
     "split_notes",
 ]
+
+
+#: The version of what the messages mean (opcodes, tags, reply layouts, MAKE's keys). A
+#: server reports it in its MAKE reply and the host refuses any other at once (a server in
+#: an image built with another shmbench): bump it with any change a peer would misread. 1
+#: is every shmbench before the field existed. The channel's memory layout has its own
+#: version, checked when the server attaches (``_ring.LAYOUT_VERSION``).
+PROTOCOL_VERSION = 2
 
 
 class Opcode(IntEnum):
