@@ -246,3 +246,25 @@ def test_inspect_reports_what_runs_inside_a_real_image(light_sif):
     out = shmbench("inspect", str(light_sif), "--runtime", "bwrap", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "inside (via the bwrap runtime): python 3.11" in out.stdout and "shmbench 0.1.0" in out.stdout
+
+
+def test_shell_runs_in_the_sandbox_a_server_would_get():
+    from conftest import runtime_kwargs
+
+    runtime_kwargs("bwrap")  # skips, with the reason, where bwrap cannot run
+    out = shmbench("shell", "--runtime", "bwrap", "-c", "echo in $(hostname); touch /usr/x 2>/dev/null || echo ro")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["in", "shmbench", "ro"]  # its hostname, a read-only root
+    failed = shmbench("shell", "--runtime", "bwrap", "-c", "exit 7")
+    assert failed.returncode == 7
+    refused = shmbench("shell", "--runtime", "process")
+    assert refused.returncode == 2 and "no sandbox to open a shell in" in refused.stderr
+
+
+@pytest.mark.slow
+def test_shell_in_a_real_image(light_sif):
+    out = shmbench(
+        "shell", str(light_sif), "--runtime", "bwrap", "-c", "python3 -c 'import numpy; print(numpy.__version__)'"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(("1.", "2."))

@@ -138,6 +138,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shell(args: argparse.Namespace) -> int:
+    """A shell (or ``-c COMMAND``) in the sandbox a server of the image would get."""
+    from pathlib import Path
+
+    from shmbench.errors import ShmbenchError
+    from shmbench.runtimes.base import Launch
+    from shmbench.runtimes.selection import get_runtime
+
+    try:
+        runtime = get_runtime(args.runtime, image=args.image)
+    except (ShmbenchError, OSError, ValueError) as exc:
+        print(f"shmbench shell: error: {exc}", file=sys.stderr)
+        return 2
+    program = ["/bin/sh", *(["-c", args.command] if args.command else [])]
+    if runtime.name in ("bwrap", "apptainer"):  # their command() takes the program to run
+        launch = Launch(name="shell", fds={}, log_fd=-1, log_path=Path(os.devnull))
+        argv, env = runtime.command(launch, program=program)  # type: ignore[call-arg]
+    else:
+        print(f"shmbench shell: error: the {runtime.name} runtime has no sandbox to open a shell in", file=sys.stderr)
+        return 2
+    import subprocess
+
+    return subprocess.run(argv, env=env).returncode
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
@@ -197,6 +222,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="a SIF file or a sandbox directory")
     p.add_argument("--runtime", default="auto", help="the runtime that starts the server in it")
     p.add_argument("--deffile-lines", type=int, default=40, metavar="N", help="lines of the definition file shown")
+
+    p = add_command(
+        sub,
+        "shell",
+        help="a shell in the sandbox an image's server would get",
+        description=(
+            "Open /bin/sh (or run -c COMMAND) in the sandbox a server of IMAGE would get: the same\n"
+            "runtime, namespaces, read-only root and private /tmp (no IMAGE: the host's system,\n"
+            "read-only). The session is detached from the terminal's job control, as servers are\n"
+            "(a program in it must not type into your terminal): no Ctrl-Z, no fg."
+        ),
+        examples=(
+            "shmbench shell light.sif",
+            "shmbench shell light.sif -c 'python3 -c \"import numpy; print(numpy.__version__)\"'",
+        ),
+        func=cmd_shell,
+    )
+    p.add_argument("image", nargs="?", help="a SIF file or a sandbox directory (default: the host's system)")
+    p.add_argument("-c", "--command", help="run this shell command instead of an interactive shell")
+    p.add_argument("--runtime", default="auto", help="the runtime whose sandbox it is")
 
     p = add_command(
         sub,

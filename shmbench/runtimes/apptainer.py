@@ -361,7 +361,9 @@ class ApptainerRuntime(Runtime):
             "in apptainer.conf)"
         )
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    def command(self, launch: Launch, program: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """apptainer's argv and environment for a server -- or, given ``program``, for that
+        program in the same container (``shmbench shell``)."""
         env = {**self.environment, **launch.server_environment()}
         env.pop("SHMBENCH_CHANNEL", None)  # reserved: the channel is an inherited descriptor
         for key, value in env.items():
@@ -381,7 +383,7 @@ class ApptainerRuntime(Runtime):
                 argv += ["--pids-limit", str(self.limits.pids)]
             if self.limits.cpus:
                 argv += ["--cpus", f"{self.limits.cpus:g}"]
-        argv += [*self.extra_args, self.image_ref, self.python, "-I", "-m", "shmbench.server"]
+        argv += [*self.extra_args, self.image_ref, *(program or [self.python, "-I", "-m", "shmbench.server"])]
         # Apptainer itself runs with the host's environment (its own settings, caches,
         # proxies); --cleanenv keeps that out of the container. Only variables that would
         # inject competing SHMBENCH_* values into the container are dropped.

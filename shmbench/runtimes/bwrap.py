@@ -244,7 +244,9 @@ class BwrapRuntime(Runtime):
             return ["--tmpfs", base]
         return []
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    def command(self, launch: Launch, program: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """bwrap's argv and environment for a server -- or, given ``program``, for that
+        program in the same sandbox (``shmbench shell``)."""
         exe = find_bwrap()
         if exe is None:
             raise ImageError("bwrap is not installed (apt-get install bubblewrap)")
@@ -300,7 +302,9 @@ class BwrapRuntime(Runtime):
         # over the host view the server runs the host's own shmbench (see server_command);
         # an image runs the shmbench installed in it
         server = (
-            [self.python, "-s", "-m", "shmbench.server"]
+            program
+            if program is not None
+            else [self.python, "-s", "-m", "shmbench.server"]
             if self.rootfs is not None
             else server_command(self.python, "-s")
         )
