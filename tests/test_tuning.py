@@ -3,6 +3,8 @@ servers. That the chosen count is *faster* is the benchmarks' business (bench/).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
@@ -60,8 +62,11 @@ def test_an_env_that_cannot_be_timed_gets_one_server(tmp_path):
     probe gives up (saying so in the server's log), one server serves all envs."""
     with shmbench.make_vec("envs:FailingEnv", 4, runtime="process") as envs:
         assert envs.tuning.step_ns is None and envs.tuning.num_workers == 1
-        log = (envs._owned.session.path / "w0.log").read_text()
-        assert "could not time a spare env (ValueError" in log
+        log_path = envs._owned.session.path / "w0.log"
+        deadline = time.monotonic() + 10  # the host drains the server's output asynchronously
+        while "could not time a spare env" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "could not time a spare env (ValueError" in log_path.read_text()
         envs.reset(seed=0)
         obs, *_ = envs.step(np.ones(4, np.int64))
         assert obs.shape == (4, 2)
