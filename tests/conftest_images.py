@@ -10,7 +10,6 @@ tests/conftest.py imports these names so that any test module can use the fixtur
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -137,15 +136,10 @@ def small_sif(tmp_path: Path) -> Path:
 
 
 def _source_hash() -> str:
-    """What the wheel is built from: the package sources (bench/ installs as its suites) and
-    the build configuration."""
-    h = hashlib.sha256()
-    for name in ("pyproject.toml", "setup.py"):
-        h.update((REPO / name).read_bytes())
-    for path in sorted([*(REPO / "shmbench").rglob("*"), *(REPO / "bench").rglob("*")]):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".so", ".pyc"):
-            h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:24]
+    """The key of this tree's wheel (shmbench.images.wheel.source_hash: what it is built from)."""
+    from shmbench.images.wheel import source_hash
+
+    return source_hash(REPO)
 
 
 @pytest.fixture(scope="session")
@@ -163,22 +157,11 @@ def shmbench_wheel() -> Path:
             "the bookworm image runs Python 3.11; its shmbench wheel must be built "
             f"by Python 3.11, not {sys.version.split()[0]}"
         )
-    from shmbench.images.store import cache_subdir
+    from shmbench.images.wheel import own_wheel
 
-    out = cache_subdir("wheels") / _source_hash()
-    wheels = sorted(out.glob("shmbench-*.whl"))
-    if not wheels:
-        staging = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(staging), str(REPO)], check=True
-        )
-        try:
-            os.rename(staging, out)
-        except OSError:  # another session finished first
-            shutil.rmtree(staging, ignore_errors=True)
-        wheels = sorted(out.glob("shmbench-*.whl"))
-    return wheels[-1]
+    # what shmbench build uses when no wheel is given, of this tree (shmbench itself may be
+    # imported from an installed copy of it)
+    return own_wheel(REPO)
 
 
 #: the reference images of the test suite: Debian's numpy 1.24, and pip's numpy 2.2

@@ -49,3 +49,13 @@ def test_bench_runs_from_a_pip_install_in_another_directory(shmbench_wheel, tmp_
     methods = {b["extra_info"].get("method") for b in results["benchmarks"]}
     assert {"native", "shmbench-process"} <= methods
     assert Path(shmbench_wheel).is_file()
+    # an installed shmbench cannot build a wheel of itself for an image: it says what to give
+    own = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from shmbench.images.wheel import own_wheel; own_wheel()"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert own.returncode == 1 and "give --build-arg wheel=PATH" in own.stderr

@@ -17,7 +17,8 @@ def _build_args(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"shmbench: --build-arg needs KEY=VALUE, got {pair!r}")
-        out[key] = value
+        # a relative path names a file in the current directory, as Apptainer reads it
+        out[key] = os.path.abspath(value) if value and not os.path.isabs(value) and os.path.exists(value) else value
     return out
 
 

@@ -37,6 +37,7 @@ from shmbench.images.deffile import Definition, read_definition
 from shmbench.images.native import NativeBuild
 from shmbench.images.sif import read_sif
 from shmbench.images.store import cache_subdir, make_once
+from shmbench.images.wheel import with_own_wheel
 from shmbench.runtimes.apptainer import find_binary, spython_client
 
 __all__ = ["build", "build_cached", "recipe_digest", "apptainer_options"]
@@ -63,7 +64,9 @@ def build(
     Args:
         recipe: a single-stage Singularity/Apptainer definition file.
         output: the SIF to write; replaced atomically, only once the build succeeded.
-        build_args: values for the recipe's ``{{ name }}`` placeholders.
+        build_args: values for the recipe's ``{{ name }}`` placeholders; ``wheel``, when the
+            recipe uses it and none is given, is a wheel of the running shmbench
+            (:func:`~shmbench.images.wheel.own_wheel`).
         builder: ``"apptainer"``, ``"native"`` (debootstrap recipes, as root), or
             ``"auto"``: Apptainer when installed, native otherwise.
         fakeroot: pass ``--fakeroot`` to Apptainer (default: when not running as root).
@@ -83,7 +86,11 @@ def build(
         raise ValueError(f"builder must be 'auto', 'apptainer' or 'native', not {builder!r}")
     recipe = Path(recipe)
     output = Path(output).absolute()
-    defn = read_definition(recipe, build_args)
+    try:
+        text = recipe.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # read_definition says what is wrong with it
+    defn = read_definition(recipe, with_own_wheel(text, build_args))
     binary = find_binary() if builder != "native" else None
     if builder == "apptainer" and binary is None:
         raise RuntimeUnavailable("builder='apptainer' but neither apptainer nor singularity is on PATH")
@@ -134,6 +141,11 @@ def build_cached(
     else:
         root = Path(cache_dir)
         root.mkdir(parents=True, exist_ok=True)
+    try:
+        text = Path(recipe).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # read_definition says what is wrong with it
+    build_args = with_own_wheel(text, build_args)
     key = recipe_digest(recipe, build_args)
     target = root / f"{key}.sif"
     return make_once(

@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shmbench.perf.targets import TARGETS
+
 __all__ = ["Row", "Run", "load_run", "write_report", "plot_size", "TARGETS"]
+
 
 #: payloads from this size up get a GB/s column
 LARGE_PAYLOAD = 16 * 1024
@@ -49,123 +52,6 @@ PLOT_WIDTH_IN = 12.0
 PLOT_ROW_IN = 3.0
 PLOT_TITLE_IN = 0.8
 PLOT_COLUMNS = 2
-
-#: the issue tracker's targets, computed where a run has both sides:
-#: (what, (group, method), (group, method) or None, kind, goal)
-#: kinds: "time_ratio" (a/b <= goal), "speedup" (b/a >= goal), "seconds" (a <= goal)
-TARGETS: list[tuple[str, tuple[str, str], tuple[str, str] | None, str, float]] = [
-    (
-        "CartPole step, shmbench (default wait) vs native",
-        ("cartpole", "shmbench-process"),
-        ("cartpole", "native"),
-        "time_ratio",
-        1.25,
-    ),
-    (
-        "CartPole step, shmbench wait=spin vs native",
-        ("cartpole", "shmbench-process-spin"),
-        ("cartpole", "native"),
-        "time_ratio",
-        1.3,
-    ),
-    (
-        "1 MiB obs with copy=False vs the CartPole step (env hands out its own frames: "
-        "the server copies them into the slab)",
-        ("obs-1MiB-f32", "shmbench-process-nocopy"),
-        ("cartpole", "shmbench-process"),
-        "time_ratio",
-        1.2,
-    ),
-    (
-        "1 MiB obs with copy=False vs the CartPole step (env writes into the slab: no copy)",
-        ("obs-1MiB-f32-inplace", "shmbench-process-nocopy"),
-        ("cartpole", "shmbench-process"),
-        "time_ratio",
-        1.2,
-    ),
-    (
-        "8x CartPole env-steps/s vs AsyncVectorEnv",
-        ("vec8-cartpole", "shmbench-process"),
-        ("vec8-cartpole", "async-vector"),
-        "speedup",
-        8.0,
-    ),
-    (
-        "8x CartPole env-steps/s vs SyncVectorEnv",
-        ("vec8-cartpole", "shmbench-process"),
-        ("vec8-cartpole", "sync-vector"),
-        "speedup",
-        1.0,
-    ),
-    *(
-        (
-            f"{n}x CartPole env-steps/s vs SyncVectorEnv (the sweep)",
-            (f"vec{n}-cartpole", "shmbench-process"),
-            (f"vec{n}-cartpole", "sync-vector"),
-            "speedup",
-            0.9,
-        )
-        for n in (1, 2, 4, 16, 32)
-    ),
-    (
-        "8x 1 ms envs, 2 workers, vs SyncVectorEnv",
-        ("vec8-busy1ms", "shmbench-process-w2"),
-        ("vec8-busy1ms", "sync-vector"),
-        "speedup",
-        1.8,
-    ),
-    (
-        "8x 1 ms envs, default (self-tuned), vs SyncVectorEnv",
-        ("vec8-busy1ms", "shmbench-process"),
-        ("vec8-busy1ms", "sync-vector"),
-        "speedup",
-        1.8,
-    ),
-    (
-        "8x 0.1-2 ms envs, async pool (batch 4), vs SyncVectorEnv",
-        ("vec8-mixed", "shmbench-process-pool"),
-        ("vec8-mixed", "sync-vector"),
-        "speedup",
-        1.85,
-    ),
-    ("1 MiB obs, copy=True, one step (s)", ("obs-1MiB-f32", "shmbench-process"), None, "seconds", 70e-6),
-    (
-        "8x CartPole env-steps/s, wait=spin, vs SyncVectorEnv",
-        ("vec8-cartpole", "shmbench-process-spin"),
-        ("vec8-cartpole", "sync-vector"),
-        "speedup",
-        0.9,
-    ),
-    (
-        "CartPole step, bwrap (host root) vs process",
-        ("cartpole", "shmbench-bwrap"),
-        ("cartpole", "shmbench-process"),
-        "time_ratio",
-        1.1,
-    ),
-    (
-        "CartPole step, bwrap (host root) vs process, wait=spin",
-        ("cartpole", "shmbench-bwrap-spin"),
-        ("cartpole", "shmbench-process-spin"),
-        "time_ratio",
-        1.1,
-    ),
-    (
-        "CartPole step, bwrap (SIF) vs process",
-        ("cartpole", "shmbench-bwrap-sif"),
-        ("cartpole", "shmbench-process"),
-        "time_ratio",
-        1.1,
-    ),
-    (
-        "CartPole step, bwrap (SIF) vs process, wait=spin",
-        ("cartpole", "shmbench-bwrap-sif-spin"),
-        ("cartpole", "shmbench-process-spin"),
-        "time_ratio",
-        1.1,
-    ),
-    ("start-up, bwrap host root (s)", ("startup-cartpole", "shmbench-bwrap"), None, "seconds", 0.5),
-]
 
 
 @dataclass
