@@ -25,7 +25,7 @@ import numpy as np
 
 from shmbench.transport.channel import Channel
 from shmbench.wire.codec import _HEAD, EXT_NDARRAY, Codec
-from shmbench.wire.protocol import VEC_REPLY, ObsTag, Opcode, Status
+from shmbench.wire.protocol import PROTOCOL_VERSION, VEC_REPLY, ObsTag, Opcode, Status
 from shmbench.wire.spaces import describe
 
 OK = bytes([Status.OK])
@@ -48,7 +48,8 @@ def info_for(obs_desc, act_desc) -> dict:
         "metadata": {},
         "render_mode": None,
         "spec": None,
-        "server": {"pid": os.getpid(), "shmbench": "hostile"},
+        # claims the host's protocol: a hostile server would, to get past the handshake
+        "server": {"pid": os.getpid(), "shmbench": "hostile", "protocol": PROTOCOL_VERSION},
     }
 
 
