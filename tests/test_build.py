@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,15 @@ def test_bookworm_numpy124_image(bookworm_sif: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("1.24."), proc.stdout
+
+
+def test_a_missing_files_source_is_refused_before_any_build_step(tmp_path):
+    """Checked when the recipe is read, not after minutes of debootstrap."""
+    from shmbench.images.build import build
+
+    recipe = tmp_path / "r.def"
+    recipe.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\n%files\n    missing.whl /x/\n%post\n    true\n")
+    t0 = time.monotonic()
+    with pytest.raises(ImageError, match="%files source 'missing.whl' matches nothing"):
+        build(recipe, tmp_path / "r.sif", builder="native")
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "r.sif").exists()

@@ -152,3 +152,23 @@ def test_shipped_recipes(recipe: Path, tmp_path: Path) -> None:
     if recipe.name == "bookworm-numpy124.def":
         assert (d.header["osversion"], d.header["mirrorurl"]) == ("bookworm", "http://deb.debian.org/debian")
         assert "python3-numpy" in d.script("post") and "--no-deps" in d.script("post")
+
+
+def test_a_misspelt_bootstrap_agent_and_an_unclosed_placeholder_say_what_they_are(tmp_path):
+    from shmbench.images.deffile import read_definition
+
+    typo = tmp_path / "typo.def"
+    typo.write_text("# a comment\nBootstrap: debootstrp\nOSVersion: bookworm\n%post\n    true\n")
+    with pytest.raises(
+        ImageError, match=r"typo\.def:2: unknown bootstrap agent 'debootstrp' -- did you mean 'debootstrap'\?"
+    ):
+        read_definition(typo)
+    unclosed = tmp_path / "unclosed.def"
+    unclosed.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\n%files\n    {{ wheel } /x/\n%post\n    true\n")
+    with pytest.raises(ImageError, match=r"unclosed\.def:4: '\{\{ wheel \}' is an unclosed build-argument placeholder"):
+        read_definition(unclosed, {"wheel": "/w.whl"})
+    # not typos: an agent far from every known one (Apptainer judges it), braces in a script
+    far = parse_definition("Bootstrap: my-own-agent\n%post\n    echo '{}' '{{'\n")
+    assert far.bootstrap == "my-own-agent"
+    commented = parse_definition("Bootstrap: scratch\n# {{ not_closed\n%post\n    true\n")
+    assert commented.bootstrap == "scratch"

@@ -91,6 +91,7 @@ def build(
     except (OSError, UnicodeDecodeError):
         text = ""  # read_definition says what is wrong with it
     defn = read_definition(recipe, with_own_wheel(text, build_args))
+    defn.source_paths()  # every %files source is there, or the error comes now, before debootstrap
     binary = find_binary() if builder != "native" else None
     if builder == "apptainer" and binary is None:
         raise RuntimeUnavailable("builder='apptainer' but neither apptainer nor singularity is on PATH")

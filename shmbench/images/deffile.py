@@ -80,6 +80,13 @@ _HEADER_KEYS = frozenset(
 _OTHERURL = re.compile(r"otherurl\d+")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+#: a placeholder that was meant but not closed: "{{ name }" or "{{ name" at the line's end
+_UNCLOSED = re.compile(r"\{\{\s*\w+\s*(?:\}(?!\})|$)", re.MULTILINE)
+#: Apptainer's bootstrap agents: a value close to one of these but not one is a typo
+BOOTSTRAP_AGENTS = (
+    "library", "docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "shub", "oras",
+    "localimage", "yum", "zypper", "debootstrap", "arch", "busybox", "scratch",
+)  # fmt: skip
 # A '#' followed by something other than '!' (a shebang is not a comment).
 _COMMENT_MARK = re.compile(r"#(?!!)")
 
@@ -304,6 +311,18 @@ def _parse_header(text: str, where: str) -> dict[str, str]:
         raise ImageError(f"{where}: no 'Bootstrap:' header")
     if not header["bootstrap"]:
         raise ImageError(f"{where}: 'Bootstrap:' has no value")
+    agent = header["bootstrap"].lower()
+    if agent not in BOOTSTRAP_AGENTS:
+        import difflib
+
+        close = difflib.get_close_matches(agent, BOOTSTRAP_AGENTS, n=1, cutoff=0.75)
+        if close:  # a typo; an agent far from every known one is left to Apptainer to judge
+            lineno = next(
+                (i for i, raw in enumerate(text.splitlines(), 1) if raw.strip().lower().startswith("bootstrap")), 1
+            )
+            raise ImageError(
+                f"{where}:{lineno}: unknown bootstrap agent {header['bootstrap']!r} -- did you mean {close[0]!r}?"
+            )
     return header
 
 
@@ -363,6 +382,15 @@ def parse_definition(
     for name, _args, body in raw_blocks:
         if name == "arguments":
             defaults.update(parse_arguments(body))
+    for match in _UNCLOSED.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        if _COMMENT_MARK.search(text, line_start, match.start()):
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        raise ImageError(
+            f"{where}:{line}: {match.group(0).strip()!r} is an unclosed build-argument placeholder "
+            "(write {{ name }})"
+        )
     rendered, used = render_template(text, build_args, defaults)
     unused = sorted(set(build_args or {}) - used)
     if unused:
