@@ -268,3 +268,17 @@ def test_shell_in_a_real_image(light_sif):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(("1.", "2."))
+
+
+def test_inspect_shows_an_images_words_without_terminal_escapes(tmp_path):
+    """A hostile image's definition file may hold escape sequences (a terminal would obey
+    them): inspect prints them stripped."""
+    from conftest_images import make_sif, make_squashfs, make_tree
+
+    squash = make_squashfs(make_tree(tmp_path / "tree"), tmp_path / "root.squashfs")
+    sif = make_sif(
+        tmp_path / "evil.sif", squash, deffile="Bootstrap: scratch\n# \x1b]0;owned\x07title \x1b[2Jcleared\n"
+    )
+    out = shmbench("inspect", str(sif), "--runtime", "bwrap", timeout=180)
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "    Bootstrap: scratch\n" in out.stdout and "cleared" in out.stdout

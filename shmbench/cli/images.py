@@ -85,6 +85,10 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the largest definition file or label set ``inspect`` reads from an (untrusted) image
+_INSPECT_MAX = 1 << 20
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """What an image is (its SIF header, objects, definition file, labels) and what runs in
     it: a server started in it by the runtime a run would use reports its Python, numpy,
@@ -93,9 +97,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from shmbench.errors import ShmbenchError
+    from shmbench.errors import ShmbenchError, sanitize
     from shmbench.images.sif import DataType, read_sif
     from shmbench.images.store import file_digest
+
+    def small(d) -> str:
+        """A data object the image's author wrote: bounded, without terminal control codes."""
+        if d.size > _INSPECT_MAX:
+            return f"<{human_size(d.size)}: too large to show>"
+        return sanitize(sif.read_object(d).decode("utf-8", "replace"))
 
     path = Path(args.image)
     if not path.exists():
@@ -109,16 +119,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  digest {file_digest(path)}")
         for d in sif.descriptors:
             kind = DataType(d.datatype).name.lower() if d.datatype in DataType._value2member_map_ else hex(d.datatype)
-            print(f"  object {d.id}: {kind}, {human_size(d.size)}" + (f" ({d.name})" if d.name else ""))
+            print(f"  object {d.id}: {kind}, {human_size(d.size)}" + (f" ({sanitize(d.name)})" if d.name else ""))
         for d in sif.of_type(DataType.LABELS):
             try:
-                labels = json.loads(sif.read_object(d))
+                labels = json.loads(small(d))
             except ValueError:
                 labels = {}
             for key, value in sorted(labels.items()) if isinstance(labels, dict) else []:
-                print(f"  label {key}: {value}")
+                print(f"  label {sanitize(str(key))}: {sanitize(str(value))}")
         for d in sif.of_type(DataType.DEFFILE):
-            text = sif.read_object(d).decode("utf-8", "replace")
+            text = small(d)
             print("  definition file:")
             for line in text.splitlines()[: args.deffile_lines]:
                 print(f"    {line}")
@@ -130,8 +140,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         with shmbench.make("CartPole-v1", runtime=args.runtime, image=str(path), start_timeout=60) as env:
             info = env.server_info
             print(
-                f"  inside (via the {env.runtime.name} runtime): python {info.get('python')}, numpy "
-                f"{info.get('numpy')}, gymnasium {info.get('gymnasium')}, shmbench {info.get('shmbench')}"
+                sanitize(
+                    f"  inside (via the {env.runtime.name} runtime): python {info.get('python')}, numpy "
+                    f"{info.get('numpy')}, gymnasium {info.get('gymnasium')}, shmbench {info.get('shmbench')}"
+                )
             )
     except (ShmbenchError, OSError, ValueError) as exc:
         print(f"  inside: no server could run in it ({' '.join(str(exc).split())[:300]})")
