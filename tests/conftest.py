@@ -32,6 +32,38 @@ else:
     _OWN_BASE = None
 
 
+def _reclaim_killed_runs() -> None:
+    """The channel bases of earlier test runs that were killed (kill -9 of pytest, a machine
+    restart) before their own sessionfinish: reaped like any dead host's sessions (gc, then
+    their semaphores), then removed. A base whose pytest still lives is left alone."""
+    from shmbench.transport.semaphore import sweep
+    from shmbench.transport.session import gc
+
+    if _OWN_BASE is None:
+        return
+    prefix = f"shmbench-{os.getuid()}-pytest"
+    for base in _OWN_BASE.parent.glob(prefix + "*"):
+        pid = base.name[len(prefix) :]
+        if base == _OWN_BASE or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that run still goes on
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        gc(base, min_age=0)
+        sweep(base)
+        try:
+            base.rmdir()
+        except OSError:
+            pass  # something gc could not reap: the next run tries again
+
+
+_reclaim_killed_runs()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The run's channel base must be empty at the end; then it goes too."""
     if _OWN_BASE is not None and _OWN_BASE.exists():

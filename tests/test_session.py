@@ -151,3 +151,34 @@ def test_attach_refuses_short_files_and_a_second_server(tmp_path):
         with h2:
             os.truncate(h2.path, 4096 + (1 << 14))
             assert "claims" in _attach_error(h2.path)
+
+
+def test_the_suite_reclaims_the_channel_bases_of_killed_runs():
+    """A test run killed before its sessionfinish (kill -9, a restart) leaves its channel
+    base; the next run reaps it like any dead host's, and leaves a live run's alone."""
+    import subprocess
+    import sys
+
+    import conftest
+
+    parent = conftest._OWN_BASE.parent
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        bases = {}
+        for name, proc in (("dead", dead), ("live", live)):
+            base = parent / f"shmbench-{os.getuid()}-pytest{proc.pid}"
+            session = base / f"{proc.pid}-00000000"
+            session.mkdir(parents=True)
+            (session / "host.lock").touch()  # nobody holds it
+            (session / "w0.log").write_text("a server's log")
+            bases[name] = base
+        conftest._reclaim_killed_runs()
+        assert not bases["dead"].exists()
+        assert (bases["live"] / f"{live.pid}-00000000" / "w0.log").is_file()
+    finally:
+        live.kill()
+        live.wait()
+        conftest._reclaim_killed_runs()
+    assert not bases["live"].exists()
