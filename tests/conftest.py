@@ -37,22 +37,15 @@ def _reclaim_killed_runs() -> None:
     restart) before their own sessionfinish: reaped like any dead host's sessions (gc, then
     their semaphores), then removed. A base whose pytest still lives is left alone."""
     from shmbench.transport.semaphore import sweep
-    from shmbench.transport.session import gc
+    from shmbench.transport.session import gc, pid_alive
 
     if _OWN_BASE is None:
         return
     prefix = f"shmbench-{os.getuid()}-pytest"
     for base in _OWN_BASE.parent.glob(prefix + "*"):
         pid = base.name[len(prefix) :]
-        if base == _OWN_BASE or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
+        if base == _OWN_BASE or not pid.isdigit() or pid_alive(int(pid)):
             continue  # that run still goes on
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
         gc(base, min_age=0)
         sweep(base)
         try:

@@ -196,15 +196,14 @@ def test_configure_wait_and_stats():
         assert set(h.stats()) >= {"spin_ok", "spin_fail", "sleeps", "wakes", "wakes_skipped"}
 
 
-def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
-    """The policy learns only from waits that ended while spinning: a peer slower than the
-    spin cap makes it pause spinning (the pause doubles on repeats); once the peer is fast
-    again, the probe at the end of a pause succeeds and spinning resumes."""
+@contextlib.contextmanager
+def delayed_echo(name: str, delay: float):
+    """A host channel whose peer (a thread here) echoes each request after ``delays[0]``
+    seconds; yields (host channel, delays): a one-item list the test may change."""
     with Session() as s:
-        h = s.create_channel("a")
+        h = s.create_channel(name)
         sv = Channel.attach(h.path, watch_stdin=False)
-        h.configure_wait(spin_ns=100_000, adaptive=True)
-        delay = [0.002]
+        delays = [delay]
         stop = threading.Event()
 
         def echo():
@@ -213,99 +212,85 @@ def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
                     mv = sv.recv(timeout=0.5)
                 except ChannelTimeout:
                     continue
-                time.sleep(delay[0])
+                time.sleep(delays[0])
                 sv.send(bytes(mv))
 
         t = threading.Thread(target=echo, daemon=True)
         t.start()
         try:
-            for _ in range(6):  # slow replies: spins fail, a pause begins
-                h.call(b"x", timeout=5)
-            stats = h.stats()
-            assert stats["spin_pause_left"] > 0 and stats["spin_budget_ns"] == 0, stats
-            assert stats["spin_ok"] == 0
-            delay[0] = 0.0
-            # fast replies: a probe succeeds and spinning resumes. A probe can still miss
-            # (a wake-up on this VM's halted vCPU, an ASan build), and each miss doubles the
-            # pause, so the resumption is waited for -- within a bound -- not counted on by
-            # a fixed call
-            for _ in range(20_000):
-                h.call(b"x", timeout=5)
-                stats = h.stats()
-                if stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0:
-                    break
-            assert stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0, stats
-            ok_before = stats["spin_ok"]
-            # spinning resumed and pays off again: not for every call on a loaded machine
-            # (where a slow stretch may pause it again), so again waited for within a bound
-            for _ in range(20_000):
-                h.call(b"x", timeout=5)
-                if h.stats()["spin_ok"] - ok_before >= 50:
-                    break
-            assert h.stats()["spin_ok"] - ok_before >= 50, h.stats()
+            yield h, delays
         finally:
             stop.set()
             t.join(timeout=5)
             sv.close()
             h.close()
             h.unlink()
+
+
+def test_adaptive_spin_pauses_on_a_slow_peer_and_resumes_when_it_is_fast():
+    """The policy learns only from waits that ended while spinning: a peer slower than the
+    spin cap makes it pause spinning (the pause doubles on repeats); once the peer is fast
+    again, the probe at the end of a pause succeeds and spinning resumes."""
+    with delayed_echo("a", 0.002) as (h, delay):
+        h.configure_wait(spin_ns=100_000, adaptive=True)
+        for _ in range(6):  # slow replies: spins fail, a pause begins
+            h.call(b"x", timeout=5)
+        stats = h.stats()
+        assert stats["spin_pause_left"] > 0 and stats["spin_budget_ns"] == 0, stats
+        assert stats["spin_ok"] == 0
+        delay[0] = 0.0
+        # fast replies: a probe succeeds and spinning resumes. A probe can still miss
+        # (a wake-up on this VM's halted vCPU, an ASan build), and each miss doubles the
+        # pause, so the resumption is waited for -- within a bound -- not counted on by
+        # a fixed call
+        for _ in range(20_000):
+            h.call(b"x", timeout=5)
+            stats = h.stats()
+            if stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0:
+                break
+        assert stats["spin_pause_left"] == 0 and stats["spin_budget_ns"] > 0, stats
+        ok_before = stats["spin_ok"]
+        # spinning resumed and pays off again: not for every call on a loaded machine
+        # (where a slow stretch may pause it again), so again waited for within a bound
+        for _ in range(20_000):
+            h.call(b"x", timeout=5)
+            if h.stats()["spin_ok"] - ok_before >= 50:
+                break
+        assert h.stats()["spin_ok"] - ok_before >= 50, h.stats()
 
 
 def test_tracking_spins_for_replies_of_any_length_up_to_the_cap():
     """track=True: the budget follows about twice the longest recent wait -- a 2 ms reply is
     spun for (no sleep, no futex wake-up) under a 20 ms cap, a fast one shrinks the budget
     again, and a reply slower than the cap is slept for."""
-    with Session() as s:
-        h = s.create_channel("t")
-        sv = Channel.attach(h.path, watch_stdin=False)
+    with delayed_echo("t", 0.002) as (h, delay):
         h.configure_wait(spin_ns=20_000_000, track=True)
         assert h.stats()["tracking"]
-        delay = [0.002]
-        stop = threading.Event()
-
-        def echo():
-            while not stop.is_set():
-                try:
-                    mv = sv.recv(timeout=0.5)
-                except ChannelTimeout:
-                    continue
-                time.sleep(delay[0])
-                sv.send(bytes(mv))
-
-        t = threading.Thread(target=echo, daemon=True)
-        t.start()
-        try:
-            for _ in range(20):
-                h.call(b"x", timeout=5)
-            stats = h.stats()
-            # time.sleep(0.002) takes at least 2 ms; a loaded VM may add to it, never take off
-            assert stats["wait_estimate_ns"] >= 2_000_000, stats
-            assert 4_000_000 <= stats["spin_budget_ns"] <= 20_000_000, stats
-            assert stats["sleeps"] <= 4, stats  # spun for, bar the odd preemption
-            delay[0] = 0.0
-            # the peak decays by 1/64 a wait: within some hundreds of fast replies the budget
-            # shrinks (a preempted reply on a loaded machine may lift it again for a while,
-            # so the lowest budget seen is what counts)
-            lowest = h.stats()["spin_budget_ns"]
-            for i in range(3000):
-                h.call(b"x", timeout=5)
-                if i % 50 == 0:
-                    lowest = min(lowest, h.stats()["spin_budget_ns"])
-            assert lowest < 1_000_000, h.stats()
-            delay[0] = 0.05  # beyond the cap: spinning gives up and sleeps
-            sleeps = h.stats()["sleeps"]
-            for _ in range(3):
-                h.call(b"x", timeout=5)
-            stats = h.stats()
-            assert stats["sleeps"] - sleeps == 3 and stats["spin_budget_ns"] == 20_000_000, stats
-            h.configure_wait(spin_ns=0, track=False)
-            assert not h.stats()["tracking"] and h.stats()["spin_budget_ns"] == 0
-        finally:
-            stop.set()
-            t.join(timeout=5)
-            sv.close()
-            h.close()
-            h.unlink()
+        for _ in range(20):
+            h.call(b"x", timeout=5)
+        stats = h.stats()
+        # time.sleep(0.002) takes at least 2 ms; a loaded VM may add to it, never take off
+        assert stats["wait_estimate_ns"] >= 2_000_000, stats
+        assert 4_000_000 <= stats["spin_budget_ns"] <= 20_000_000, stats
+        assert stats["sleeps"] <= 4, stats  # spun for, bar the odd preemption
+        delay[0] = 0.0
+        # the peak decays by 1/64 a wait: within some hundreds of fast replies the budget
+        # shrinks (a preempted reply on a loaded machine may lift it again for a while,
+        # so the lowest budget seen is what counts)
+        lowest = h.stats()["spin_budget_ns"]
+        for i in range(3000):
+            h.call(b"x", timeout=5)
+            if i % 50 == 0:
+                lowest = min(lowest, h.stats()["spin_budget_ns"])
+        assert lowest < 1_000_000, h.stats()
+        delay[0] = 0.05  # beyond the cap: spinning gives up and sleeps
+        sleeps = h.stats()["sleeps"]
+        for _ in range(3):
+            h.call(b"x", timeout=5)
+        stats = h.stats()
+        assert stats["sleeps"] - sleeps == 3 and stats["spin_budget_ns"] == 20_000_000, stats
+        h.configure_wait(spin_ns=0, track=False)
+        assert not h.stats()["tracking"] and h.stats()["spin_budget_ns"] == 0
 
 
 def test_wait_any_wakes_on_the_first_reply_of_several():

@@ -29,7 +29,7 @@ from shmbench.errors import ImageError, RuntimeUnavailable, ShmbenchError
 from shmbench.images.sif import read_sif
 from shmbench.runtimes.apptainer import find_binary, require_binary, spython_client
 from shmbench.transport.channel import HOST_LOCK
-from shmbench.transport.session import channel_base, try_lock
+from shmbench.transport.session import channel_base, pid_alive, try_lock
 
 __all__ = [
     "Instance",
@@ -298,14 +298,7 @@ def _session_alive(base: Path, session: str) -> bool:
             os.close(fd)
             return False
         return lock.exists()  # held -- or removed just now by a reaper: recheck later
-    pid = int(session.split("-", 1)[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(session.split("-", 1)[0]))
 
 
 def stale_instances(

@@ -36,6 +36,7 @@ from typing import ClassVar
 
 from shmbench.errors import sanitize
 from shmbench.runtimes.limits import CgroupSet, Limits
+from shmbench.transport.session import pid_alive
 
 __all__ = [
     "LOG_CAP",
@@ -502,9 +503,7 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     """True once ``pid`` is gone (used by tests and gc for processes we did not spawn)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return True
         time.sleep(0.01)
     return False

@@ -33,6 +33,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from shmbench.transport.session import pid_alive
+
 __all__ = ["Limits", "CgroupSet", "enforcement", "parse_size", "server_cgroups", "sweep_cgroups"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -323,17 +325,7 @@ def sweep_cgroups() -> list[Path]:
     """Remove the cgroups of servers whose host died (kill -9) before it could: every
     ``shmbench-<host pid>-...`` cgroup whose host pid is gone. Returns what was removed;
     never raises."""
-    dead = [path for path, host in server_cgroups().items() if not _alive(host)]
+    dead = [path for path, host in server_cgroups().items() if not pid_alive(host)]
     if dead:
         CgroupSet(dead, _mode()).remove()
     return [d for d in dead if not d.exists()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

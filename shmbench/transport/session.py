@@ -46,6 +46,7 @@ __all__ = [
     "gc",
     "reap_session",
     "try_lock",
+    "pid_alive",
 ]
 
 CHANNEL_SUFFIX = ".chan"
@@ -101,6 +102,17 @@ def open_regular(path: os.PathLike | str, flags: int = os.O_RDONLY) -> int | Non
         os.close(fd)
         return None
     return fd
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def try_lock(path: os.PathLike | str) -> int | None:
