@@ -288,7 +288,8 @@ def test_tracking_spins_for_replies_of_any_length_up_to_the_cap():
         for _ in range(3):
             h.call(b"x", timeout=5)
         stats = h.stats()
-        assert stats["sleeps"] - sleeps == 3 and stats["spin_budget_ns"] == 20_000_000, stats
+        # each slept for: once, or twice when the 50 ms wait outlasts a 50 ms futex slice
+        assert 3 <= stats["sleeps"] - sleeps <= 6 and stats["spin_budget_ns"] == 20_000_000, stats
         h.configure_wait(spin_ns=0, track=False)
         assert not h.stats()["tracking"] and h.stats()["spin_budget_ns"] == 0
 
