@@ -88,7 +88,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import numpy
 
     from shmbench import __version__
-    from shmbench.images.store import cache_root
+    from shmbench.images.store import cache_root, local_subdir
     from shmbench.runtimes.selection import AUTO_ORDER, probe_all
     from shmbench.transport.session import channel_base
 
@@ -125,7 +125,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("\ncaches:")
     print(f"  cache root: {root} ({free_space(root)})")
     for sub in ("images", "unpacked", "built"):
-        d = root / sub
+        d = local_subdir(sub) if sub == "unpacked" else root / sub
         if d.exists():
             size = tree_size(d)
             print(f"  {sub:9s} {d} ({human_size(size)})")
@@ -174,6 +174,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("SHMBENCH_EXPERIMENT_INDEX", "URL of a remote index of experiment records"),
     ("SHMBENCH_BENCH_DIR", "the benchmark suites 'shmbench bench' runs (default: the checkout's bench/)"),
     ("SHMBENCH_BENCH_BUILD", "0: the benchmarks skip the reference image when it is not cached"),
+    ("SHMBENCH_LOCK", "the cache's locks: flock, file (lock files, for NFS/Lustre), auto (by filesystem; default)"),
+    ("SHMBENCH_LOCAL_DIR", "node-local home of unpacked trees when the cache is on a network filesystem"),
 )
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shmbench.errors import ImageError
-from shmbench.images.store import cache_subdir, file_digest, make_once
+from shmbench.images.store import file_digest, local_subdir, make_once
 
 __all__ = [
     "SIF_MAGIC",
@@ -372,7 +372,9 @@ def find_squashfs(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _default_unpack_dir() -> Path:
-    return cache_subdir("unpacked")
+    # node-local when the cache is on NFS or Lustre: a tree is big, made at run time, and
+    # read by every server start
+    return local_subdir("unpacked")
 
 
 def unpack_sif(
@@ -381,8 +383,8 @@ def unpack_sif(
     """Unpack the root filesystem of a SIF image once; return the rootfs directory.
 
     The tree lives at ``CACHE/<sha256 of the SIF>`` (default cache:
-    ``shmbench.images.store.cache_subdir("unpacked")``, i.e. ``$SHMBENCH_CACHE_DIR/unpacked`` or
-    ``~/.cache/shmbench/unpacked``). It is made readable by everyone and stripped of
+    ``shmbench.images.store.local_subdir("unpacked")``, i.e. ``$SHMBENCH_CACHE_DIR/unpacked`` or
+    ``~/.cache/shmbench/unpacked``; node-local storage when that is a network filesystem). It is made readable by everyone and stripped of
     set-id bits, device nodes and extended attributes (file capabilities): it is only ever a
     bubblewrap root filesystem, and a cache must not plant privileged files on the host.
 

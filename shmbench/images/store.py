@@ -6,8 +6,8 @@ platform's per-user cache directory (``~/.cache/shmbench`` on Linux). Each consu
 its own subdirectory (``images`` for pulled images, ``unpacked`` for unpacked SIF trees,
 ``built`` for built images...).
 
-Every entry is made once (:func:`make_once`: a file lock, a re-check, an atomic rename by
-the maker), and every file is hashed by one function (:func:`file_digest`), memoised per
+Every entry is made once (:func:`make_once`: a lock that also holds on NFS and Lustre --
+:mod:`shmbench.images.locks` --, a re-check, an atomic rename by the maker), and every file is hashed by one function (:func:`file_digest`), memoised per
 file identity so that the workers of one vector env do not hash one image eight times,
 and told the digest a pull already verified (:func:`remember_digest`).
 """
@@ -39,6 +39,7 @@ __all__ = [
     "file_digest",
     "images_dir",
     "list_images",
+    "local_subdir",
     "make_once",
     "prune_cache",
     "remember_digest",
@@ -96,20 +97,24 @@ def make_once(
     found = done()
     if found is not None:
         return found
-    import filelock
+    from shmbench.images.locks import LockTimeout, cache_lock
 
-    lock = filelock.FileLock(str(lock_path))
     try:
-        lock.acquire(timeout=-1 if timeout is None else timeout)
-    except filelock.Timeout:
+        with cache_lock(lock_path, timeout):
+            found = done()
+            return found if found is not None else make()
+    except LockTimeout:
         raise ImageError(
             f"timed out after {timeout} s waiting for another process to {what} (lock {lock_path})"
         ) from None
-    try:
-        found = done()
-        return found if found is not None else make()
-    finally:
-        lock.release()
+
+
+def local_subdir(name: str) -> Path:
+    """Like :func:`cache_subdir`, for a part that must stay on this node: node-local storage
+    when the cache root is on a network filesystem (:func:`shmbench.images.locks.node_local_dir`)."""
+    from shmbench.images.locks import node_local_dir
+
+    return node_local_dir(name, cache_root()) or cache_subdir(name)
 
 
 # ------------------------------------------------------------------------- file digests
@@ -247,13 +252,13 @@ def remove_image(digest: str) -> bool:
     Taken under the image's lock, so it never races a pull of the same image. A container
     that has the file open keeps running: unlinking does not take the bytes from under it.
     """
-    from filelock import FileLock
+    from shmbench.images.locks import cache_lock
 
     name = cache_name(digest)
     directory = images_dir()
     if not directory.is_dir():
         return False
-    with FileLock(str(directory / f".{name}.lock")):
+    with cache_lock(directory / f".{name}.lock"):
         try:
             (directory / name).unlink()
         except FileNotFoundError:
@@ -306,13 +311,13 @@ def prune_cache(parts: tuple[str, ...] = PRUNABLE) -> list[tuple[Path, int]]:
     """Remove the derived parts of the cache (:data:`PRUNABLE`) that nothing uses: each
     entry under its lock (one being made is skipped) and only if no process names it.
     Returns what was removed, with the bytes it held."""
-    from filelock import FileLock, Timeout
+    from shmbench.images.locks import LockTimeout, cache_lock
 
     removed: list[tuple[Path, int]] = []
     for part in parts:
         if part not in PRUNABLE:
             raise ValueError(f"only {PRUNABLE} can be pruned, not {part!r}")
-        directory = cache_root() / part
+        directory = local_subdir(part) if part == "unpacked" else cache_root() / part
         if not directory.is_dir():
             continue
         for entry in sorted(directory.iterdir()):
@@ -320,7 +325,7 @@ def prune_cache(parts: tuple[str, ...] = PRUNABLE) -> list[tuple[Path, int]]:
                 continue
             key = entry.name.split(".", 1)[0]
             try:
-                with FileLock(str(directory / f"{key}.lock"), timeout=0):
+                with cache_lock(directory / f"{key}.lock", timeout=0):
                     if _in_use(entry):
                         continue
                     size = _size(entry)
@@ -329,7 +334,7 @@ def prune_cache(parts: tuple[str, ...] = PRUNABLE) -> list[tuple[Path, int]]:
                     else:
                         entry.unlink()
                     removed.append((entry, size))
-            except Timeout:
+            except LockTimeout:
                 continue  # being unpacked or built right now
     return removed
 
