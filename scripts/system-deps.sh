@@ -2,12 +2,14 @@
 # Installs the system packages shmbench's tests and container builds need and pip cannot
 # provide: bubblewrap (the rootless runtime), squashfs-tools + siftool (SIF images without
 # Apptainer), debootstrap (building images), docker-registry (a real OCI registry on
-# loopback for the pull tests). Only what is missing, only when running as root.
+# loopback for the pull tests), munge + slurmctld + slurmd + slurm-client (a real Slurm
+# cluster on loopback for the sweep tests). Only what is missing, only when running as root.
 set -euo pipefail
 need=()
 for pair in bwrap:bubblewrap unsquashfs:squashfs-tools mksquashfs:squashfs-tools siftool:siftool \
             debootstrap:debootstrap docker-registry:docker-registry setpriv:util-linux \
-            unshare:util-linux gcc:gcc; do
+            unshare:util-linux gcc:gcc munged:munge slurmctld:slurmctld slurmd:slurmd \
+            sbatch:slurm-client; do
     tool=${pair%%:*} pkg=${pair#*:}
     command -v "$tool" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -197,3 +197,15 @@ def server():
     srv = FileServer()
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def sweep_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A record directory with the sweep tests' second experiment, exp:luby-test."""
+    directory = tmp_path / "records"
+    directory.mkdir()
+    from sweep_helpers import LUBY_RECORD
+
+    (directory / "luby.toml").write_text(LUBY_RECORD)
+    monkeypatch.setenv("SHMBENCH_EXPERIMENTS", str(directory))
+    return directory

@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtimes": {"transport", "images"},
     "host": {"wire", "transport", "runtimes"},
     "experiments": {"wire", "benchmarks", "agents", "host", "images", "runtimes", "logs"},
+    "sweeps": {"experiments", "images", "logs", "transport", "agents"},
     "perf": set(),
     "cli": {"*"},
     "container": set(),

@@ -2,11 +2,12 @@
 through shared memory at close to native speed.
 
     shmbench run --experiment exp:0.01 --agent random --episodes 10 --seed 42 --out DIR
+    shmbench sweep --experiment ID --seeds 0-99 --out DIR [--executor slurm] | status | resume | collect
     shmbench experiments | pull ID | images | build RECIPE -o IMAGE.sif
     shmbench demo | doctor | benchmarks | gc
     shmbench bench [--quick] | report BENCH.json ... -o DIR
 
-One module per group of commands registers its own parsers (:mod:`~shmbench.cli.run`,
+One module per group of commands registers its own parsers (:mod:`~shmbench.cli.run`, :mod:`~shmbench.cli.sweep`,
 :mod:`~shmbench.cli.images`, :mod:`~shmbench.cli.system`, :mod:`~shmbench.cli.perf`); each
 command imports what it needs only when it runs, so ``shmbench gc`` stays fast.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shmbench.cli import images, perf, run, system
+from shmbench.cli import images, perf, run, sweep, system
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     system.register_demo(sub)
     run.register(sub)
+    sweep.register(sub)
     images.register(sub)
     system.register(sub)
     perf.register(sub)

@@ -16,6 +16,7 @@ from shmbench.experiments.runner import DEFAULT_LOG_DIR, EpisodeResult, LocalRun
 from shmbench.runtimes.limits import Limits
 
 __all__ = [
+    "RUNTIME_CHOICES",
     "add_experiment_arguments",
     "add_run_arguments",
     "parse_config_items",
@@ -24,7 +25,7 @@ __all__ = [
     "runner_from_args",
 ]
 
-_RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "local")
+RUNTIME_CHOICES = ("auto", "apptainer", "singularity", "bwrap", "process", "local")
 
 
 # ------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, metavar="N", help="base seed (overrides the record's)")
     group.add_argument(
         "--runtime",
-        choices=_RUNTIME_CHOICES,
+        choices=RUNTIME_CHOICES,
         default="auto",
         help="where the env runs; 'local': in this process (no server)",
     )
