@@ -206,3 +206,31 @@ def test_the_command_line(tmp_path, sweep_records):
         "--print-only",
     )
     assert p.returncode == 0 and p.stdout.count("-m shmbench.sweeps.task") == 7
+
+
+@pytest.mark.slow  # builds (or reuses) the light reference image
+def test_eight_tasks_on_one_uncached_image_pull_it_once_on_the_submitting_host(
+    tmp_path, sweep_records, light_sif, monkeypatch
+):
+    import hashlib
+
+    from registry import FileServer
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    data = light_sif.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    server = FileServer({"/light.sif": data})
+    try:
+        out = tmp_path / "sweep"
+        result = sweep(
+            ["exp:0.01"], "0-7", episodes=2, out=out, runtime="bwrap", max_parallel=8,
+            image=server.url("/light.sif"), image_digest=digest,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert server.gets == {"/light.sif": 1}  # the plan pulled it; the 8 tasks ran offline
+    assert sorted(result["exit_codes"].values()) == [0] * 8
+    assert read_plan(out).experiments[0].image == {"ref": server.url("/light.sif"), "digest": digest}
+    for log in sorted((out / "logs").glob("*.jsonl")):
+        header = read_log(log).header
+        assert header["image_digest"] == digest and header["runtime"]["image_used"] is True, header["runtime"]
