@@ -1,7 +1,16 @@
 """A real Slurm cluster on 127.0.0.1 for the sweep tests: munged, slurmctld and two slurmd
 (nodes n1 and n2 on one host, each on its own port), Debian's own binaries, every file --
 config, munge key and socket, state, spool, logs -- in one temporary directory, nothing in
-/etc. Started by the ``slurm`` fixture, stopped by PID (SIGTERM, then SIGKILL).
+/etc. Stopped by PID (SIGTERM, then SIGKILL).
+
+Who starts it: ``./run-tests.sh`` (``python tests/slurm_cluster.py start DIR`` before pytest,
+``stop DIR`` on exit; the fixture finds it through ``$SHMBENCH_TEST_SLURM``), or, where that
+is not set, the ``cluster`` fixture itself. The script starts it because daemons started
+from inside a long pytest run of the whole suite failed to launch any job
+("_forkexec_slurmstepd: slurmstepd failed to send return code") while the same daemons
+started from the shell, or from a pytest run of the sweep tests alone, work; the cause is
+some state the suite leaves in its process and the daemons inherit (not found yet). A probe
+job at start-up turns such a failure into one clear error instead of timeouts.
 
 Settings that matter to the tests: ``MaxArraySize=5`` (so a 16-task sweep needs four
 arrays), ``cred_expire=10`` (a requeued job would otherwise wait the default 120 s for its
@@ -48,11 +57,16 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+ATTACH_ENV = "SHMBENCH_TEST_SLURM"
+
+
 @dataclass
 class Cluster:
     root: Path
     conf: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    #: started by someone else (run-tests.sh): they stop it
+    attached: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -80,7 +94,23 @@ class Cluster:
             out.append(f"== {p.name}\n" + p.read_text(errors="replace")[-3000:])
         return "\n".join(out)
 
+    def probe(self, timeout: float = 60.0) -> None:
+        """Run one trivial job to its end, or raise with the daemons' logs."""
+        out = self.root / "probe.out"
+        proc = subprocess.run(
+            ["sbatch", "--wait", f"--output={out}", "--wrap", "echo probe-ok"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+            check=False,
+        )
+        if proc.returncode != 0 or "probe-ok" not in (out.read_text() if out.exists() else ""):
+            raise RuntimeError(f"the test cluster cannot run a job: {proc.stderr.strip()}\n{self.logs()}")
+
     def stop(self) -> None:
+        if self.attached:
+            return
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -174,10 +204,42 @@ def start(root: Path) -> Cluster:
             return sum(1 for s in states if s.strip().endswith("idle")) == len(NODES)
 
         _wait(idle, 30, "both slurmd nodes idle", cluster)
+        cluster.probe()
     except BaseException:
         cluster.stop()
         raise
+    (root / "pids").write_text("\n".join(str(p.pid) for p in cluster.procs) + "\n")
     return cluster
+
+
+def attached() -> Cluster | None:
+    """The cluster run-tests.sh started, if it did."""
+    directory = os.environ.get(ATTACH_ENV)
+    if not directory:
+        return None
+    root = Path(directory)
+    return Cluster(root, root / "slurm.conf", attached=True)
+
+
+def stop_by_pids(root: Path) -> None:
+    """Stop the daemons listed in ``root/pids``: SIGTERM, then SIGKILL after 15 s."""
+    try:
+        pids = [int(x) for x in (root / "pids").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in reversed(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    for pid in reversed(pids):
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _wait(cond, timeout: float, what: str, cluster: Cluster) -> None:
@@ -189,3 +251,22 @@ def _wait(cond, timeout: float, what: str, cluster: Cluster) -> None:
             if p.poll() is not None:
                 raise RuntimeError(f"{p.args[0]} exited with {p.returncode}\n{cluster.logs()}")
         time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    import sys
+
+    command, directory = sys.argv[1], Path(sys.argv[2])
+    if command == "start":
+        reason = missing()
+        if reason is not None:
+            print(f"no Slurm test cluster: {reason}", file=sys.stderr)
+            sys.exit(1)
+        cluster = start(directory)
+        for p in cluster.procs:
+            p.returncode = 0  # left running on purpose: 'stop' ends them by PID
+        print(directory)
+    elif command == "stop":
+        stop_by_pids(directory)
+    else:
+        sys.exit(f"usage: {sys.argv[0]} start|stop DIR")

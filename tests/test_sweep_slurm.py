@@ -20,12 +20,18 @@ pytestmark = [
     pytest.mark.slow,  # about 2 minutes
     pytest.mark.usefixtures("isolated"),
     pytest.mark.skipif(BWRAP_SKIP is not None, reason=str(BWRAP_SKIP)),
-    pytest.mark.skipif(slurm_cluster.missing() is not None, reason=str(slurm_cluster.missing())),
+    pytest.mark.skipif(
+        slurm_cluster.missing() is not None and slurm_cluster.attached() is None, reason=str(slurm_cluster.missing())
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = slurm_cluster.attached()
+    if c is not None:  # started by run-tests.sh, stopped by it
+        yield c
+        return
     c = slurm_cluster.start(tmp_path_factory.mktemp("slurm") / "cluster")
     try:
         yield c
