@@ -169,15 +169,25 @@ def _native_ready() -> None:
         require_tool(tool)
 
 
-def test_native_build_failure_shows_the_log(tmp_path: Path, no_apptainer: None) -> None:
+def test_native_build_failure_shows_the_log(tmp_path: Path, no_apptainer: None, capfd) -> None:
     _native_ready()
     recipe = tmp_path / "r.def"
     recipe.write_text(
         "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://127.0.0.1:9/debian\n"
     )  # nothing listens there
-    with pytest.raises(ImageError, match=r"(?s)debootstrap failed.*127\.0\.0\.1"):
+    log = tmp_path / "out.sif.build.log"
+    with pytest.raises(ImageError, match=r"(?s)debootstrap failed.*full log: .*out\.sif\.build\.log.*127\.0\.0\.1"):
         build(recipe, tmp_path / "out.sif", quiet=True)
-    assert os.listdir(tmp_path) == ["r.def"]  # no output, no build directory left
+    # no output, no build directory left; the whole log is kept
+    assert sorted(os.listdir(tmp_path)) == ["out.sif.build.log", "r.def"]
+    assert "==> debootstrap" in log.read_text() and capfd.readouterr().err == ""
+
+    # from the command line (not quiet): one line per stage, the log in the file
+    with pytest.raises(ImageError):
+        build(recipe, tmp_path / "out.sif")
+    err = capfd.readouterr().err
+    assert f"building out.sif (log: {log}; -v streams it)" in err
+    assert "  debootstrap ... FAILED (" in err and "127.0.0.1" not in err.split("FAILED")[0]
 
 
 @pytest.mark.slow

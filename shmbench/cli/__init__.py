@@ -3,7 +3,7 @@ through shared memory at close to native speed.
 
     shmbench run --experiment exp:0.01 --agent random --episodes 10 --seed 42 --out DIR
     shmbench sweep --experiment ID --seeds 0-99 --out DIR [--executor slurm] | status | resume | collect
-    shmbench experiments | pull ID | images | build RECIPE -o IMAGE.sif
+    shmbench experiments | pull ID | images | build RECIPE -o IMAGE.sif | push IMAGE.sif oras://...  [--record ID]
     shmbench demo | doctor | benchmarks | gc
     shmbench bench [--quick] | report BENCH.json ... -o DIR
 

@@ -1,4 +1,5 @@
-"""``shmbench experiments``, ``pull``, ``images`` and ``build``: records and images."""
+"""``shmbench experiments``, ``pull``, ``push``, ``images``, ``build``, ``inspect``, ``shell``:
+records and images."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 from shmbench.cli.util import add_command, human_size
 
-__all__ = ["register", "cmd_build", "cmd_experiments", "cmd_images", "cmd_pull"]
+__all__ = ["register", "cmd_build", "cmd_experiments", "cmd_images", "cmd_pull", "cmd_push"]
 
 
 def _build_args(pairs: list[str]) -> dict[str, str]:
@@ -25,8 +26,49 @@ def _build_args(pairs: list[str]) -> dict[str, str]:
 def cmd_build(args: argparse.Namespace) -> int:
     from shmbench.images.build import build
 
-    out = build(args.recipe, args.output, build_args=_build_args(args.build_arg), builder=args.builder)
+    out = build(
+        args.recipe, args.output, build_args=_build_args(args.build_arg), builder=args.builder, verbose=args.verbose
+    )
     print(f"built {out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``shmbench push``: publish a SIF to an OCI registry; ``--record`` pins it in a record."""
+    import dataclasses
+    from pathlib import Path
+
+    from shmbench.errors import ShmbenchError
+    from shmbench.images.publish import push
+    from shmbench.images.refs import ImageSpec
+    from shmbench.images.store import file_digest
+
+    try:
+        base = None
+        if args.record:  # resolved first: a typo fails before the upload
+            from shmbench.experiments import resolve
+
+            base = resolve(args.source or args.record)
+        digest = push(args.image, args.ref, insecure=True if args.insecure else None, progress=sys.stderr.isatty())
+        print(f"pushed {args.image} as {args.ref}\ndigest {digest}")
+        if base is None:
+            return 0
+        from shmbench.experiments.records import write_user_record
+
+        note = f"image {args.ref} ({digest[:19]}...)"
+        if args.recipe:
+            note += f", built from {Path(args.recipe).name} ({file_digest(args.recipe)[:19]}...)"
+        record = dataclasses.replace(
+            base,
+            identifier=args.record,
+            image=ImageSpec(args.ref, digest),
+            description=f"{base.description}; {note}" if base.description else note,
+        )
+        path = write_user_record(record, Path(args.records_dir) if args.records_dir else None, force=args.force)
+    except (ShmbenchError, OSError) as exc:
+        print(f"shmbench push: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"record {args.record} -> {path}\nrun it: shmbench run --experiment {args.record}")
     return 0
 
 
@@ -207,6 +249,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_command(
         sub,
+        "push",
+        help="publish a SIF image to an OCI registry (and pin it in an experiment record)",
+        description=(
+            "Push a SIF file to an OCI registry as Apptainer does (one layer of the SIF media\n"
+            "type), check the registry's manifest names the file's sha256, and print it. With\n"
+            "--record ID, write an experiment record pinning the reference and digest (copied\n"
+            "from --from, default ID itself) into the user's records, which override shipped ones.\n"
+            "Credentials: ~/.docker/config.json (docker login / oras login)."
+        ),
+        examples=(
+            "shmbench push light.sif oras://registry.example.org/me/light:1",
+            "shmbench push light.sif oras://127.0.0.1:5000/me/light:1 --record exp:0.01 --recipe recipes/light.def",
+            "shmbench push mine.sif oras://ghcr.io/me/mine:2 --record exp:mine --from exp:0.01",
+        ),
+        func=cmd_push,
+    )
+    p.add_argument("image", help="the SIF file")
+    p.add_argument("ref", help="oras://HOST[:PORT]/REPO:TAG")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (default: only to a loopback registry)")
+    p.add_argument("--record", metavar="ID", help="write an experiment record ID pinning the pushed image")
+    p.add_argument("--from", dest="source", metavar="ID", help="the record to copy (default: --record's ID)")
+    p.add_argument("--recipe", metavar="FILE", help="the recipe the image was built from, named in the record")
+    p.add_argument("--records-dir", metavar="DIR", help="where the record goes (default: the user's records)")
+    p.add_argument("--force", action="store_true", help="replace an existing record file")
+
+    p = add_command(
+        sub,
         "images",
         help="list (or remove) cached images; prune unpacked trees and built images",
         description=(
@@ -272,6 +341,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("recipe", help="the definition file (.def)")
     p.add_argument("-o", "--output", required=True, help="the SIF file to write")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="stream the build's output (default: one line per stage)"
+    )
     p.add_argument(
         "--build-arg", action="append", default=[], metavar="KEY=VALUE", help="a {{ KEY }} of the recipe (repeatable)"
     )

@@ -46,6 +46,7 @@ from shmbench.images.refs import ImageSpec, parse_ref
 from shmbench.wire.strict_json import loads, strict_json
 
 __all__ = [
+    "write_user_record",
     "EXPERIMENTS_ENV",
     "INDEX_ENV",
     "SEED_POLICIES",
@@ -427,6 +428,32 @@ def user_experiments_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir("shmbench")) / "experiments"
+
+
+def write_user_record(record: ExperimentRecord, directory: Path | None = None, *, force: bool = False) -> Path:
+    """Write ``record`` as ``DIRECTORY/<identifier>.json`` (default: the user's directory,
+    which overrides shipped records); returns the path. Read back before it is kept.
+
+    Raises:
+        ExperimentError: the file exists (without ``force``), or another file there defines
+            the same identifier.
+    """
+    directory = Path(directory) if directory is not None else user_experiments_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", record.identifier).strip("-") or "record"
+    path = directory / f"{name}.json"
+    if path.exists() and not force:
+        raise ExperimentError(f"{path} exists; pass force=True (--force) to replace it")
+    for other, existing in _directory(directory).items():
+        if other == record.identifier and existing.source != str(path):
+            raise ExperimentError(f"{existing.source} already defines {other}; remove it or write elsewhere")
+    text = json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n"
+    if parse_record(json.loads(text), source=str(path)).canonical_hash() != record.canonical_hash():
+        raise ExperimentError(f"{path}: the record would not read back as written")
+    tmp = path.with_name(f".{path.name}.partial")  # not *.json: no reader takes it for a record
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _collect(records: Iterator[ExperimentRecord], where: str) -> dict[str, ExperimentRecord]:

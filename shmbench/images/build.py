@@ -58,6 +58,7 @@ def build(
     builder: Builder = "auto",
     fakeroot: bool | None = None,
     quiet: bool = False,
+    verbose: bool = False,
 ) -> Path:
     """Build the SIF image ``output`` from the definition file ``recipe``.
 
@@ -71,7 +72,9 @@ def build(
             ``"auto"``: Apptainer when installed, native otherwise.
         fakeroot: pass ``--fakeroot`` to Apptainer (default: when not running as root).
         quiet: keep the builders' output out of the terminal; a failure still shows the
-            last lines of it in the exception.
+            last lines of it in the exception. Without ``quiet`` a native build prints one
+            line per stage; either way its full output is kept in ``OUTPUT.build.log``.
+        verbose: stream the builders' output to the terminal instead.
 
     Returns:
         ``output`` as a path.
@@ -98,10 +101,14 @@ def build(
     output.parent.mkdir(parents=True, exist_ok=True)
     if binary is not None:
         _build_with_apptainer(
-            defn, output, binary, fakeroot=os.geteuid() != 0 if fakeroot is None else fakeroot, quiet=quiet
+            defn,
+            output,
+            binary,
+            fakeroot=os.geteuid() != 0 if fakeroot is None else fakeroot,
+            quiet=quiet and not verbose,
         )
     else:
-        NativeBuild(defn, output, quiet=quiet).run()
+        NativeBuild(defn, output, quiet=quiet, verbose=verbose).run()
     return output
 
 

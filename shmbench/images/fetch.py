@@ -55,6 +55,8 @@ from shmbench.images.store import (
 __all__ = [
     "SIF_LAYER_MEDIA_TYPE",
     "SIF_CONFIG_MEDIA_TYPE",
+    "oras_target",
+    "sif_layer_of",
     "NETWORK_TIMEOUT",
     "pull",
     "pull_spec",
@@ -395,7 +397,11 @@ def _sif_layer(parsed: ImageRef, body: bytes) -> tuple[str, int]:
     return digest.lower(), size
 
 
-def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure: bool | None) -> None:
+def oras_target(parsed: ImageRef, insecure: bool | None) -> tuple[Any, Any]:
+    """The oras-py client (single-try, with timeouts) and container for an ``oras://``
+    reference, with credentials from ``~/.docker/config.json`` when there are any.
+
+    ``insecure``: plain HTTP; None means "only on loopback"."""
     import oras.container
 
     host, repository = parsed.host, parsed.repository
@@ -412,7 +418,11 @@ def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure:
     container.tag = parsed.tag or "latest"
     container.digest = parsed.manifest_digest
     registry.auth.load_configs(container)  # credentials from ~/.docker/config.json, if any
+    return registry, container
 
+
+def sif_layer_of(parsed: ImageRef, registry: Any, container: Any) -> tuple[str, int]:
+    """The (digest, size) of the SIF layer the registry's manifest for ``parsed`` names."""
     url = f"{registry.prefix}://{container.manifest_url()}"
     response = registry.do_request(url, "GET", headers={"Accept": ", ".join(_MANIFEST_MEDIA_TYPES)})
     if response.status_code != 200:
@@ -422,7 +432,13 @@ def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure:
     body = response.content
     if parsed.manifest_digest and "sha256:" + hashlib.sha256(body).hexdigest() != parsed.manifest_digest:
         raise ImageError(f"image {parsed}: the registry sent a manifest whose digest is not {parsed.manifest_digest}")
-    layer_digest, size = _sif_layer(parsed, body)
+    return _sif_layer(parsed, body)
+
+
+def _fetch_oras(parsed: ImageRef, writer: _HashingWriter, digest: str, insecure: bool | None) -> None:
+
+    registry, container = oras_target(parsed, insecure)
+    layer_digest, size = sif_layer_of(parsed, registry, container)
     if layer_digest != digest:
         # The registry's own content address already says these are other bytes: refuse
         # before downloading a single byte of them.

@@ -17,7 +17,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -98,10 +100,14 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 class NativeBuild:
     """One build of a debootstrap recipe without Apptainer (see the module docstring)."""
 
-    def __init__(self, defn: Definition, output: Path, *, quiet: bool) -> None:
+    def __init__(self, defn: Definition, output: Path, *, quiet: bool, verbose: bool = False) -> None:
         self.defn = defn
         self.output = output
-        self.quiet = quiet
+        #: True: every step's output goes to the log only; False with verbose: streamed to
+        #: the terminal; False without: one line per stage on stderr, the output in the log
+        self.quiet = quiet and not verbose
+        self.verbose = verbose
+        self.stages = not quiet and not verbose
         if defn.bootstrap != "debootstrap":
             raise RuntimeUnavailable(
                 f"'Bootstrap: {defn.header['bootstrap']}' needs Apptainer (or Singularity) to "
@@ -137,8 +143,12 @@ class NativeBuild:
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Run one build step; its output goes to the terminal, or to the log when quiet."""
-        if self.quiet:
+        """Run one build step: its output streamed (verbose), or into the build log, with
+        one line for the stage on stderr (the default from the command line)."""
+        if not self.verbose:
+            start = time.monotonic()
+            if self.stages:
+                print(f"  {what} ...", end="", file=sys.stderr, flush=True)
             with open(self.log, "ab") as log:
                 log.write(f"\n==> {what}: {' '.join(map(str, argv))}\n".encode())
                 log.flush()
@@ -151,16 +161,21 @@ class NativeBuild:
                     cwd=cwd,
                     check=False,
                 )
+            if self.stages:
+                print(
+                    f" {'done' if proc.returncode == 0 else 'FAILED'} ({time.monotonic() - start:.0f} s)",
+                    file=sys.stderr,
+                )
         else:
             proc = subprocess.run(list(map(str, argv)), stdin=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
         if proc.returncode != 0:
             raise ImageError(f"{what} failed (exit status {proc.returncode})" + self._tail())
 
     def _tail(self) -> str:
-        if not self.quiet:
+        if self.verbose:
             return "; its output is above"
         lines = self.log.read_text(errors="replace").splitlines()[-25:]
-        return ":\n" + "\n".join(lines)
+        return f" (full log: {self.log}):\n" + "\n".join(lines)
 
     def _sandbox_env(self) -> dict[str, str]:
         env = {
@@ -215,7 +230,11 @@ class NativeBuild:
     def run(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix=".shmbench-build-", dir=self.output.parent))
         self.rootfs = self.work / "rootfs"
-        self.log = self.work / "build.log"
+        # kept next to the image, after a success and after a failure
+        self.log = self.output.with_name(self.output.name + ".build.log")
+        self.log.write_bytes(b"")
+        if self.stages:
+            print(f"building {self.output.name} (log: {self.log}; -v streams it)", file=sys.stderr)
         try:
             self.bootstrap()
             self.base_environment()
