@@ -176,7 +176,14 @@ def start(root: Path) -> Cluster:
     def daemon(argv: list[str], log: str) -> None:
         with open(root / log, "ab") as out:
             cluster.procs.append(
-                subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,  # not the runner's stdin, whatever state it is in
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
             )
 
     try:
