@@ -10,8 +10,8 @@ python -m pip install -q -e ".[test,ray]"
 python -m ruff check shmbench tests bench examples
 python -m ruff format --check shmbench tests bench examples
 python -m mypy
-# the sweep tests' Slurm cluster on 127.0.0.1, started here rather than inside pytest (see
-# tests/slurm_cluster.py) and stopped by PID however the tests end
+# the sweep tests' Slurm cluster on 127.0.0.1 (tests/slurm_cluster.py), started outside
+# pytest and stopped by PID however pytest ends (the tests start their own without it)
 slurm_dir=$(mktemp -d "${TMPDIR:-/tmp}/shmbench-slurm.XXXXXX")
 trap 'python tests/slurm_cluster.py stop "$slurm_dir/cluster"; rm -rf "$slurm_dir"' EXIT
 if python tests/slurm_cluster.py start "$slurm_dir/cluster" >/dev/null; then

@@ -5,17 +5,11 @@ config, munge key and socket, state, spool, logs -- in one temporary directory, 
 
 Who starts it: ``./run-tests.sh`` (``python tests/slurm_cluster.py start DIR`` before pytest,
 ``stop DIR`` on exit; the fixture finds it through ``$SHMBENCH_TEST_SLURM``), or, where that
-is not set, the ``cluster`` fixture itself. The script starts it because daemons started
-from inside a long pytest run of the whole suite failed to launch any job
-("_forkexec_slurmstepd: slurmstepd failed to send return code") while the same daemons
-started from the shell, or from a pytest run of the sweep tests alone, work; the cause is
-some state the suite leaves in its process and the daemons inherit (not found yet). A probe
-job at start-up turns such a failure into one clear error instead of timeouts.
-
-Settings that matter to the tests: ``MaxArraySize=5`` (so a 16-task sweep needs four
-arrays), ``cred_expire=10`` (a requeued job would otherwise wait the default 120 s for its
-credential), accounting off (as on the clusters where ``sacct`` knows nothing), proctrack
-``linuxproc`` (no cgroup setup needed).
+is not set, the ``cluster`` fixture itself. Its daemons read /dev/null, not the runner's
+stdin: started from inside a long pytest run with the runner's stdin inherited, they
+launched no job ("_forkexec_slurmstepd: slurmstepd failed to send return code"), and with
+stdin on /dev/null the same full run passed. A probe job at start-up turns a cluster that
+cannot launch into one clear error instead of timeouts.
 """
 
 from __future__ import annotations
