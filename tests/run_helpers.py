@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,14 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shmbench run")
     add_run_arguments(parser)
     return parser.parse_args(list(argv))
+
+
+def shmbench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The shmbench command line as a real subprocess (``env`` added to this environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shmbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -10,18 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from run_helpers import shmbench
 
 from shmbench.transport.session import channel_base
-
-
-def shmbench(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "shmbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_doctor_reports_runtimes_channels_and_caches(tmp_path):

@@ -5,32 +5,18 @@ that record in bwrap with a fresh cache; a tag moved to other bytes is refused."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 from registry import sha256_of
-from run_helpers import BWRAP_SKIP
+from run_helpers import BWRAP_SKIP, shmbench
 
 from shmbench.errors import ImageError
 from shmbench.images.fetch import SIF_LAYER_MEDIA_TYPE, pull
 from shmbench.images.publish import push
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def shmbench(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "shmbench", *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def manifest(registry, repository: str, tag: str) -> dict:
@@ -75,7 +61,7 @@ def test_push_record_then_run_from_a_fresh_cache_and_a_moved_tag_is_refused(
     ref = f"oras://{registry.host}/shmbench/light-pushed:1"
     p = shmbench(
         "push", str(light_sif), ref, "--record", "exp:pushed", "--from", "exp:0.01",
-        "--records-dir", str(records), "--recipe", str(RECIPES / "light.def"),
+        "--records-dir", str(records), "--recipe", str(RECIPES / "light.def"), timeout=600,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     digest = sha256_of(light_sif.read_bytes())
@@ -95,7 +81,7 @@ def test_push_record_then_run_from_a_fresh_cache_and_a_moved_tag_is_refused(
         "NO_PROXY": "127.0.0.1,localhost",
     }
     run = ["run", "--experiment", "exp:pushed", "--runtime", "bwrap", "--episodes", "2", "--quiet"]
-    p = shmbench(*run, "--out", str(tmp_path / "logs"), env=env)
+    p = shmbench(*run, "--out", str(tmp_path / "logs"), env=env, timeout=600)
     assert p.returncode == 0, p.stderr
     (log,) = (tmp_path / "logs").glob("*.jsonl")
     header = json.loads(log.read_text().splitlines()[0])
@@ -104,5 +90,5 @@ def test_push_record_then_run_from_a_fresh_cache_and_a_moved_tag_is_refused(
     # the tag now names other bytes: the record's digest refuses them
     push(small_sif, ref)
     env["SHMBENCH_CACHE_DIR"] = str(tmp_path / "another-cache")
-    p = shmbench(*run, "--out", str(tmp_path / "logs2"), env=env)
+    p = shmbench(*run, "--out", str(tmp_path / "logs2"), env=env, timeout=600)
     assert p.returncode != 0 and digest in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from run_helpers import BWRAP_SKIP
+from run_helpers import BWRAP_SKIP, shmbench
 from sweep_helpers import EXPERIMENTS, LUBY_RECORD, comparable, snapshot
 
 from shmbench.errors import ExperimentError
@@ -66,28 +66,10 @@ def test_a_local_sweep_runs_every_task_once_and_a_rerun_does_nothing(tmp_path, s
 def test_a_sweep_task_logs_what_shmbench_run_logs(tmp_path, sweep_records):
     out = tmp_path / "sweep"
     sweep(["exp:0.01"], "4", episodes=2, out=out, runtime="bwrap")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shmbench",
-            "run",
-            "--experiment",
-            "exp:0.01",
-            "--seed",
-            "4",
-            "--episodes",
-            "2",
-            "--runtime",
-            "bwrap",
-            "--out",
-            str(tmp_path / "run"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = shmbench(
+        "run", "--experiment", "exp:0.01", "--seed", "4", "--episodes", "2",
+        "--runtime", "bwrap", "--out", str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (run_log,) = (tmp_path / "run").glob("*.jsonl")
     assert comparable(out / "logs" / "exp-0.01-seed4.jsonl") == comparable(run_log)
@@ -176,10 +158,9 @@ def test_a_sweep_refuses_another_sweeps_directory_and_a_changed_record(tmp_path,
 def test_the_command_line(tmp_path, sweep_records):
     out = tmp_path / "cli"
 
-    def shmbench(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shmbench", *argv], capture_output=True, text=True, timeout=300)
-
-    p = shmbench("sweep", "--experiment", "exp:0.01", "--seeds", "0-1", "--episodes", "2", "--out", str(out))
+    p = shmbench(
+        "sweep", "--experiment", "exp:0.01", "--seeds", "0-1", "--episodes", "2", "--out", str(out), timeout=300
+    )
     assert p.returncode == 0, p.stderr
     assert "2 task(s), 0 done or running, 2 started" in p.stdout
     p = shmbench("status", str(out))
