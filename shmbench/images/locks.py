@@ -42,6 +42,7 @@ __all__ = [
     "filesystem_type",
     "is_network_filesystem",
     "node_local_dir",
+    "process_start_time",
 ]
 
 LOCK_ENV = "SHMBENCH_LOCK"
@@ -173,10 +174,12 @@ def _flock(path: Path, timeout: float | None) -> int | None:
 
 def _owner() -> dict[str, object]:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_started": _start_time(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "pid_started": process_start_time(pid)}
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (field 22 of /proc/PID/stat):
+    with the pid, it names one process, never a later one that reused the pid."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read(4096).rpartition(b")")[2].split()
@@ -205,7 +208,7 @@ def _abandoned(data: bytes, mtime: float) -> bool:
     if isinstance(owner, dict) and owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
         if isinstance(pid, int) and pid > 0:
-            started = _start_time(pid)
+            started = process_start_time(pid)
             return started is None or owner.get("pid_started") not in (None, started)
     return time.time() - mtime > STALE_AFTER
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shmbench.images.locks import process_start_time
 from shmbench.sweeps.files import read_json
 from shmbench.sweeps.plan import Plan, Task
 from shmbench.transport.session import pid_alive
@@ -54,17 +55,6 @@ def marker(plan: Plan, task: Task | str, kind: str) -> Path:
     return plan.state_dir() / f"{task_id}.{kind}"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read(4096)
-    except OSError:
-        return None
-    fields = stat.rpartition(b")")[2].split()
-    return fields[19].decode() if len(fields) > 19 else None
-
-
 def owner_record(attempt: int) -> dict[str, Any]:
     """Who claims a task: this process, on this host, in this Slurm job (if any)."""
     pid = os.getpid()
@@ -75,7 +65,7 @@ def owner_record(attempt: int) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "pid": pid,
-        "pid_started": _start_time(pid),
+        "pid_started": process_start_time(pid),
         "slurm_job": f"{job}_{index}" if job and index is not None else job,
         "started_at": timestamp(),
         "attempt": attempt,
@@ -97,7 +87,7 @@ def owner_alive(owner: Mapping[str, Any], scheduler: Mapping[str, str] | None) -
         if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
             return False
         # a pid reused by another process is not the owner
-        return owner.get("pid_started") in (None, _start_time(pid))
+        return owner.get("pid_started") in (None, process_start_time(pid))
     return None
 
 
