@@ -137,6 +137,25 @@ elif args[:1] == ["exec"]:
     command = parsed["command"]
     if command[0] == "python3":
         command[0] = sys.executable
+    # its mount namespace, as far as the command sees it: each bind's destination is a
+    # symlink to its source under a private root, and the command's arguments that name a
+    # destination path are read under that root
+    import tempfile
+    top = tempfile.mkdtemp(prefix="fake-apptainer-root-", dir=os.path.dirname({log!r}))
+    dests = []
+    for src, dst, _mode in parsed["binds"]:
+        link = top + dst
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink(src, link)
+        dests.append(dst)
+    def under(arg):
+        for dst in dests:
+            parent = os.path.dirname(dst)
+            if arg == dst or arg.startswith(dst + "/") or arg == parent:
+                return top + arg
+        return arg
+    command = [command[0]] + [under(a) for a in command[1:]]
     os.execve(command[0], command, inner)
 else:
     fatal("fake_apptainer does not know " + " ".join(args), 1)

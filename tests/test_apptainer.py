@@ -30,7 +30,7 @@ from shmbench.errors import ImageError, PeerDied, RuntimeUnavailable
 from shmbench.runtimes import apptainer as app
 from shmbench.runtimes.apptainer import ApptainerRuntime, parse_version
 from shmbench.runtimes.apptainer_tools import gc_instances, list_instances
-from shmbench.runtimes.base import Launch
+from shmbench.runtimes.base import Launch, image_server_command, package_dir, server_command
 
 DATA = Path(__file__).resolve().parent / "data" / "apptainer"
 
@@ -82,7 +82,7 @@ def sandbox(tmp_path: Path) -> Path:
 
 
 def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
-    rt = ApptainerRuntime(image=sandbox, binary="/opt/apptainer/bin/apptainer")
+    rt = ApptainerRuntime(image=sandbox, binary="/opt/apptainer/bin/apptainer", serve_from="image")
     launch = launch_for(tmp_path)
     argv, env = rt.command(launch)
     assert argv == [
@@ -99,16 +99,38 @@ def test_typical_argv(tmp_path: Path, sandbox: Path) -> None:
         str(sandbox),
         "python3",
         "-I",
-        "-m",
-        "shmbench.server",
+        "-c",
+        image_server_command("python3")[-1],
     ]
     parsed = parse_exec_argv(argv)
     assert parsed["flags"] == ["--containall", "--cleanenv"]
     assert parsed["binds"] == []  # nothing of the host is writable: the channel is an inherited fd
     assert parsed["env"] == {"SHMBENCH_CHANNEL_FD": "7", "SHMBENCH_SLAB_FD": "8"}
     assert parsed["image"] == str(sandbox)
-    assert parsed["command"] == ["python3", "-I", "-m", "shmbench.server"]
+    assert parsed["command"] == image_server_command("python3", "-I")
     assert env["PATH"] == os.environ["PATH"]  # apptainer itself: the host's environment
+
+
+def test_the_host_serves_the_image_by_default(tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve_from="host": the host's shmbench (and its pure-Python fallbacks) bound
+    read-only at /.shmbench-host, run by the image's python3."""
+    import msgpack
+
+    monkeypatch.delenv("SHMBENCH_SERVE_FROM", raising=False)
+    parsed = parse_exec_argv(ApptainerRuntime(image=sandbox, binary="apptainer").command(launch_for(tmp_path))[0])
+    assert parsed["binds"] == [
+        (package_dir(), "/.shmbench-host/shmbench", "ro"),
+        (os.path.dirname(msgpack.__file__), "/.shmbench-host/fallbacks/msgpack", "ro"),
+    ]
+    assert parsed["command"] == server_command(
+        "python3", "-I", shmbench_dir="/.shmbench-host/shmbench", fallbacks="/.shmbench-host/fallbacks"
+    )
+    monkeypatch.setenv("SHMBENCH_SERVE_FROM", "image")
+    own = parse_exec_argv(ApptainerRuntime(image=sandbox, binary="apptainer").command(launch_for(tmp_path))[0])
+    assert own["binds"] == [] and own["command"] == image_server_command("python3", "-I")
+    monkeypatch.setenv("SHMBENCH_SERVE_FROM", "guest")
+    with pytest.raises(ValueError, match="serve_from must be 'host' or 'image', not 'guest'"):
+        ApptainerRuntime(image=sandbox, binary="apptainer")
 
 
 def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,6 +152,7 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
         extra_args=["--writable-tmpfs"],
         python="/opt/py/bin/python",
         binary="apptainer",
+        serve_from="image",
     )
     launch = launch_for(tmp_path)
     launch.environment["RUN"] = "7"
@@ -150,7 +173,7 @@ def test_full_argv_options(tmp_path: Path, sandbox: Path, monkeypatch: pytest.Mo
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "RUN": "7",
     }
-    assert parsed["command"] == ["/opt/py/bin/python", "-I", "-m", "shmbench.server"]
+    assert parsed["command"] == image_server_command("/opt/py/bin/python", "-I")
     assert argv.index("--nv") < argv.index("--writable-tmpfs") < argv.index(str(sandbox))
     assert "APPTAINERENV_SHMBENCH_CHANNEL" not in env and "APPTAINERENV_SHMBENCH_CHANNEL_FD" not in env
     assert env["APPTAINER_CACHEDIR"] == "/scratch/cache"
@@ -289,8 +312,11 @@ def test_env_runs_through_the_fake(fake_apptainer: FakeApptainer, sandbox: Path)
     assert len(execs) == 1
     parsed = parse_exec_argv([str(fake_apptainer.exe)] + execs[0])
     assert parsed["env"]["MARK"] == "a,b"
-    # the channel and the slab crossed as inherited descriptors; no host directory was bound
-    assert parsed["binds"] == [] and {"SHMBENCH_CHANNEL_FD", "SHMBENCH_SLAB_FD"} <= set(parsed["env"])
+    # the channel and the slab crossed as inherited descriptors; no host directory was
+    # bound but the host's shmbench, read-only (the fake reads the server from there)
+    assert [dst for _, dst, _ in parsed["binds"]] == ["/.shmbench-host/shmbench", "/.shmbench-host/fallbacks/msgpack"]
+    assert {mode for _, _, mode in parsed["binds"]} == {"ro"}
+    assert {"SHMBENCH_CHANNEL_FD", "SHMBENCH_SLAB_FD"} <= set(parsed["env"])
     assert parsed["image"] == str(sandbox)
 
 

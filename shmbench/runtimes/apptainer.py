@@ -7,7 +7,9 @@ Each server runs in the foreground as::
         [--env K=V ...] [--bind SRC:DST:MODE ...] [--nv] [EXTRA_ARGS ...] \\
         IMAGE python3 -I -m shmbench.server
 
-Why each flag (the flag texts are from ``apptainer exec --help``; the sources are the
+(by default, ``serve_from="host"``, the host's own shmbench is bound read-only at
+``/.shmbench-host/shmbench`` and the image's ``python3 -I`` runs the server from there:
+see :func:`~shmbench.runtimes.base.injection`). Why each flag (the flag texts are from ``apptainer exec --help``; the sources are the
 Apptainer and Singularity changelogs and CLI code):
 
 * ``--containall`` -- "contain not only file systems, but also PID, IPC, and environment":
@@ -62,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from shmbench.errors import ImageError, RuntimeUnavailable
-from shmbench.runtimes.base import Launch, Runtime, parse_bind
+from shmbench.runtimes.base import Launch, Runtime, image_server_command, injection, parse_bind, serve_from_default
 
 __all__ = [
     "ApptainerRuntime",
@@ -284,6 +286,9 @@ class ApptainerRuntime(Runtime):
         nv: pass ``--nv`` (NVIDIA GPUs).
         extra_args: more ``exec`` options, placed just before the image.
         python: the interpreter inside the image.
+        serve_from: ``"host"`` (default, or ``$SHMBENCH_SERVE_FROM``): the server runs the
+            host's own shmbench, bound read-only at ``/.shmbench-host``, with the image's
+            Python, numpy and gymnasium; ``"image"``: the shmbench installed in the image.
         binary: the apptainer or singularity executable (default: found on PATH).
     """
 
@@ -300,8 +305,10 @@ class ApptainerRuntime(Runtime):
         python: str = "python3",
         binary: str | None = None,
         limits=None,
+        serve_from: str | None = None,
     ) -> None:
         super().__init__(image, binds, environment, limits)
+        self.serve_from = serve_from_default(serve_from)
         self.image_ref = _image_reference(image)
         for spec in self.binds:
             src, dst, _ = parse_bind(spec)
@@ -371,8 +378,12 @@ class ApptainerRuntime(Runtime):
         argv = [self.binary, "exec", "--containall", "--cleanenv", "--pwd", "/tmp"]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
-        for spec in self.binds:
-            src, dst, mode = parse_bind(spec)
+        binds = [parse_bind(spec) for spec in self.binds]
+        server = image_server_command(self.python, "-I")
+        if program is None and self.serve_from == "host":
+            extra, server = injection(self.python, "-I")
+            binds += extra
+        for src, dst, mode in binds:
             argv += ["--bind", f"{os.path.abspath(src)}:{dst}:{mode}"]
         if self.nv:
             argv.append("--nv")
@@ -383,7 +394,7 @@ class ApptainerRuntime(Runtime):
                 argv += ["--pids-limit", str(self.limits.pids)]
             if self.limits.cpus:
                 argv += ["--cpus", f"{self.limits.cpus:g}"]
-        argv += [*self.extra_args, self.image_ref, *(program or [self.python, "-I", "-m", "shmbench.server"])]
+        argv += [*self.extra_args, self.image_ref, *(program or server)]
         # Apptainer itself runs with the host's environment (its own settings, caches,
         # proxies); --cleanenv keeps that out of the container. Only variables that would
         # inject competing SHMBENCH_* values into the container are dropped.

@@ -44,8 +44,13 @@ __all__ = [
     "OutputPump",
     "Runtime",
     "ServerProcess",
+    "INJECT_ROOT",
+    "SERVE_FROM",
+    "image_server_command",
+    "injection",
     "package_dir",
     "parse_bind",
+    "serve_from_default",
     "server_command",
     "stop_all",
     "wait_for_exit",
@@ -60,10 +65,21 @@ _TAIL = 16 << 10
 # shmbench and works inside a clone of its repository would start the clone's unbuilt
 # source tree instead. Only the package itself is pinned (by its location, with
 # importlib): the rest of sys.path keeps its order, so user modules named in "module:attr"
-# ids resolve exactly as they would on the host.
+# ids resolve exactly as they would on the host. argv[2], when not empty, is a directory
+# of fallbacks appended to sys.path (after the image's own packages); before anything is
+# imported the interpreter is checked against the C extension beside the package, so an
+# image whose Python cannot load it says so in one line instead of an ImportError.
 _SERVER_BOOT = (
-    "import importlib.util as u, sys\n"
+    "import importlib.machinery as ma, importlib.util as u, os, sys\n"
     "d = sys.argv.pop(1)\n"
+    "x = sys.argv.pop(1)\n"
+    "if x:\n"
+    "    sys.path.append(x)\n"
+    "    so = [n for n in os.listdir(d + '/_ring') if n.startswith('_ring.') and n.endswith('.so')]\n"
+    "    if sys.version_info < (3, 10) or not any('_ring' + s in so for s in ma.EXTENSION_SUFFIXES):\n"
+    "        sys.exit('shmbench: this image\\'s Python %s cannot load the host\\'s shmbench (C extension %s); "
+    "serve it from its own shmbench (serve_from=\\'image\\', SHMBENCH_SERVE_FROM=image) or run it from a host "
+    "whose Python matches' % (sys.version.split()[0], ', '.join(so) or 'missing'))\n"
     "s = u.spec_from_file_location('shmbench', d + '/__init__.py', submodule_search_locations=[d])\n"
     "m = u.module_from_spec(s)\n"
     "sys.modules['shmbench'] = m\n"
@@ -71,6 +87,28 @@ _SERVER_BOOT = (
     "from shmbench.server import main\n"
     "sys.exit(main())\n"
 )
+
+# Runs the shmbench installed in an image (serve_from="image"); an image without one says
+# what to do instead of a bare ModuleNotFoundError.
+_IMAGE_BOOT = (
+    "import sys\n"
+    "try:\n"
+    "    from shmbench.server import main\n"
+    "except ImportError as e:\n"
+    "    sys.exit('shmbench: this image has no shmbench server of its own (%s); let the host serve it: "
+    "serve_from=\\'host\\' (the default) or SHMBENCH_SERVE_FROM=host' % e)\n"
+    "sys.exit(main())\n"
+)
+
+#: where a container sees the host's shmbench when the host serves it (read-only binds)
+INJECT_ROOT = "/.shmbench-host"
+#: host packages offered to an injected server as fallbacks, after the image's own: pure
+#: Python where the image lacks them (msgpack falls back to its pure-Python codec when its C
+#: part cannot load)
+_FALLBACKS = ("msgpack",)
+#: "host": an image's server runs the host's own shmbench, bound read-only into it (the
+#: default: image and host never disagree); "image": the shmbench installed in the image
+SERVE_FROM = ("host", "image")
 
 
 def package_dir() -> str:
@@ -80,10 +118,38 @@ def package_dir() -> str:
     return os.path.dirname(os.path.abspath(shmbench.__file__))
 
 
-def server_command(python: str, *flags: str, shmbench_dir: str | None = None) -> list[str]:
+def server_command(python: str, *flags: str, shmbench_dir: str | None = None, fallbacks: str = "") -> list[str]:
     """argv that runs ``python FLAGS -m shmbench.server`` with the shmbench package in
-    ``shmbench_dir`` (default: the host's own) -- never one the working directory holds."""
-    return [python, *flags, "-c", _SERVER_BOOT, shmbench_dir or package_dir()]
+    ``shmbench_dir`` (default: the host's own) -- never one the working directory holds --
+    and ``fallbacks`` (a directory) last on its path."""
+    return [python, *flags, "-c", _SERVER_BOOT, shmbench_dir or package_dir(), fallbacks]
+
+
+def image_server_command(python: str, *flags: str) -> list[str]:
+    """argv that runs the shmbench server installed in an image (``serve_from="image"``)."""
+    return [python, *flags, "-c", _IMAGE_BOOT]
+
+
+def serve_from_default(serve_from: str | None) -> str:
+    """``serve_from`` checked, or ``$SHMBENCH_SERVE_FROM``, or ``"host"``."""
+    value = serve_from or os.environ.get("SHMBENCH_SERVE_FROM") or "host"
+    if value not in SERVE_FROM:
+        raise ValueError(f"serve_from must be 'host' or 'image', not {value!r}")
+    return value
+
+
+def injection(python: str, *flags: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(read-only binds, server argv) that serve an image from the host's shmbench: the
+    package at ``INJECT_ROOT/shmbench``, the fallbacks in ``INJECT_ROOT/fallbacks``."""
+    import importlib.util
+
+    binds = [(package_dir(), f"{INJECT_ROOT}/shmbench", "ro")]
+    for name in _FALLBACKS:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            binds.append((next(iter(spec.submodule_search_locations)), f"{INJECT_ROOT}/fallbacks/{name}", "ro"))
+    argv = server_command(python, *flags, shmbench_dir=f"{INJECT_ROOT}/shmbench", fallbacks=f"{INJECT_ROOT}/fallbacks")
+    return binds, argv
 
 
 def parse_bind(spec: str) -> tuple[str, str, str]:

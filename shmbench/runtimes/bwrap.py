@@ -38,7 +38,16 @@ import sys
 from pathlib import Path
 
 from shmbench.errors import ImageError
-from shmbench.runtimes.base import Launch, Runtime, package_dir, parse_bind, server_command
+from shmbench.runtimes.base import (
+    Launch,
+    Runtime,
+    image_server_command,
+    injection,
+    package_dir,
+    parse_bind,
+    serve_from_default,
+    server_command,
+)
 
 __all__ = ["BwrapRuntime", "find_bwrap", "host_view"]
 
@@ -132,15 +141,28 @@ class BwrapRuntime(Runtime):
             view, ``python3`` for images.
         share_net: keep the host's network (default: a private, empty network namespace).
         limits: resource limits per server; ``tmp`` sizes the private /tmp.
+        serve_from: for an image, ``"host"`` (default, or ``$SHMBENCH_SERVE_FROM``): its
+            server runs the host's own shmbench, bound read-only at ``/.shmbench-host``,
+            with the image's Python, numpy and gymnasium; ``"image"``: the shmbench
+            installed in the image.
     """
 
     name = "bwrap"
 
     def __init__(
-        self, image=None, binds=(), environment=None, *, python: str | None = None, share_net: bool = False, limits=None
+        self,
+        image=None,
+        binds=(),
+        environment=None,
+        *,
+        python: str | None = None,
+        share_net: bool = False,
+        limits=None,
+        serve_from: str | None = None,
     ) -> None:
         super().__init__(image, binds, environment, limits)
         self.share_net = share_net
+        self.serve_from = serve_from_default(serve_from)
         self.rootfs: Path | None = None
         if image is not None:
             path = Path(image)
@@ -267,6 +289,10 @@ class BwrapRuntime(Runtime):
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         binds = [parse_bind(spec) for spec in self.binds]
+        injected: list[str] | None = None
+        if self.rootfs is not None and program is None and self.serve_from == "host":
+            extra, injected = injection(self.python, "-s")
+            binds += extra
         user_env = {**self.environment, **launch.server_environment()}
         tmp = (
             ["--tmpfs", "/tmp"]
@@ -300,14 +326,15 @@ class BwrapRuntime(Runtime):
         for k, v in env.items():
             args += ["--setenv", k, v]
         # over the host view the server runs the host's own shmbench (see server_command);
-        # an image runs the shmbench installed in it
-        server = (
-            program
-            if program is not None
-            else [self.python, "-s", "-m", "shmbench.server"]
-            if self.rootfs is not None
-            else server_command(self.python, "-s")
-        )
+        # an image runs the host's, injected, or the shmbench installed in it
+        if program is not None:
+            server = program
+        elif injected is not None:
+            server = injected
+        elif self.rootfs is not None:
+            server = image_server_command(self.python, "-s")
+        else:
+            server = server_command(self.python, "-s")
         if self.rootfs is not None and (self.rootfs / ".singularity.d" / "env").is_dir():
             # image scripts first, then our variables on top of them
             args += [
