@@ -151,9 +151,23 @@ def runtime(request) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
+def share_built_images(cache: Path) -> None:
+    """Give a private cache the suite's built images: they are keyed by everything that
+    goes into them (the recipe digest), so sharing them cannot mix up two images, and
+    a test that runs exp:0.01 in its image (built from recipes/light.def) does not rebuild
+    it. Pulled images, unpacked trees and records stay private."""
+    from shmbench.images.store import cache_root
+
+    shared = cache_root() / "built"
+    shared.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "built").symlink_to(shared)
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """A private cache and config dir; no record dirs, index or runtime choice from outside."""
+    share_built_images(tmp_path / "cache")
     monkeypatch.setenv("SHMBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     for name in ("SHMBENCH_EXPERIMENTS", "SHMBENCH_EXPERIMENT_INDEX", "SHMBENCH_RUNTIME"):
@@ -163,6 +177,7 @@ def isolated(tmp_path, monkeypatch):
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
+    share_built_images(cache)
     monkeypatch.setenv("SHMBENCH_CACHE_DIR", str(cache))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")

@@ -236,7 +236,13 @@ def test_inspect_shows_the_sif_and_says_when_nothing_runs_in_it(small_sif):
 def test_inspect_reports_what_runs_inside_a_real_image(light_sif):
     out = shmbench("inspect", str(light_sif), "--runtime", "bwrap", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "inside (via the bwrap runtime): python 3.11" in out.stdout and "shmbench 0.1.0" in out.stdout
+    assert "inside (via the bwrap runtime): python 3.11" in out.stdout
+    assert "shmbench 0.1.0 (the host's, serving the image)" in out.stdout  # light.def holds none
+    assert "  manifest:\n    recipe light.def (digest " in out.stdout
+    assert "python 3.11, shmbench inside: none" in out.stdout and "numpy 2.2.6" in out.stdout
+    assert "(--packages lists them)" in out.stdout
+    listed = shmbench("inspect", str(light_sif), "--runtime", "bwrap", "--packages", timeout=300)
+    assert "    libc6:amd64 2." in listed.stdout
 
 
 def test_shell_runs_in_the_sandbox_a_server_would_get():

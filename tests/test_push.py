@@ -68,7 +68,9 @@ def test_push_record_then_run_from_a_fresh_cache_and_a_moved_tag_is_refused(
     assert f"digest {digest}" in p.stdout
     (written,) = records.glob("*.json")
     record = json.loads(written.read_text())
-    assert record["identifier"] == "exp:pushed" and record["image"] == {"ref": ref, "digest": digest}
+    # pinned: where it is published, and the recipe a run builds it from where it cannot be pulled
+    assert record["identifier"] == "exp:pushed"
+    assert record["image"] == {"ref": ref, "digest": digest, "recipe": str(RECIPES / "light.def")}
     assert "built from light.def" in record["description"] and record["benchmark"] == "shmbench/Sigmoid-v0"
     p = shmbench(
         "push", str(light_sif), ref, "--record", "exp:pushed", "--from", "exp:0.01", "--records-dir", str(records)
@@ -86,6 +88,7 @@ def test_push_record_then_run_from_a_fresh_cache_and_a_moved_tag_is_refused(
     (log,) = (tmp_path / "logs").glob("*.jsonl")
     header = json.loads(log.read_text().splitlines()[0])
     assert header["image_digest"] == digest and header["runtime"]["image_used"] is True
+    assert header["image_build"]["how"] == "pulled" and header["image_manifest"]["recipe"]["name"] == "light.def"
 
     # the tag now names other bytes: the record's digest refuses them
     push(small_sif, ref)

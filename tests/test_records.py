@@ -82,7 +82,8 @@ def test_shipped_exp_0_01_resolves():
     record = resolve("exp:0.01")
     assert record.identifier == "exp:0.01"
     assert record.benchmark == "shmbench/Sigmoid-v0"
-    assert record.image is None  # no image is published yet; see the record's comments
+    # not published yet: pinned by its recipe and lock (see the record's comments)
+    assert record.image == ImageSpec(None, recipe="light.def", lock="light.lock.json")
     assert record.seed == SeedPolicy(base=0, per_episode="once")
     assert record.log == ("reward", "action", "state")
     assert record.config["action_values"] == [5, 10] and record.config["cutoff"] == 10
@@ -92,12 +93,14 @@ def test_shipped_exp_0_01_resolves():
 
 def test_shipped_exp_0_01_identity_is_pinned():
     # The hash is what logs cite. Changing the shipped record changes the experiment: give
-    # it a new identifier instead of editing this one.
+    # it a new identifier instead of editing this one. (Changed once, on purpose: the
+    # image it runs in became part of it, pinned by recipe and lock -- issue 12.)
     record = resolve("exp:0.01")
     assert record.canonical_json() == (
         '{"benchmark":"shmbench/Sigmoid-v0","config":{"action_values":[5,10],"cutoff":10,'
         '"instance_set_path":"sigmoid_2d_default.csv","instance_update_func":"round_robin",'
-        '"slope_multiplier":2.0},"identifier":"exp:0.01","log":["reward","action","state"],'
+        '"slope_multiplier":2.0},"identifier":"exp:0.01","image":{"lock":"light.lock.json",'
+        '"recipe":"light.def"},"log":["reward","action","state"],'
         '"seed":{"base":0,"per_episode":"once"},"wrappers":[]}'
     )
     assert record.canonical_hash() == "sha256:" + hashlib.sha256(record.canonical_json().encode()).hexdigest()
@@ -184,7 +187,7 @@ def test_remote_index_and_its_cached_copy(monkeypatch):
         assert server.gets["/index.json"] == 2
         # The user's own directory beats the index.
         write(user_experiments_dir(), "u.toml", USER_RECORD)
-        assert resolve("exp:0.01").image is not None
+        assert resolve("exp:0.01").image.ref is not None
         (user_experiments_dir() / "u.toml").unlink()
     finally:
         server.close()

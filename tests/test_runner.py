@@ -42,10 +42,18 @@ def test_seed_workflow_logs_every_step_and_matches_a_native_loop(runtime, tmp_pa
     assert header["experiment"]["seed"] == {"base": 42, "per_episode": "once"}
     assert header["experiment"]["config"] == record.config
     assert header["experiment_hash"] != header["record_hash"]
-    assert header["image"] is None and header["image_digest"] is None
-    assert header["runtime"]["name"] == runtime and header["runtime"]["image_used"] is False
+    assert header["image"] == {"recipe": "light.def", "lock": "light.lock.json"}  # the record's pin
+    assert header["runtime"]["name"] == runtime
     assert set(header["server"]) == {"python", "numpy", "gymnasium", "shmbench"}
-    assert header["server"] == header["host"]  # host root: the same interpreter's packages
+    if runtime == "process":  # on the host: no image built, the same interpreter's packages
+        assert header["image_digest"] is None and header["runtime"]["image_used"] is False
+        assert "recipe was not built" in header["image_build"]["skipped"]
+        assert header["server"] == header["host"]
+    else:  # in the light image, served by the host's shmbench
+        assert header["runtime"]["image_used"] is True and header["image_build"]["how"] == "built"
+        assert header["image_digest"] == header["image_build"]["digest"]
+        assert header["image_manifest"]["recipe"]["name"] == "light.def"
+        assert header["server"]["numpy"] == "2.2.6" and header["server"]["shmbench"] == header["host"]["shmbench"]
     assert "started_at" in header
 
     assert len(log.runs) == 1 and log.runs[0]["episodes"] == 10
@@ -102,12 +110,14 @@ def test_two_runs_of_one_experiment_and_seed_differ_only_in_timestamps(runtime, 
 
 
 @pytest.mark.skipif(BWRAP_SKIP is not None, reason=str(BWRAP_SKIP))
-def test_process_and_bwrap_logs_differ_only_in_timestamps_and_runtime(tmp_path):
+def test_process_and_bwrap_logs_differ_only_in_timestamps_and_where_they_ran(tmp_path):
+    """On the host and in the light image (numpy 2.2 there, the host's elsewhere): the same rows."""
     _, process = seed_workflow("process", tmp_path / "p", episodes=4)
     _, bwrap = seed_workflow("bwrap", tmp_path / "b", episodes=4)
     assert process.header["runtime"]["name"] == "process" and bwrap.header["runtime"]["name"] == "bwrap"
     assert bwrap.header["runtime"]["isolated"] is True
-    assert strip_volatile(without(process.header, "runtime")) == strip_volatile(without(bwrap.header, "runtime"))
+    where = ("runtime", "server", "image_digest", "image_build", "image_manifest")
+    assert strip_volatile(without(process.header, *where)) == strip_volatile(without(bwrap.header, *where))
     assert strip_volatile(process.rows + process.runs + [process.end]) == strip_volatile(
         bwrap.rows + bwrap.runs + [bwrap.end]
     )
@@ -126,7 +136,7 @@ def test_local_runner_rows_equal_remote_runner_rows(tmp_path):
     assert strip_volatile(local_log.rows) == strip_volatile(remote_log.rows)
     assert strip_volatile(local_log.runs) == strip_volatile(remote_log.runs)
     differ = {k for k in local_log.header if local_log.header[k] != remote_log.header[k]}
-    assert differ <= {"started_at", "runner", "runtime"}
+    assert differ <= {"started_at", "runner", "runtime", "image_build"}  # image_build: the recipe was not built
     assert local_log.header["runner"] == "local" and local_log.header["runtime"]["name"] == "local"
 
 

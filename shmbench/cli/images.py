@@ -30,6 +30,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.recipe, args.output, build_args=_build_args(args.build_arg), builder=args.builder, verbose=args.verbose
     )
     print(f"built {out}")
+    from shmbench.images.manifest import read_manifest
+    from shmbench.images.store import file_digest
+
+    print(f"digest {file_digest(out)}")
+    if args.lock:
+        from pathlib import Path
+
+        from shmbench.images.pinned import write_lock
+
+        lock = write_lock(out, Path(args.lock))
+        print(
+            f"lock {args.lock}: {len(lock['debian_packages'] or {})} Debian and {len(lock['python_packages'] or {})} Python packages"
+        )
+    elif read_manifest(out) is None:
+        print("(no manifest: this builder does not write one, so no --lock can be written from it)")
     return 0
 
 
@@ -39,6 +54,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from shmbench.errors import ShmbenchError
+    from shmbench.images.pinned import find_recipe
     from shmbench.images.publish import push
     from shmbench.images.refs import ImageSpec
     from shmbench.images.store import file_digest
@@ -56,12 +72,22 @@ def cmd_push(args: argparse.Namespace) -> int:
         from shmbench.experiments.records import write_user_record
 
         note = f"image {args.ref} ({digest[:19]}...)"
-        if args.recipe:
-            note += f", built from {Path(args.recipe).name} ({file_digest(args.recipe)[:19]}...)"
+        # the recipe it came from, pinned as a field: a run builds it where the reference
+        # cannot be pulled (given here, or kept from the record it starts from)
+        kept = base.image if base.image is not None and base.image.recipe else None
+        recipe = str(Path(args.recipe).absolute()) if args.recipe else (kept.recipe if kept else None)
+        if recipe:
+            note += f", built from {Path(recipe).name} ({file_digest(find_recipe(recipe))[:19]}...)"
         record = dataclasses.replace(
             base,
             identifier=args.record,
-            image=ImageSpec(args.ref, digest),
+            image=ImageSpec(
+                args.ref,
+                digest,
+                recipe=recipe,
+                build_args=kept.build_args if kept and not args.recipe else (),
+                lock=kept.lock if kept and not args.recipe else None,
+            ),
             description=f"{base.description}; {note}" if base.description else note,
         )
         path = write_user_record(record, Path(args.records_dir) if args.records_dir else None, force=args.force)
@@ -169,6 +195,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 labels = {}
             for key, value in sorted(labels.items()) if isinstance(labels, dict) else []:
                 print(f"  label {sanitize(str(key))}: {sanitize(str(value))}")
+        _print_manifest(sif, args.packages)
         for d in sif.of_type(DataType.DEFFILE):
             text = small(d)
             print("  definition file:")
@@ -181,16 +208,51 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         with shmbench.make("CartPole-v1", runtime=args.runtime, image=str(path), start_timeout=60) as env:
             info = env.server_info
+            served = getattr(env.runtime, "serve_from", "image")
             print(
                 sanitize(
                     f"  inside (via the {env.runtime.name} runtime): python {info.get('python')}, numpy "
                     f"{info.get('numpy')}, gymnasium {info.get('gymnasium')}, shmbench {info.get('shmbench')}"
+                    + (" (the host's, serving the image)" if served == "host" else " (the image's own)")
                 )
             )
     except (ShmbenchError, OSError, ValueError) as exc:
         print(f"  inside: no server could run in it ({' '.join(str(exc).split())[:300]})")
         return 1
     return 0
+
+
+def _print_manifest(sif, packages: bool) -> None:
+    """The manifest a native build wrote into the image (untrusted: bounded, escapes stripped)."""
+    import json
+
+    from shmbench.errors import ImageError, sanitize
+    from shmbench.images.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(sif)
+    except ImageError as exc:
+        print(f"  manifest: unreadable ({exc})")
+        return
+    if manifest is None:
+        print("  manifest: none (not built by shmbench)")
+        return
+    recipe = manifest.get("recipe") or {}
+    debs, pips = manifest.get("debian_packages") or {}, manifest.get("python_packages") or {}
+    lines = [
+        f"recipe {recipe.get('name')} (digest {recipe.get('digest')})",
+        f"build args {json.dumps(manifest.get('build_args'), sort_keys=True)}",
+        f"bootstrap {json.dumps(manifest.get('bootstrap'), sort_keys=True)}",
+        f"SOURCE_DATE_EPOCH {manifest.get('source_date_epoch')}, builder {manifest.get('builder')}",
+        f"python {manifest.get('python')}, shmbench inside: {manifest.get('shmbench') or 'none'}",
+        "python packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pips.items())),
+        f"debian packages: {len(debs)}" + ("" if packages else " (--packages lists them)"),
+    ]
+    if packages:
+        lines += [f"  {k} {v}" for k, v in sorted(debs.items())]
+    print("  manifest:")
+    for line in lines:
+        print("    " + sanitize(str(line)))
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -304,6 +366,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="a SIF file or a sandbox directory")
     p.add_argument("--runtime", default="auto", help="the runtime that starts the server in it")
     p.add_argument("--deffile-lines", type=int, default=40, metavar="N", help="lines of the definition file shown")
+    p.add_argument("--packages", action="store_true", help="list every Debian package the manifest names")
 
     p = add_command(
         sub,
@@ -335,6 +398,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         examples=(
             "shmbench build recipes/light.def -o light.sif",
+            "shmbench build recipes/light.def -o light.sif --lock recipes/light.lock.json",
             "shmbench build recipes/dacbench.def -o dacbench.sif --build-arg wheel=dist/shmbench.whl",
         ),
         func=cmd_build,
@@ -346,6 +410,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--build-arg", action="append", default=[], metavar="KEY=VALUE", help="a {{ KEY }} of the recipe (repeatable)"
+    )
+    p.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="also write the image's lock (digest and package versions) for a record's image.lock",
     )
     p.add_argument(
         "--builder",

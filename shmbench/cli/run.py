@@ -61,6 +61,16 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--image-digest", metavar="sha256:HEX", help="the image's pinned digest")
     group.add_argument("--offline", action="store_true", help="use cached images only, never download")
+    group.add_argument(
+        "--require-pinned",
+        action="store_true",
+        help="refuse an image built from the record's recipe that is not the pinned one (default: run, say how it differs)",
+    )
+    group.add_argument(
+        "--allow-host",
+        action="store_true",
+        help="where the record's image cannot be had or run here, run the env on the host instead of failing",
+    )
     group.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for each env call")
     group.add_argument(
         "--limit",
@@ -96,6 +106,8 @@ def runner_from_args(args: argparse.Namespace, cls: type[Runner] = Runner) -> Ru
             args.experiment,
             runtime=runtime,
             offline=args.offline,
+            require_pinned=getattr(args, "require_pinned", False),
+            allow_host=getattr(args, "allow_host", False),
             timeout=args.timeout,
             limits=limits_from_args(args),
             progress=True,

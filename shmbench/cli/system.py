@@ -176,6 +176,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("SHMBENCH_BENCH_BUILD", "0: the benchmarks skip the reference image when it is not cached"),
     ("SHMBENCH_LOCK", "the cache's locks: flock, file (lock files, for NFS/Lustre), auto (by filesystem; default)"),
     ("SHMBENCH_LOCAL_DIR", "node-local home of unpacked trees when the cache is on a network filesystem"),
+    ("SHMBENCH_SERVE_FROM", "host: an image's server runs the host's shmbench (default); image: the image's own"),
 )
 
 

@@ -331,19 +331,35 @@ def _parse(data: Any, source: str) -> ExperimentRecord:
 
     image = None
     if "image" in data:
-        raw = _table(data["image"], "image", ("ref", "digest"), "must be a table with 'ref' and 'digest'")
-        if not isinstance(raw.get("ref"), str):
-            raise _FieldError("image.ref", "missing or not a string")
-        if "digest" in raw and not isinstance(raw["digest"], str):
-            raise _FieldError("image.digest", "must be a string 'sha256:<64 hex digits>'")
+        raw = _table(
+            data["image"],
+            "image",
+            ("ref", "digest", "recipe", "build_args", "lock"),
+            "must be a table with 'ref' and 'digest', or 'recipe' (and 'lock')",
+        )
+        for key in ("ref", "digest", "recipe", "lock"):
+            if key in raw and not isinstance(raw[key], str):
+                raise _FieldError(f"image.{key}", "must be a string")
+        if "ref" not in raw and "recipe" not in raw:
+            raise _FieldError("image.ref", "missing (or give 'recipe' to build the image from)")
+        args = raw.get("build_args", {})
+        if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
+            raise _FieldError("image.build_args", "must be a table of strings")
+        if "ref" in raw:
+            try:
+                parsed = parse_ref(raw["ref"])
+            except ImageError as exc:
+                raise _FieldError("image.ref", str(exc)) from None
+            if "digest" not in raw and parsed.remote:
+                raise _FieldError("image.digest", "missing: a remote image must be pinned by the sha256 of its file")
         try:
-            parsed = parse_ref(raw["ref"])
-        except ImageError as exc:
-            raise _FieldError("image.ref", str(exc)) from None
-        if "digest" not in raw and parsed.remote:
-            raise _FieldError("image.digest", "missing: a remote image must be pinned by the sha256 of its file")
-        try:
-            image = ImageSpec(raw["ref"], raw.get("digest"))
+            image = ImageSpec(
+                raw.get("ref"),
+                raw.get("digest"),
+                recipe=raw.get("recipe"),
+                build_args=tuple(args.items()),
+                lock=raw.get("lock"),
+            )
         except ImageError as exc:
             raise _FieldError("image.digest", str(exc)) from None
 

@@ -22,11 +22,10 @@ Wrappers named by a record are applied on the host around the env (local or remo
 both runners see the same wrapped env; they are gymnasium's own wrappers and need nothing
 from the image.
 
-Images and the ``process`` runtime: the process runtime runs the env on the host, never in
-an image. A RemoteRunner with ``runtime="process"`` and an image (its own or the record's)
-still pulls and verifies the image, records its digest, and then warns (RuntimeWarning)
-that the env runs on the host; the header says ``"image_used": false``. ``runtime="auto"``
-never falls back to a plain process when there is an image.
+Images and the ``process`` runtime (:mod:`shmbench.experiments.pinning`): the process
+runtime runs the env on the host. A published image is still pulled, verified and warned
+about (RuntimeWarning); a recipe is not built. ``runtime="auto"`` never falls back to a
+plain process for an image, unless ``allow_host``; the header says ``"image_used"``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import abc
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,15 +45,13 @@ from shmbench.benchmarks.factory import make_env
 from shmbench.errors import ExperimentError, RemoteEnvError, ShmbenchError
 from shmbench.experiments.combine import Experiment, resolve_experiment, slug
 from shmbench.experiments.dacbench_compat import dacbench_keywords, gpu_runtime
+from shmbench.experiments.pinning import run_image
 from shmbench.experiments.records import WrapperSpec
 from shmbench.experiments.results import EpisodeResult, RunResult
 from shmbench.host.env import RemoteEnvironmentClient
 from shmbench.host.worker import START_TIMEOUT
-from shmbench.images.fetch import pull_spec
 from shmbench.images.refs import ImageSpec
-from shmbench.images.store import file_digest
 from shmbench.logs import LOG_FORMAT, RunLog, step_row, timestamp, to_plain
-from shmbench.runtimes.selection import choose
 
 __all__ = [
     "DEFAULT_LOG_DIR",
@@ -192,8 +188,11 @@ class Runner(abc.ABC):
         self._instance_attr: str | bool | None = None
         self._closed = False
         self._interrupted = False  # a run() stopped by Ctrl-C: the end record says so
-        #: the image's sha256 when one was pulled (RemoteRunner)
+        #: the image's sha256 when one was pulled or built (RemoteRunner), its manifest,
+        #: and how it was had (see shmbench.experiments.pinning)
         self.image_digest: str | None = None
+        self.image_manifest: dict[str, Any] | None = None
+        self.image_build: dict[str, Any] = {}
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -352,6 +351,8 @@ class Runner(abc.ABC):
             "benchmark": exp.benchmark_spec(),
             "image": exp.image.to_dict() if exp.image is not None else None,
             "image_digest": self.image_digest,
+            "image_build": self.image_build or None,
+            "image_manifest": self.image_manifest,
             "runtime": self._runtime_info(),
             "server": self._server_info(),
             "host": _versions(),
@@ -461,7 +462,8 @@ class RemoteRunner(Runner):
     """A runner whose env runs in a server: a container, or a plain process.
 
     On construction it resolves the experiment, pulls the image (the record's, or
-    ``image=``; verified by its sha256, cached), and starts the server; :meth:`get_environment`
+    ``image=``; verified by its sha256, cached) or builds it from the record's recipe
+    (:mod:`shmbench.experiments.pinning`), and starts the server; :meth:`get_environment`
     returns the :class:`~shmbench.host.env.RemoteEnvironmentClient` (wrapped by the record's
     wrappers, if any). Use it as a context manager, or call :meth:`close`.
 
@@ -479,7 +481,12 @@ class RemoteRunner(Runner):
         limits: resource limits for the server (``{"memory": "2G", "pids": 256, "cpus": 1,
             "tmp": "1G"}``; see :mod:`shmbench.runtimes.limits`).
         wait: the client's wait policy.
-        progress: show a progress bar while an image downloads or is hashed.
+        progress: show a progress bar while an image downloads or is hashed, and the
+            stages of a build.
+        require_pinned: refuse an image built from the record's recipe that is not the
+            pinned one (default: run in it, say how it differs and log it).
+        allow_host: where the image cannot be had (no container runtime, no way to build
+            it), run the env on the host instead of failing.
         container_source, container_name, container_tag, bind_str, env_str, gpu: DACBench's
             own ``RemoteRunner`` keywords, as they map here (see :func:`dacbench_keywords`):
             the image (a local SIF, or a registry with ``container_name`` and
@@ -508,6 +515,8 @@ class RemoteRunner(Runner):
         limits=None,
         wait="auto",
         progress: bool = True,
+        require_pinned: bool = False,
+        allow_host: bool = False,
         container_source: str | os.PathLike[str] | None = None,
         container_name: str | None = None,
         container_tag: str = "latest",
@@ -533,31 +542,17 @@ class RemoteRunner(Runner):
             env_str=env_str,
         )
         super().__init__(benchmark, experiment_identifier, image=image, image_digest=image_digest, **kwargs)
-        self.image_path: Path | None = None
-        spec = self.experiment.image
-        if spec is not None:
-            self.image_path = pull_spec(spec, offline=offline, progress=progress)
-            if spec.digest is not None:
-                self.image_digest = spec.digest
-            elif self.image_path.is_file():
-                self.image_digest = file_digest(self.image_path, progress=progress)
-        run_image = self.image_path
-        if spec is not None and run_image is not None and choose(runtime, image=run_image) == "process":
-            warnings.warn(
-                f"shmbench: image {spec.ref} was pulled and verified ({self.image_digest}), but the "
-                "process runtime runs the env on the host, not in the image; use runtime='bwrap' or "
-                "'apptainer' to run in it (the log header records image_used: false)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            run_image = None
-        self.image_used = run_image is not None
+        pins = dict(offline=offline, progress=progress, require_pinned=require_pinned, allow_host=allow_host)
+        got = run_image(self.experiment.image, runtime, **pins)
+        self.image_path: Path | None = got.path
+        self.image_digest, self.image_manifest, self.image_build = got.digest, got.manifest, got.build
+        runtime, self.image_used, run_in = got.runtime, got.used, got.path if got.used else None
         if gpu:
-            runtime = gpu_runtime(runtime, run_image, binds, environment)
+            runtime = gpu_runtime(runtime, run_in, binds, environment)
         self._client = RemoteEnvironmentClient(
             benchmark=self.experiment.benchmark_spec(),
             runtime=runtime,
-            image=run_image,
+            image=run_in,
             binds=binds,
             environment=environment,
             timeout=timeout,

@@ -40,11 +40,11 @@ from shmbench.images.store import cache_subdir, make_once
 from shmbench.images.wheel import with_own_wheel
 from shmbench.runtimes.apptainer import find_binary, spython_client
 
-__all__ = ["build", "build_cached", "recipe_digest", "apptainer_options"]
+__all__ = ["build", "build_cached", "cannot_build_here", "recipe_digest", "apptainer_options"]
 
 Builder = Literal["auto", "apptainer", "native"]
 
-_DIGEST_VERSION = b"shmbench-image-v1\0"  # bump when the builder's output changes
+_DIGEST_VERSION = b"shmbench-image-v2\0"  # bump when the builder's output changes
 
 
 # ---------------------------------------------------------------------------- public
@@ -93,7 +93,8 @@ def build(
         text = recipe.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = ""  # read_definition says what is wrong with it
-    defn = read_definition(recipe, with_own_wheel(text, build_args))
+    build_args = with_own_wheel(text, build_args)
+    defn = read_definition(recipe, build_args)
     defn.source_paths()  # every %files source is there, or the error comes now, before debootstrap
     binary = find_binary() if builder != "native" else None
     if builder == "apptainer" and binary is None:
@@ -108,8 +109,26 @@ def build(
             quiet=quiet and not verbose,
         )
     else:
-        NativeBuild(defn, output, quiet=quiet, verbose=verbose).run()
+        NativeBuild(
+            defn,
+            output,
+            quiet=quiet,
+            verbose=verbose,
+            build_args=build_args,
+            recipe_digest=recipe_digest(recipe, build_args),
+            recipe_name=recipe.name,
+        ).run()
     return output
+
+
+def cannot_build_here() -> str | None:
+    """Why no image can be built here (neither Apptainer nor root for debootstrap), or None."""
+    if find_binary() is not None or os.geteuid() == 0:
+        return None
+    return (
+        "building without Apptainer runs debootstrap, which needs root, and neither apptainer "
+        "nor singularity is on PATH"
+    )
 
 
 def recipe_digest(recipe: str | os.PathLike[str], build_args: Mapping[str, str] | None = None) -> str:

@@ -90,6 +90,8 @@ _CHUNK = 1 << 20
 def pull_spec(spec: ImageSpec, **kwargs: Any) -> Path:
     """:func:`pull` a pinned :class:`~shmbench.images.refs.ImageSpec`; keyword arguments
     are passed on."""
+    if spec.ref is None:
+        raise ImageError(f"{spec.what} is not published anywhere: build it (shmbench build, or a run builds it)")
     return pull(spec.ref, spec.digest, **kwargs)
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from shmbench.errors import ImageError, RuntimeUnavailable
 from shmbench.images.deffile import Definition
+from shmbench.images.manifest import MANIFEST_NAME, collect
+from shmbench.images.reproducible import build_epoch, normalise_sif, normalise_tree
 from shmbench.images.sif import read_sif
 
 __all__ = ["NativeBuild", "sif_arch_code"]
@@ -53,6 +55,7 @@ _SIF_ARCH = {
     "riscv64": 12,
 }
 _PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
+_SIFTOOL_JSON = 6  # siftool's --datatype for a GenericJSON object (the manifest)
 
 
 def sif_arch_code(machine: str | None = None) -> int:
@@ -100,9 +103,25 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 class NativeBuild:
     """One build of a debootstrap recipe without Apptainer (see the module docstring)."""
 
-    def __init__(self, defn: Definition, output: Path, *, quiet: bool, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        defn: Definition,
+        output: Path,
+        *,
+        quiet: bool,
+        verbose: bool = False,
+        build_args: Mapping[str, str] | None = None,
+        recipe_digest: str | None = None,
+        recipe_name: str = "recipe.def",
+    ) -> None:
         self.defn = defn
+        self.recipe_name = recipe_name
         self.output = output
+        self.build_args = dict(build_args or {})
+        self.recipe_digest = recipe_digest
+        #: every timestamp in the image (SOURCE_DATE_EPOCH; see normalise_tree)
+        self.epoch = build_epoch()
+        self.manifest: dict[str, object] = {}
         #: True: every step's output goes to the log only; False with verbose: streamed to
         #: the terminal; False without: one line per stage on stderr, the output in the log
         self.quiet = quiet and not verbose
@@ -185,6 +204,10 @@ class NativeBuild:
             "TERM": "dumb",
             "SINGULARITY_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
             "APPTAINER_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
+            # reproducible: pip compiles hash-checked bytecode, tools stamp this time, and
+            # Python's set and dict orders in compiled constants do not vary
+            "SOURCE_DATE_EPOCH": str(self.epoch),
+            "PYTHONHASHSEED": "0",
         }
         for name in _PROXY_VARS:
             for variant in (name, name.upper()):
@@ -244,6 +267,7 @@ class NativeBuild:
             self.metadata()
             self.test()
             self.clean()
+            self.manifest = self.collect_manifest()
             sif = self.assemble()
             read_sif(sif)
             os.replace(sif, self.output)
@@ -265,6 +289,7 @@ class NativeBuild:
                 self.defn.header["mirrorurl"],
             ],
             "debootstrap",
+            env=dict(os.environ, SOURCE_DATE_EPOCH=str(self.epoch), PYTHONHASHSEED="0"),
         )
         os.chmod(self.rootfs, 0o755)
 
@@ -424,7 +449,8 @@ class NativeBuild:
         _write(d / "Singularity", self.defn.text)
         labels = {
             "org.label-schema.schema-version": "1.0",
-            "org.label-schema.build-date": datetime.datetime.now(datetime.timezone.utc).strftime(
+            # the build's SOURCE_DATE_EPOCH, not the clock: the same inputs, the same bytes
+            "org.label-schema.build-date": datetime.datetime.fromtimestamp(self.epoch, datetime.timezone.utc).strftime(
                 "%A_%d_%B_%Y_%H:%M:%S_%Z"
             ),
             "org.label-schema.build-arch": platform.machine(),
@@ -451,10 +477,34 @@ class NativeBuild:
         shutil.rmtree(self.rootfs / _STAGING, ignore_errors=True)
         for name in ("etc/hosts", "etc/resolv.conf"):
             _write(self.rootfs / name, "")
+        normalise_tree(self.rootfs, self.epoch)
+
+    def collect_manifest(self) -> dict[str, object]:
+        from shmbench import __version__
+
+        tools = []
+        for tool, argv in (
+            ("debootstrap", [self.debootstrap, "--version"]),
+            ("mksquashfs", [self.mksquashfs, "-version"]),
+        ):
+            out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip().splitlines()
+            tools.append(out[0].replace("version ", "").strip() if out else tool)
+        return collect(
+            self.rootfs,
+            recipe=self.recipe_name,
+            recipe_digest=self.recipe_digest,
+            build_args=self.build_args,
+            header=self.defn.header,
+            epoch=self.epoch,
+            builder=f"shmbench {__version__} native ({', '.join(tools)}, siftool)",
+        )
 
     def assemble(self) -> Path:
         squash = self.work / "rootfs.squashfs"
-        flags = ["-noappend"] + (["-no-progress"] if self.quiet else [])
+        # reproducible: entries sorted (mksquashfs's order), every timestamp and the
+        # filesystem's own set to the epoch, output independent of the thread count
+        flags = ["-noappend", "-reproducible", "-mkfs-time", str(self.epoch), "-all-time", str(self.epoch)]
+        flags += ["-no-progress"] if self.quiet else []
         self._run([self.mksquashfs, self.rootfs, squash, *flags], "mksquashfs")
         deffile = self.work / "Singularity"
         deffile.write_text(self.defn.text, encoding="utf-8")
@@ -485,7 +535,25 @@ class NativeBuild:
             ],
             "siftool add (root filesystem)",
         )
+        manifest = self.work / MANIFEST_NAME
+        manifest.write_text(json.dumps(self.manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        self._run(
+            [
+                self.siftool,
+                "add",
+                "--datatype",
+                str(_SIFTOOL_JSON),
+                "--groupid",
+                "1",
+                "--filename",
+                MANIFEST_NAME,
+                sif,
+                manifest,
+            ],
+            "siftool add (manifest)",
+        )
         _set_launch_script(sif)
+        normalise_sif(sif, self.epoch)
         return sif
 
 

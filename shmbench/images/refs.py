@@ -183,24 +183,52 @@ def normalize_digest(digest: str) -> str:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """A pinned image: a reference and the sha256 digest of the image file.
+    """A pinned image: a reference and the sha256 digest of the image file -- and/or the
+    recipe it is built from.
 
     A remote reference must carry a digest: the cache is keyed by it and nothing unverified
-    may run. A local path may omit it (then the file is used as it is).
+    may run. A local path may omit it (then the file is used as it is). A ``recipe`` (a
+    shipped recipe's file name, such as ``light.def``, or a path) with its ``build_args``
+    and ``lock`` (a JSON file next to the recipe: the package versions and the digest of the
+    build it was written from; see :mod:`shmbench.images.pinned`) lets a run build the
+    image where the reference cannot be pulled, or where there is none (``ref`` None).
     """
 
-    ref: str
+    ref: str | None
     digest: str | None = None
+    recipe: str | None = None
+    build_args: tuple[tuple[str, str], ...] = ()
+    lock: str | None = None
 
     def __post_init__(self) -> None:
-        parsed = parse_ref(self.ref)
+        if self.ref is None:
+            if self.recipe is None:
+                raise ImageError("an image needs a reference or a recipe to build it from")
+        else:
+            parsed = parse_ref(self.ref)
+            if self.digest is None and parsed.remote:
+                raise ImageError(f"image {self.ref!r}: a remote image needs a pinned sha256 digest")
         if self.digest is not None:
             object.__setattr__(self, "digest", normalize_digest(self.digest))
-        elif parsed.remote:
-            raise ImageError(f"image {self.ref!r}: a remote image needs a pinned sha256 digest")
+        object.__setattr__(
+            self, "build_args", tuple(sorted((str(k), str(v)) for k, v in dict(self.build_args).items()))
+        )
 
-    def to_dict(self) -> dict[str, str]:
-        out = {"ref": self.ref}
+    @property
+    def what(self) -> str:
+        """How messages name it: the reference, or the recipe."""
+        return self.ref if self.ref is not None else f"the image built from {self.recipe}"
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.ref is not None:
+            out["ref"] = self.ref
         if self.digest is not None:
             out["digest"] = self.digest
+        if self.recipe is not None:
+            out["recipe"] = self.recipe
+            if self.build_args:
+                out["build_args"] = dict(self.build_args)
+            if self.lock is not None:
+                out["lock"] = self.lock
         return out

@@ -42,7 +42,7 @@ def source_hash(root: Path) -> str:
     h = hashlib.sha256()
     for name in ("pyproject.toml", "setup.py"):
         h.update((root / name).read_bytes())
-    for path in sorted([*(root / "shmbench").rglob("*"), *(root / "bench").rglob("*")]):
+    for path in sorted([*(root / "shmbench").rglob("*"), *(root / "bench").rglob("*"), *(root / "recipes").rglob("*")]):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".so", ".pyc"):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:24]

@@ -24,8 +24,7 @@ from typing import Any
 
 from shmbench.errors import ExperimentError
 from shmbench.experiments.combine import resolve_experiment, slug
-from shmbench.images.fetch import pull_spec
-from shmbench.images.refs import ImageSpec
+from shmbench.images.pinned import obtain
 from shmbench.images.store import file_digest
 from shmbench.logs import timestamp
 from shmbench.sweeps.files import write_json_atomic
@@ -71,7 +70,7 @@ class SweepExperiment:
     record_hash: str
     benchmark: str
     overrides: dict[str, Any]
-    image: dict[str, str] | None  # {"ref": ..., "digest": "sha256:..."}
+    image: dict[str, str] | None  # {"ref": ..., "digest": "sha256:..."} or {"recipe": ..., "digest": ...}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,13 +243,19 @@ def make_plan(
         spec = exp.image
         image_pin: dict[str, str] | None = None
         if spec is not None:
-            digest = spec.digest
-            if pull:
-                path = pull_spec(spec, offline=offline, progress=progress)
-                digest = digest or file_digest(path, progress=progress)
-            elif digest is None and Path(spec.ref).is_file():
-                digest = file_digest(spec.ref)
-            image_pin = ImageSpec(spec.ref, digest).to_dict()
+            # pulled and verified (or built from its recipe) once, here; a recipe is not
+            # built for tasks that run on the host
+            ref, digest = spec.ref, spec.digest
+            if pull and (ref is not None or runtime not in ("local", "process")):
+                got = obtain(spec, offline=offline, progress=progress)
+                digest = got.digest
+                if got.how == "built":  # the tasks find it in the cache, by its recipe digest
+                    ref = None
+                    image_pin = {"recipe": str(spec.recipe), "digest": str(digest)}
+            elif ref is not None and digest is None and Path(ref).is_file():
+                digest = file_digest(ref)
+            if ref is not None:
+                image_pin = {"ref": ref, **({"digest": digest} if digest else {})}
         pinned.append(
             SweepExperiment(
                 identifier=identifier,

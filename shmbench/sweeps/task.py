@@ -64,11 +64,12 @@ class _SweepLocalRunner(_SweepHeader, LocalRunner):
 def _runner(plan: Plan, task: Task, log_path: Path) -> _SweepLocalRunner | _SweepRemoteRunner:
     exp = plan.experiments[task.experiment]
     image = exp.image or {}
+    ref = image.get("ref")  # None for an image built from its recipe: found in the cache
     common: dict[str, Any] = dict(
         config=plan.config or None,
         seed=task.seed,
-        image=image.get("ref"),
-        image_digest=image.get("digest"),
+        image=ref,
+        image_digest=image.get("digest") if ref is not None else None,
         log_dir=None,
         log_path=log_path,
     )
