@@ -16,6 +16,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
+from conftest import TESTS
 from conftest_images import REPO
 from helpers import assert_same
 from run_helpers import shmbench as shmbench_cli
@@ -59,6 +60,73 @@ def test_a_python_that_cannot_load_the_extension_is_told_so(tmp_path: Path) -> N
     assert out.returncode == 1
     assert f"this image's Python {sys.version.split()[0]} cannot load the host's shmbench" in out.stderr
     assert "_ring.cpython-399-x86_64-linux-gnu.so" in out.stderr and "serve_from='image'" in out.stderr
+
+
+STABLE_ABI_HOST = """
+import importlib, sys
+# the stable-ABI build stands in for the full one on this side only; the server (a plain
+# process) imports the full build: both ends of one channel, two builds of _ring.c
+sys.modules["shmbench._ring._ring"] = importlib.import_module("shmbench._ring._ring_abi3")
+import gymnasium, numpy as np, shmbench
+from shmbench import _ring
+assert _ring.Channel.__module__ == "shmbench._ring", _ring.Channel.__module__
+assert sys.modules["shmbench._ring._ring"].__name__.endswith("_abi3")
+ref = gymnasium.make("CartPole-v1")
+with shmbench.make("CartPole-v1", runtime="process") as env:
+    a, b = env.reset(seed=1), ref.reset(seed=1)
+    assert np.array_equal(a[0], b[0])
+    for t in range(300):
+        x, y = env.step(t % 2), ref.step(t % 2)
+        assert np.array_equal(x[0], y[0]) and x[1:4] == y[1:4], (x, y)
+        if x[2] or x[3]:
+            env.reset(); ref.reset()
+sync = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make("CartPole-v1")] * 4)
+with shmbench.make_vec("CartPole-v1", 4, num_workers=2, runtime="process") as envs:
+    assert np.array_equal(envs.reset(seed=3)[0], sync.reset(seed=3)[0])
+    for t in range(100):
+        acts = np.array([t % 2, 1, 0, (t // 3) % 2])
+        got, want = envs.step(acts), sync.step(acts)
+        assert all(np.array_equal(g, w) for g, w in zip(got[:4], want[:4]))
+with shmbench.make_vec("CartPole-v1", 4, num_workers=2, batch_size=2, runtime="process") as pool:
+    pool.reset(seed=0)
+    pool.send(np.zeros(4, dtype=np.int64))
+    done = sorted(int(i) for _ in range(2) for i in pool.recv()[-1])
+    assert done == [0, 1, 2, 3], done
+print("ok")
+"""
+
+
+def test_the_stable_abi_build_speaks_with_the_full_one() -> None:
+    """The host on shmbench._ring._ring_abi3 (the build an injected server loads where the
+    image's Python is not the host's), its servers on the full build: one channel, bit-exact
+    steps, vector batches (fill_rows, store_step) and the pool's wait_any."""
+    out = subprocess.run([sys.executable, "-c", STABLE_ABI_HOST], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_an_image_whose_python_is_not_the_hosts_is_served_by_the_stable_abi_build(tmp_path: Path) -> None:
+    """Debian 13 (Python 3.13, the host runs 3.11), no shmbench inside: the host's package,
+    bound in, loads _ring_abi3 there; bit-exact against native."""
+    from conftest_images import require_tool
+
+    from shmbench.images.build import build_cached
+
+    if os.geteuid() != 0:
+        pytest.skip("building without Apptainer needs root (debootstrap)")
+    for tool in ("debootstrap", "mksquashfs", "siftool"):
+        require_tool(tool)
+    image = build_cached(TESTS / "data" / "recipes" / "trixie-python313.def")
+    ref = gymnasium.make("CartPole-v1")
+    actions = actions_for(ref.action_space, 200, seed=7)
+    expected = run_trajectory(ref, actions, seed=6)
+    with shmbench.make("CartPole-v1", runtime=_bwrap(image)) as env:
+        assert env.server_info["python"].startswith("3.13.")
+        assert_same(run_trajectory(env, actions, seed=6), expected)
+    shell = shmbench_cli(
+        "shell", str(image), "--runtime", "bwrap", "-c", "ls /.shmbench-host/shmbench/_ring/ 2>&1; python3 -V"
+    )
+    assert "No such file" in shell.stdout and "Python 3.13" in shell.stdout  # a shell gets no injection
 
 
 @pytest.mark.slow

@@ -17,6 +17,25 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#ifdef Py_LIMITED_API
+/* Built a second time on Python's stable ABI (_ring_abi3.c, setup.py): one .so that every
+ * CPython >= 3.11 loads, for a container whose Python is not the host's. The macros that
+ * read object internals become the functions behind them (the full build keeps the macros:
+ * they are on the hot path). */
+#define PyBytes_AS_STRING PyBytes_AsString
+#define PyBytes_GET_SIZE PyBytes_Size
+#define PyDict_GET_SIZE PyDict_Size
+#define PyFloat_AS_DOUBLE PyFloat_AsDouble
+#define PyList_GET_SIZE PyList_Size
+#define PyList_GET_ITEM PyList_GetItem
+#define PyList_SET_ITEM(list, i, item) ((void)PyList_SetItem((list), (i), (item)))
+#define SB_MODULE_NAME "shmbench._ring._ring_abi3"
+#define SB_INIT PyInit__ring_abi3
+#else
+#define SB_MODULE_NAME "shmbench._ring._ring"
+#define SB_INIT PyInit__ring
+#endif
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -154,14 +173,44 @@ sb_mapping_getbuffer(sb_mapping *self, Py_buffer *view, int flags)
     return PyBuffer_FillInfo(view, (PyObject *)self, self->base + off, (Py_ssize_t)len, ro, flags);
 }
 
+/* Free an instance of one of our types: a static type in the full build, a heap type (made
+ * from a spec, which its instances own a reference to) on the stable ABI. */
+static void
+sb_free(PyObject *self)
+{
+#ifdef Py_LIMITED_API
+    PyTypeObject *tp = Py_TYPE(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+#else
+    Py_TYPE(self)->tp_free(self);
+#endif
+}
+
 static void
 sb_mapping_dealloc(sb_mapping *self)
 {
     if (self->base != NULL)
         munmap(self->base, self->size);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    sb_free((PyObject *)self);
 }
 
+#define SB_MAPPING_DOC "A shared mapping of a channel file; kept alive by the views into it."
+#ifdef Py_LIMITED_API
+static PyType_Slot sb_mapping_slots[] = {
+    {Py_tp_doc, (void *)SB_MAPPING_DOC},
+    {Py_tp_dealloc, (void *)sb_mapping_dealloc},
+    {Py_bf_getbuffer, (void *)sb_mapping_getbuffer},
+    {0, NULL},
+};
+static PyType_Spec sb_mapping_spec = {
+    .name = "shmbench._ring.Mapping",
+    .basicsize = sizeof(sb_mapping),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sb_mapping_slots,
+};
+static PyTypeObject *sb_MappingTypeP;
+#else
 static PyBufferProcs sb_mapping_as_buffer = {
     .bf_getbuffer = (getbufferproc)sb_mapping_getbuffer,
 };
@@ -171,10 +220,12 @@ static PyTypeObject sb_MappingType = {
     .tp_name = "shmbench._ring.Mapping",
     .tp_basicsize = sizeof(sb_mapping),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A shared mapping of a channel file; kept alive by the views into it.",
+    .tp_doc = SB_MAPPING_DOC,
     .tp_dealloc = (destructor)sb_mapping_dealloc,
     .tp_as_buffer = &sb_mapping_as_buffer,
 };
+static PyTypeObject *sb_MappingTypeP = &sb_MappingType;
+#endif
 
 static PyObject *
 sb_mapping_view(sb_mapping *m, size_t off, size_t len, int readonly)
@@ -988,7 +1039,7 @@ sb_channel_init(sb_channel *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    sb_mapping *m = PyObject_New(sb_mapping, &sb_MappingType);
+    sb_mapping *m = PyObject_New(sb_mapping, sb_MappingTypeP);
     if (m == NULL) {
         munmap(base, (size_t)size);
         return -1;
@@ -1098,8 +1149,8 @@ sb_channel_dealloc(sb_channel *self)
 {
     sb_channel_do_close(self);
     Py_CLEAR(self->partial);
-    Py_XDECREF(self->mapping);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_XDECREF((PyObject *)self->mapping);
+    sb_free((PyObject *)self);
 }
 
 PyDoc_STRVAR(sb_send_doc,
@@ -1276,8 +1327,18 @@ sb_channel_call_step(sb_channel *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *mv = sb_recv_message(self, deadline);
     if (mv == NULL)
         return NULL;
-    Py_buffer *view = PyMemoryView_GET_BUFFER(mv);
     sb_step_reply r;
+#ifdef Py_LIMITED_API
+    Py_buffer vb;   /* the memoryview's own buffer: valid while mv (and its mapping) lives */
+    if (PyObject_GetBuffer(mv, &vb, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(mv);
+        return NULL;
+    }
+    Py_buffer *view = &vb;
+    PyBuffer_Release(&vb);
+#else
+    Py_buffer *view = PyMemoryView_GET_BUFFER(mv);
+#endif
     if (view->len != (Py_ssize_t)sizeof r || args[1] == Py_None)
         return mv;
     memcpy(&r, view->buf, sizeof r);   /* once: the peer may rewrite it */
@@ -1415,17 +1476,17 @@ sb_channel_set_peer(sb_channel *self, PyObject *args, PyObject *kwds)
     }
     int tmp[SB_MAX_DEATH_FDS], n = 0;
     if (fds != NULL && fds != Py_None) {
-        PyObject *seq = PySequence_Fast(fds, "death_fds must be a sequence of ints");
+        PyObject *seq = PySequence_List(fds);
         if (seq == NULL)
             return NULL;
-        Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+        Py_ssize_t len = PyList_GET_SIZE(seq);
         if (len > SB_MAX_DEATH_FDS) {
             Py_DECREF(seq);
             PyErr_SetString(PyExc_ValueError, "at most 4 death fds");
             return NULL;
         }
         for (Py_ssize_t i = 0; i < len; i++) {
-            long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+            long v = PyLong_AsLong(PyList_GET_ITEM(seq, i));
             if (v == -1 && PyErr_Occurred()) {
                 Py_DECREF(seq);
                 return NULL;
@@ -1568,7 +1629,7 @@ sb_channel_close(sb_channel *self, PyObject *unused)
 static PyObject *
 sb_channel_enter(sb_channel *self, PyObject *unused)
 {
-    return Py_NewRef(self);
+    return Py_NewRef((PyObject *)self);
 }
 
 static PyObject *
@@ -1674,6 +1735,24 @@ PyDoc_STRVAR(sb_channel_doc,
 "layout_size(request_capacity, reply_capacity) bytes); the server attaches, which checks\n"
 "the magic, layout version and geometry.");
 
+#ifdef Py_LIMITED_API
+static PyType_Slot sb_channel_slots[] = {
+    {Py_tp_doc, (void *)sb_channel_doc},
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_init, (void *)sb_channel_init},
+    {Py_tp_dealloc, (void *)sb_channel_dealloc},
+    {Py_tp_methods, sb_channel_methods},
+    {Py_tp_getset, sb_channel_getset},
+    {0, NULL},
+};
+static PyType_Spec sb_channel_spec = {
+    .name = "shmbench._ring.Channel",
+    .basicsize = sizeof(sb_channel),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = sb_channel_slots,
+};
+static PyTypeObject *sb_ChannelTypeP;
+#else
 static PyTypeObject sb_ChannelType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmbench._ring.Channel",
@@ -1686,6 +1765,8 @@ static PyTypeObject sb_ChannelType = {
     .tp_methods = sb_channel_methods,
     .tp_getset = sb_channel_getset,
 };
+static PyTypeObject *sb_ChannelTypeP = &sb_ChannelType;
+#endif
 
 /* ======================================================================================
  * The decoding budget of an untrusted MessagePack document
@@ -2043,7 +2124,7 @@ sb_wait_any(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     sb_channel *chans[SB_WAIT_ANY_MAX];
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(args[0], i);
-        if (!PyObject_TypeCheck(item, &sb_ChannelType)) {
+        if (!PyObject_TypeCheck(item, sb_ChannelTypeP)) {
             PyErr_SetString(PyExc_TypeError, "wait_any needs a list of channels");
             return NULL;
         }
@@ -2065,7 +2146,7 @@ sb_wait_any(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     /* each channel (and so its mapping) stays alive while the GIL is released, whatever
      * another thread does to the list; a close() meanwhile wakes us (it bumps the words) */
     for (Py_ssize_t i = 0; i < n; i++)
-        Py_INCREF(chans[i]);
+        Py_INCREF((PyObject *)chans[i]);
     struct sb_waitv w[SB_WAIT_ANY_MAX];
     Py_ssize_t found = -1;
     int err = 0;
@@ -2127,7 +2208,7 @@ sb_wait_any(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyEval_RestoreThread(ts);
     for (Py_ssize_t i = 0; i < n; i++)
-        Py_DECREF(chans[i]);
+        Py_DECREF((PyObject *)chans[i]);
     if (PyErr_Occurred())
         return NULL;
     if (err && err != EINTR) {
@@ -2148,7 +2229,7 @@ static PyMethodDef sb_module_methods[] = {
 
 static struct PyModuleDef sb_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "shmbench._ring._ring",
+    .m_name = SB_MODULE_NAME,
     .m_doc = "Shared-memory rings with futex wake-ups in one mapped file (see ring.h).",
     .m_size = -1,
     .m_methods = sb_module_methods,
@@ -2166,7 +2247,7 @@ sb_add_int(PyObject *dict, const char *name, long value)
 }
 
 PyMODINIT_FUNC
-PyInit__ring(void)
+SB_INIT(void)
 {
     PyObject *errors = PyImport_ImportModule("shmbench.errors");
     if (errors == NULL)
@@ -2181,13 +2262,20 @@ PyInit__ring(void)
     if (!sb_state.ProtocolError || !sb_state.ChannelMismatch || !sb_state.ChannelTimeout ||
         !sb_state.ChannelClosed || !sb_state.PeerDied || !sb_state.PeerStalled)
         return NULL;
+#ifdef Py_LIMITED_API
+    sb_MappingTypeP = (PyTypeObject *)PyType_FromSpec(&sb_mapping_spec);
+    sb_ChannelTypeP = (PyTypeObject *)PyType_FromSpec(&sb_channel_spec);
+    if (sb_MappingTypeP == NULL || sb_ChannelTypeP == NULL)
+        return NULL;
+#else
     if (PyType_Ready(&sb_MappingType) < 0 || PyType_Ready(&sb_ChannelType) < 0)
         return NULL;
+#endif
     PyObject *m = PyModule_Create(&sb_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Channel", (PyObject *)&sb_ChannelType) < 0 ||
-        PyModule_AddObjectRef(m, "Mapping", (PyObject *)&sb_MappingType) < 0 ||
+    if (PyModule_AddObjectRef(m, "Channel", (PyObject *)sb_ChannelTypeP) < 0 ||
+        PyModule_AddObjectRef(m, "Mapping", (PyObject *)sb_MappingTypeP) < 0 ||
         PyModule_AddIntConstant(m, "HOST", SB_HOST) < 0 ||
         PyModule_AddIntConstant(m, "SERVER", SB_SERVER) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_SIZE", SB_HEADER_SIZE) < 0 ||

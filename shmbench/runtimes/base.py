@@ -67,16 +67,18 @@ _TAIL = 16 << 10
 # importlib): the rest of sys.path keeps its order, so user modules named in "module:attr"
 # ids resolve exactly as they would on the host. argv[2], when not empty, is a directory
 # of fallbacks appended to sys.path (after the image's own packages); before anything is
-# imported the interpreter is checked against the C extension beside the package, so an
-# image whose Python cannot load it says so in one line instead of an ImportError.
+# imported the interpreter is checked against the C extensions beside the package (the build
+# for the host's Python, or the stable-ABI one for any CPython >= 3.11), so an image whose
+# Python can load neither says so in one line instead of an ImportError.
 _SERVER_BOOT = (
     "import importlib.machinery as ma, importlib.util as u, os, sys\n"
     "d = sys.argv.pop(1)\n"
     "x = sys.argv.pop(1)\n"
     "if x:\n"
     "    sys.path.append(x)\n"
-    "    so = [n for n in os.listdir(d + '/_ring') if n.startswith('_ring.') and n.endswith('.so')]\n"
-    "    if sys.version_info < (3, 10) or not any('_ring' + s in so for s in ma.EXTENSION_SUFFIXES):\n"
+    "    so = [n for n in os.listdir(d + '/_ring') if n.startswith('_ring') and n.endswith('.so')]\n"
+    "    full = '_ring' + ma.EXTENSION_SUFFIXES[0] in so\n"
+    "    if not full and not (sys.version_info >= (3, 11) and '_ring_abi3.abi3.so' in so):\n"
     "        sys.exit('shmbench: this image\\'s Python %s cannot load the host\\'s shmbench (C extension %s); "
     "serve it from its own shmbench (serve_from=\\'image\\', SHMBENCH_SERVE_FROM=image) or run it from a host "
     "whose Python matches' % (sys.version.split()[0], ', '.join(so) or 'missing'))\n"
