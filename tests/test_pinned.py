@@ -153,6 +153,9 @@ def test_exp_0_01_builds_its_image_once_checks_it_and_runs_in_it(light_sif: Path
     else:
         assert file_digest(light_sif) == header["image_digest"]  # byte for byte
     assert "/tmp" not in json.dumps(manifest) and manifest["source_date_epoch"] == DEFAULT_EPOCH
+    pulled = shmbench("pull", "exp:0.01", env=env, timeout=300)  # found, not rebuilt
+    assert pulled.returncode == 0 and f"built: {header['image_digest']}" in pulled.stderr, pulled.stderr
+    assert "building" not in pulled.stderr and file_digest(pulled.stdout.strip()) == header["image_digest"]
     second = shmbench(*args, "--out", str(tmp_path / "two"), env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "building" not in second.stderr

@@ -107,7 +107,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         return 0
     width = max(len(r.identifier) for r in records)
     for r in records:
-        image = r.image.ref if r.image is not None else "(host / any runtime)"
+        image = r.image.what if r.image is not None else "(host / any runtime)"
         print(f"{r.identifier:{width}s}  {r.benchmark:28s} {image}")
         if args.verbose:
             print(f"{'':{width}s}  hash {r.canonical_hash()}  source {r.source}")
@@ -115,18 +115,22 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from shmbench.images.fetch import pull, pull_spec
+    from shmbench.images.fetch import pull
 
     if args.digest or "://" in args.target or os.path.exists(args.target):
         path = pull(args.target, args.digest, offline=args.offline)
     else:
         from shmbench.experiments import resolve
+        from shmbench.images.pinned import obtain
 
         record = resolve(args.target)
         if record.image is None:
             print(f"{record.identifier} names no image: it runs on the host's software")
             return 0
-        path = pull_spec(record.image, offline=args.offline)
+        # pulled and verified, or built from the record's recipe and compared with its lock
+        got = obtain(record.image, offline=args.offline, require_pinned=args.require_pinned)
+        path = got.path
+        print(f"{got.how}: {got.digest}" + ("" if got.matches else f" (pinned: {got.pinned_digest})"), file=sys.stderr)
     print(path)
     return 0
 
@@ -298,7 +302,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "pull",
         help="download an experiment's image (or an image reference) into the cache",
-        description="Download an image into the cache and verify it against its sha256 digest.",
+        description=(
+            "Download an image into the cache and verify it against its sha256 digest; for an\n"
+            "experiment whose image is pinned by a recipe, build it (once) and compare it with the lock."
+        ),
         examples=(
             "shmbench pull exp:0.01",
             "shmbench pull oras://registry.example.org/shmbench/light:1 --digest sha256:...",
@@ -308,6 +315,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="an experiment id (exp:0.01) or an image reference")
     p.add_argument("--digest", help="sha256 digest to verify an image reference against")
     p.add_argument("--offline", action="store_true", help="use the cache only")
+    p.add_argument("--require-pinned", action="store_true", help="fail when a built image is not the one its lock pins")
 
     p = add_command(
         sub,
