@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build shmbench._ring with AddressSanitizer + UndefinedBehaviorSanitizer and run the channel
-# and hostile-peer tests against that build.
+# Build shmbench._ring (both builds: _ring and the stable-ABI _ring_abi3) with AddressSanitizer
+# + UndefinedBehaviorSanitizer and run the channel and hostile-peer tests against that build.
 #
 #   bash tests/sanitize.sh                 # the channel tests (test_channel*.py, test_session.py) + test_fuzz.py
 #   bash tests/sanitize.sh -k fuzz         # extra arguments go to pytest
@@ -31,12 +31,14 @@ tar -C "$root" --exclude=.git --exclude='*.so' --exclude=build --exclude='*.egg-
 
 cd "$work"
 SHMBENCH_SANITIZE=1 python setup.py -q build_ext --inplace 2>&1 | grep -v -i "warning: .*deprecated" || true
-so=$(ls "$work"/shmbench/_ring/_ring*.so)
-# not `nm | grep -q`: grep -q exits at the first match, nm dies of SIGPIPE, pipefail fails it
-if ! nm -D "$so" | grep -c __asan_ >/dev/null; then
-    echo "sanitize.sh: $so was not built with AddressSanitizer" >&2
-    exit 1
-fi
+# both builds of _ring.c: the host's (_ring) and the stable-ABI one (_ring_abi3)
+for so in "$work"/shmbench/_ring/_ring*.so; do
+    # not `nm | grep -q`: grep -q exits at the first match, nm dies of SIGPIPE, pipefail fails it
+    if ! nm -D "$so" | grep -c __asan_ >/dev/null; then
+        echo "sanitize.sh: $so was not built with AddressSanitizer" >&2
+        exit 1
+    fi
+done
 
 libasan=$(gcc -print-file-name=libasan.so)
 export LD_PRELOAD="$libasan"
@@ -54,4 +56,5 @@ print("sanitized build:", ring.__file__)
 EOF
 
 python -m pytest -q -p no:cacheprovider tests/test_channel.py tests/test_channel_waits.py \
-    tests/test_channel_liveness.py tests/test_session.py tests/test_protocol.py tests/test_codec.py tests/test_fuzz.py "$@"
+    tests/test_channel_liveness.py tests/test_session.py tests/test_protocol.py tests/test_codec.py tests/test_fuzz.py \
+    tests/test_injection.py::test_the_stable_abi_build_speaks_with_the_full_one "$@"
