@@ -1329,19 +1329,23 @@ sb_channel_call_step(sb_channel *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     sb_step_reply r;
 #ifdef Py_LIMITED_API
-    Py_buffer vb;   /* the memoryview's own buffer: valid while mv (and its mapping) lives */
+    Py_buffer vb;
     if (PyObject_GetBuffer(mv, &vb, PyBUF_SIMPLE) < 0) {
         Py_DECREF(mv);
         return NULL;
     }
-    Py_buffer *view = &vb;
+    int is_head = vb.len == (Py_ssize_t)sizeof r;
+    if (is_head)
+        memcpy(&r, vb.buf, sizeof r);   /* once: the peer may rewrite it */
     PyBuffer_Release(&vb);
 #else
     Py_buffer *view = PyMemoryView_GET_BUFFER(mv);
+    int is_head = view->len == (Py_ssize_t)sizeof r;
+    if (is_head)
+        memcpy(&r, view->buf, sizeof r);   /* once: the peer may rewrite it */
 #endif
-    if (view->len != (Py_ssize_t)sizeof r || args[1] == Py_None)
+    if (!is_head || args[1] == Py_None)
         return mv;
-    memcpy(&r, view->buf, sizeof r);   /* once: the peer may rewrite it */
     if (r.status != SB_STATUS_OK || r.obs_tag != 0 || r.reward_tag != 0 || r.terminated > 1 || r.truncated > 1)
         return mv;
     Py_DECREF(mv);
