@@ -6,7 +6,9 @@ ships: ``debootstrap`` the base system, run ``%setup`` on the host, copy ``%file
 (``/.singularity.d/{env,actions,runscript,labels.json,Singularity}``), run ``%test``,
 ``mksquashfs`` the tree and let ``siftool`` assemble the SIF. debootstrap creates device
 nodes and root-owned files, so this builder needs real root (no fakeroot emulation).
-:func:`shmbench.images.build.build` chooses between it and Apptainer.
+:func:`shmbench.images.build.build` chooses between it and Apptainer. Its images are
+byte-reproducible (:mod:`~shmbench.images.reproducible`) and carry a manifest of what went
+into them (:mod:`~shmbench.images.manifest`).
 """
 
 from __future__ import annotations
