@@ -40,7 +40,7 @@ from shmbench.images.store import cache_subdir, make_once
 from shmbench.images.wheel import with_own_wheel
 from shmbench.runtimes.apptainer import find_binary, spython_client
 
-__all__ = ["build", "build_cached", "cannot_build_here", "recipe_digest", "apptainer_options"]
+__all__ = ["build", "build_cached", "cached_image", "cannot_build_here", "recipe_digest", "apptainer_options"]
 
 Builder = Literal["auto", "apptainer", "native"]
 
@@ -89,11 +89,7 @@ def build(
         raise ValueError(f"builder must be 'auto', 'apptainer' or 'native', not {builder!r}")
     recipe = Path(recipe)
     output = Path(output).absolute()
-    try:
-        text = recipe.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        text = ""  # read_definition says what is wrong with it
-    build_args = with_own_wheel(text, build_args)
+    build_args = _with_wheel(recipe, build_args)
     defn = read_definition(recipe, build_args)
     defn.source_paths()  # every %files source is there, or the error comes now, before debootstrap
     binary = find_binary() if builder != "native" else None
@@ -168,11 +164,7 @@ def build_cached(
     else:
         root = Path(cache_dir)
         root.mkdir(parents=True, exist_ok=True)
-    try:
-        text = Path(recipe).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        text = ""  # read_definition says what is wrong with it
-    build_args = with_own_wheel(text, build_args)
+    build_args = _with_wheel(recipe, build_args)
     key = recipe_digest(recipe, build_args)
     target = root / f"{key}.sif"
     return make_once(
@@ -182,6 +174,21 @@ def build_cached(
         timeout=timeout,
         what=f"build {recipe}",
     )
+
+
+def cached_image(recipe: str | os.PathLike[str], build_args: Mapping[str, str] | None = None) -> Path:
+    """Where :func:`build_cached` keeps (or will keep) the image of ``recipe`` in the default
+    cache -- the same key, ``wheel`` supplied the same way."""
+    return cache_subdir("built") / f"{recipe_digest(recipe, _with_wheel(recipe, build_args))}.sif"
+
+
+def _with_wheel(recipe: str | os.PathLike[str], build_args: Mapping[str, str] | None) -> dict[str, str]:
+    """``build_args`` with the running shmbench's wheel where the recipe needs one and none is given."""
+    try:
+        text = Path(recipe).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # read_definition says what is wrong with it
+    return with_own_wheel(text, build_args)
 
 
 def _hash_tree(h: hashlib._Hash, path: Path) -> None:

@@ -18,7 +18,6 @@ experiment record's lock (``image.lock``) and a rebuilt image are compared by.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 
 from shmbench.errors import ImageError
 from shmbench.images.sif import DataType, SifImage, read_sif
+from shmbench.images.store import file_digest
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_SCHEMA", "collect", "difference", "read_manifest", "describe_difference"]
 
@@ -114,11 +114,7 @@ def file_argument(value: str) -> Any:
     """A build argument as the manifest records it: a file by its name and sha256 (its
     path is the builder's, not the image's), anything else as given."""
     if os.path.isfile(value):
-        h = hashlib.sha256()
-        with open(value, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return {"file": os.path.basename(value), "sha256": h.hexdigest()}
+        return {"file": os.path.basename(value), "sha256": file_digest(value).removeprefix("sha256:")}
     return value
 
 

@@ -215,11 +215,9 @@ def _manifest_of(path: Path) -> dict[str, Any] | None:
 
 
 def _build(recipe: Path, build_args: dict[str, str], *, progress: bool) -> Path:
-    from shmbench.images.build import build_cached, cannot_build_here, recipe_digest
-    from shmbench.images.store import cache_subdir
+    from shmbench.images.build import build_cached, cached_image, cannot_build_here
 
-    target = cache_subdir("built") / f"{recipe_digest(recipe, build_args)}.sif"
-    if not target.is_file():
+    if not cached_image(recipe, build_args).is_file():
         why = cannot_build_here()
         if why is not None:
             raise RuntimeUnavailable(f"it must be built from {recipe}, and {why} (build it elsewhere and pass --image)")
