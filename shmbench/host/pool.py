@@ -145,8 +145,8 @@ class PoolCalls:
         return (
             obs,
             self._rewards[sl].copy(),
-            self._terminations[sl] != 0,
-            self._truncations[sl] != 0,
+            self._terminations[sl].astype(bool),
+            self._truncations[sl].astype(bool),
             _info_rows(infos, sl),
             np.arange(rows.start, rows.stop),
         )

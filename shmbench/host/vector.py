@@ -275,7 +275,7 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
         self._pending = None
         infos = self._collect(self.timeout if timeout is None else timeout)
         obs = _copy_tree(self._observations) if self.copy else self._observations
-        return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
+        return (obs, self._rewards.copy(), self._terminations.astype(bool), self._truncations.astype(bool), infos)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         batch = self._act_batch
@@ -309,7 +309,13 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
                 if env_obs is not None:
                     self._observations = self._concatenate(env_obs)
                 obs = _copy_tree(self._observations) if self.copy else self._observations
-                return (obs, self._rewards.copy(), self._terminations != 0, self._truncations != 0, infos)
+                return (
+                    obs,
+                    self._rewards.copy(),
+                    self._terminations.astype(bool),
+                    self._truncations.astype(bool),
+                    infos,
+                )
         self.step_async(actions)
         return self.step_wait()
 
