@@ -203,6 +203,37 @@ def test_several_runs_are_compared_within_each_run(sample, tmp_path):
     assert "- **bench-sample**" in md and "- **slower**" in md
 
 
+def test_repeated_runs_get_each_goals_median_and_spread(sample, tmp_path):
+    """``shmbench bench --repeats 3``: the appendix adds each goal's value in every run,
+    the median of those values and their spread."""
+    paths = []
+    for name, factor in (("bench-1", 1.0), ("bench-2", 1.1), ("bench-3", 0.9)):
+        run = dict(sample)
+        run["benchmarks"] = [
+            dict(b, stats=dict(b["stats"], median=b["stats"]["median"] * factor))
+            if b.get("extra_info", {}).get("method") == "shmbench-process"
+            else b
+            for b in sample["benchmarks"]
+        ]
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    md = rep.write_report(paths, tmp_path / "out").read_text()
+    appendix = _sections(md)["Appendix: the project's performance goals"]
+    header, _, *rows = _tables(appendix)[-1]
+    assert header == ["target", "each run", "median", "spread", "goal", "met (median)"]
+    row = next(r for r in rows if r[0] == "CartPole step, shmbench (default wait) vs native")
+    index = {(b["group"], b["extra_info"].get("method")): b["stats"]["median"] for b in sample["benchmarks"]}
+    ratio = index[("cartpole", "shmbench-process")] / index[("cartpole", "native")]
+    values = [float(v) for v in row[1].split(", ")]
+    assert values == pytest.approx([ratio, ratio * 1.1, ratio * 0.9], rel=1e-2)
+    assert float(row[2].rstrip("×")) == pytest.approx(ratio, rel=1e-2)
+    assert row[3] == "20%"  # (1.1 - 0.9) / 1.0
+    assert row[5] == ("yes" if ratio <= 1.25 else "no")
+    # one run: no such table
+    single = rep.write_report([paths[0]], tmp_path / "one").read_text()
+    assert "each run" not in single
+
+
 def _bench(group, name, median, **extra):
     return {
         "group": group,
@@ -363,3 +394,20 @@ def test_bench_measures_the_users_own_env(tmp_path):
     assert "the host cannot build envs:InfoEnv" in out.stdout  # the skip's reason, in -rs
     data = json.loads((tmp_path / "info" / "bench.json").read_text())
     assert {b["extra_info"]["method"] for b in data["benchmarks"]} == {"shmbench-process"}
+
+
+def test_bench_repeats_write_one_json_per_run_and_one_report(tmp_path, capsys):
+    """``shmbench bench --repeats 2`` on one cheap benchmark: two real child runs, two JSON
+    files, one report over both; --repeats 0 is refused."""
+    from shmbench.cli import main
+    from shmbench.perf import bench as benchrun
+
+    status = benchrun.run(quick=True, out_dir=tmp_path, extra_args=["-k", "test_step and cartpole-native"], repeats=2)
+    assert status == 0
+    runs = [json.loads((tmp_path / f"bench-{i}.json").read_text()) for i in (1, 2)]
+    assert all([b["extra_info"]["method"] for b in run["benchmarks"]] == ["native"] for run in runs)
+    assert not (tmp_path / "bench.json").exists()
+    md = (tmp_path / "report.md").read_text()
+    assert "- **bench-1**" in md and "- **bench-2**" in md
+    assert main(["bench", "--repeats", "0", "-o", str(tmp_path / "no")]) == 2
+    assert "--repeats must be at least 1" in capsys.readouterr().err

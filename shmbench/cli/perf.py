@@ -18,7 +18,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.env is None and (args.image or args.num_envs):
         print("shmbench bench: --image and --num-envs measure the env of --env; give --env", file=sys.stderr)
         return 2
-    return run(quick=args.quick, out_dir=Path(args.out), extra_args=args.pytest_args, user=user if args.env else None)
+    if args.repeats < 1:
+        print("shmbench bench: --repeats must be at least 1", file=sys.stderr)
+        return 2
+    return run(
+        quick=args.quick,
+        out_dir=Path(args.out),
+        extra_args=args.pytest_args,
+        user=user if args.env else None,
+        repeats=args.repeats,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -48,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "shmbench bench --quick",
             "shmbench bench -o report/",
             "shmbench bench -- -k vec8",
+            "shmbench bench --repeats 3 -o report/ -- -k 'vec8 or cartpole'",
             "shmbench bench --env mybench.envs:MyEnv --image mybench.sif --num-envs 8 -o mine/",
         ),
         func=cmd_bench,
@@ -57,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="auto", help="the runtime --env runs through")
     p.add_argument("--num-envs", type=int, metavar="N", help="also measure make_vec(--env, N) against SyncVectorEnv")
     p.add_argument("--quick", action="store_true", help="a subset with few rounds (about a minute)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the suites N times; the report adds each goal's median and spread over the runs",
+    )
     p.add_argument("-o", "--out", default="shmbench-report", help="directory for the JSON and the report")
     p.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
 

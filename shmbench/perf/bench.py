@@ -87,8 +87,19 @@ USER_ENV = {
 }
 
 
-def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] = (), user: dict | None = None) -> int:
+def run(
+    quick: bool,
+    out_dir: str | os.PathLike[str],
+    extra_args: Sequence[str] = (),
+    user: dict | None = None,
+    repeats: int = 1,
+) -> int:
     """Run the suites (the quick subset if ``quick``) and write the report into ``out_dir``.
+
+    ``repeats`` > 1 runs them that many times, one after the other (``bench-1.json``, ...;
+    each run measures every method side by side, so the repeats interleave the methods at
+    the scale of a whole suite), and the report adds each target's median over the runs
+    and their spread: on a noisy VM one run's ratio can be off by tens of percent.
 
     ``user`` (keys of :data:`USER_ENV`: ``env``, ``image``, ``runtime``, ``num_envs``) runs
     only the suite that measures the user's own env instead (bench/test_user_bench.py).
@@ -104,9 +115,13 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
     except FileNotFoundError as exc:
         print(f"shmbench bench: {exc}", file=sys.stderr)
         return 2
-    json_path = (out / "bench.json").resolve()
-    if json_path.exists():
-        json_path.unlink()  # a stale file must not be reported as this run
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    names = ["bench.json"] if repeats == 1 else [f"bench-{i}.json" for i in range(1, repeats + 1)]
+    json_paths = [(out / name).resolve() for name in names]
+    for path in json_paths:
+        if path.exists():
+            path.unlink()  # a stale file must not be reported as this run
     env = dict(os.environ)
     if quick:
         env[QUICK_ENV] = "1"
@@ -117,24 +132,30 @@ def run(quick: bool, out_dir: str | os.PathLike[str], extra_args: Sequence[str] 
         if user and user.get(key) not in (None, ""):
             env[name] = str(user[key])
     target = bench_dir / "test_user_bench.py" if user and user.get("env") else bench_dir
-    args = pytest_args(target, json_path, quick, extra_args)
     mode = "quick subset" if quick else "full suite"
-    print(f"shmbench bench: running the {mode} from {bench_dir}\n  $ {' '.join(args[1:])}", flush=True)
-    start = time.monotonic()
     # a checkout: run from its root (its pytest configuration); installed suites: from the
     # output directory, so that nothing of site-packages lands first on the child's sys.path
     in_checkout = (bench_dir.parent / "shmbench").is_dir() and bench_dir.name == "bench"
-    status = subprocess.run(args, cwd=bench_dir.parent if in_checkout else out.resolve(), env=env).returncode
-    elapsed = time.monotonic() - start
-    print(f"shmbench bench: pytest exited with status {status} after {elapsed:.0f} s", flush=True)
-    if not json_path.is_file():
+    status = 0
+    for i, json_path in enumerate(json_paths, 1):
+        args = pytest_args(target, json_path, quick, extra_args)
+        which = f" (run {i} of {repeats})" if repeats > 1 else ""
+        print(f"shmbench bench: running the {mode}{which} from {bench_dir}\n  $ {' '.join(args[1:])}", flush=True)
+        start = time.monotonic()
+        code = subprocess.run(args, cwd=bench_dir.parent if in_checkout else out.resolve(), env=env).returncode
+        status = status or code
+        print(f"shmbench bench: pytest exited with status {code} after {time.monotonic() - start:.0f} s", flush=True)
+    written = [path for path in json_paths if path.is_file()]
+    if not written:
         print("shmbench bench: no benchmark results were written; no report", file=sys.stderr)
         return status or 1
     from shmbench.perf.report import write_report
 
-    compact(json_path)
-    report = write_report([json_path], out)
-    print(f"shmbench bench: results {json_path}\nshmbench bench: report  {report}", flush=True)
+    for path in written:
+        compact(path)
+    report = write_report(written, out)
+    results = ", ".join(str(path) for path in written)
+    print(f"shmbench bench: results {results}\nshmbench bench: report  {report}", flush=True)
     return status
 
 

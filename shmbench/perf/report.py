@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,31 +268,78 @@ def _transfers(row: Row) -> bool:
     return bool(flag) if flag is not None else row.method != "native"
 
 
+def _target_values(run: Run) -> list[tuple[str, float, str, float]]:
+    """Each target this run measured: (what, value, kind, goal)."""
+    index = {(r.group, r.method): r for r in run.rows}
+    out = []
+    for what, a_key, b_key, kind, goal in TARGETS:
+        a = index.get(a_key)
+        b = index.get(b_key) if b_key else None
+        if a is None:
+            continue
+        if kind == "seconds":
+            out.append((what, a.median, kind, goal))
+        elif b is None:
+            continue
+        elif kind == "time_ratio":
+            out.append((what, _ratio(a.median, b.median), kind, goal))
+        else:  # speedup, in env-steps/s (a pool's round steps only a batch)
+            out.append((what, _ratio(a.steps_per_s, b.steps_per_s), kind, goal))
+    return out
+
+
+def _met(value: float, kind: str, goal: float) -> bool:
+    return value >= goal if kind == "speedup" else value <= goal
+
+
+def _shown(value: float, kind: str) -> str:
+    return f"{_num(value)} s" if kind == "seconds" else f"{_num(value)}×"
+
+
+def _goal_text(kind: str, goal: float) -> str:
+    return f"{'≥' if kind == 'speedup' else '≤'} {goal:g}{' s' if kind == 'seconds' else '×'}"
+
+
 def _targets_table(runs: list[Run]) -> str | None:
     lines = []
     for run in runs:
-        index = {(r.group, r.method): r for r in run.rows}
-        for what, a_key, b_key, kind, goal in TARGETS:
-            a = index.get(a_key)
-            b = index.get(b_key) if b_key else None
-            if a is None:
-                continue
-            if kind == "seconds":
-                value = a.median
-                ok, goal_text, shown = value <= goal, f"≤ {goal:g} s", f"{_num(value)} s"
-            elif b is None:
-                continue
-            elif kind == "time_ratio":
-                value = _ratio(a.median, b.median)
-                ok, goal_text, shown = value <= goal, f"≤ {goal:g}×", f"{_num(value)}×"
-            else:  # speedup, in env-steps/s (a pool's round steps only a batch)
-                value = _ratio(a.steps_per_s, b.steps_per_s)
-                ok, goal_text, shown = value >= goal, f"≥ {goal:g}×", f"{_num(value)}×"
-            lines.append(([run.label] if len(runs) > 1 else []) + [what, shown, goal_text, "yes" if ok else "no"])
+        for what, value, kind, goal in _target_values(run):
+            lines.append(
+                ([run.label] if len(runs) > 1 else [])
+                + [what, _shown(value, kind), _goal_text(kind, goal), "yes" if _met(value, kind, goal) else "no"]
+            )
     if not lines:
         return None
     headers = (["run"] if len(runs) > 1 else []) + ["target", "measured", "goal", "met"]
     return _table(headers, lines, text_columns=len(headers))
+
+
+def _targets_spread(runs: list[Run]) -> str | None:
+    """With several runs (``shmbench bench --repeats``): each target's value in every run,
+    their median, and the spread (max - min) / median -- how far one run can be trusted."""
+    if len(runs) < 2:
+        return None
+    per: dict[str, tuple[str, float, list[float]]] = {}
+    for run in runs:
+        for what, value, kind, goal in _target_values(run):
+            per.setdefault(what, (kind, goal, []))[2].append(value)
+    lines = []
+    for what, (kind, goal, values) in per.items():
+        mid = statistics.median(values)
+        spread = f"{100 * (max(values) - min(values)) / mid:.0f}%" if mid > 0 else "–"
+        lines.append(
+            [
+                what,
+                ", ".join(_num(v) for v in values),
+                _shown(mid, kind),
+                spread,
+                _goal_text(kind, goal),
+                "yes" if _met(mid, kind, goal) else "no",
+            ]
+        )
+    if not lines:
+        return None
+    return _table(["target", "each run", "median", "spread", "goal", "met (median)"], lines, text_columns=6)
 
 
 def _machine_lines(run: Run) -> list[str]:
@@ -433,6 +481,7 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
         md += _machine_lines(run)
     md.append("")
     targets = _targets_table(runs)
+    spread = _targets_spread(runs)
     md += ["## Results", ""]
     for name in list(step_groups) + list(vector_groups):
         md += [f"### {name}", "", _group_table(name, groups[name], runs), ""]
@@ -477,6 +526,14 @@ def write_report(json_paths: Sequence[str | os.PathLike[str]], out_dir: str | os
             targets,
             "",
         ]
+        if spread:
+            md += [
+                "Across the runs (each run measures every method side by side; spread = "
+                "(max - min) / median of the runs' values):",
+                "",
+                spread,
+                "",
+            ]
     report = out / "report.md"
     report.write_text("\n".join(md), encoding="utf-8")
     return report
