@@ -17,6 +17,27 @@ def test_fill_rows_copies_exact_rows_like_np_stack():
     np.testing.assert_array_equal(dst, np.stack(items))
 
 
+def test_fill_rows_reads_fresh_arrays_without_a_buffer_export_and_equal_dtypes_with_one():
+    """Fresh arrays of the very dtype object (what envs return each step) are read from
+    numpy's fields; an equal dtype that is another object (here: with metadata) takes the
+    buffer protocol: both copy exactly. Rows that are already the slab's are left alone."""
+    dst = np.zeros((3, 4), np.float32)
+    fresh = [np.array([i, i + 0.5, -i, 7], dtype=np.float32) for i in range(3)]
+    assert fill_rows(dst, fresh) is True
+    np.testing.assert_array_equal(dst, np.stack(fresh))
+    tagged = np.dtype(np.float32, metadata={"unit": "m"})
+    assert tagged == dst.dtype and tagged is not dst.dtype
+    others = [np.full(4, i + 10, dtype=tagged) for i in range(3)]
+    assert fill_rows(dst, others) is True
+    np.testing.assert_array_equal(dst, np.stack(others).astype(np.float32))
+    before = dst.copy()
+    assert fill_rows(dst, [dst[0], dst[1], dst[2]]) is True  # an env writing into its row
+    np.testing.assert_array_equal(dst, before)
+    swapped = [np.ones(4, dtype=">f4")] * 3  # same shape and size, another byte order
+    assert fill_rows(dst, swapped) is False
+    np.testing.assert_array_equal(dst, before)
+
+
 @pytest.mark.parametrize(
     "misfit",
     [
