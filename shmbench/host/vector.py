@@ -27,7 +27,7 @@ from shmbench.host.proxy import RemoteBase
 from shmbench.host.tuning import PROBE_SECONDS, PROBE_STEPS, Tuning, choose_workers
 from shmbench.host.vector_calls import VectorCalls
 from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, emit_all_notes, wait_policy
-from shmbench.wire.protocol import VEC_REPLY, ActionTag, ObsTag, Opcode, Status, read_vector_reply
+from shmbench.wire.protocol import VEC_REPLY, VEC_REPLY_IN_SLAB, ActionTag, Opcode, read_vector_reply
 from shmbench.wire.slab import build_tree, layout
 from shmbench.wire.spaces import rebuild
 from shmbench.wire.specs import rebuild_spec
@@ -36,6 +36,7 @@ __all__ = ["ShmVectorEnv", "RemoteVectorEntryPoint", "make_vec"]
 
 _HEADER = VEC_REPLY.size
 _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
+_READY = WorkerState.READY
 
 
 def _split(n: int, parts: int) -> list[range]:
@@ -62,6 +63,8 @@ def _copy_tree(x: Any) -> Any:
 
 class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: ignore[misc]  # np_random: SyncVectorEnv's tuple
     """A VectorEnv over shmbench workers (see :func:`make_vec` for the arguments)."""
+
+    _one_worker = False  # set once the servers are configured: step()'s one-round-trip path
 
     def __init__(
         self,
@@ -227,6 +230,7 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
         self._rewards = lay.vector(slab.buffer, "rewards", np.float64)
         self._terminations = lay.vector(slab.buffer, "terminations", np.uint8)
         self._truncations = lay.vector(slab.buffer, "truncations", np.uint8)
+        self._one_worker = len(workers) == 1
         policy = wait_policy(wait, len(workers))
         for w, rows in zip(workers, self._rows):
             policy.configure_host(w.channel)
@@ -280,7 +284,7 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         batch = self._act_batch
         if (
-            len(self._workers) == 1
+            self._one_worker
             and type(actions) is np.ndarray
             and batch is not None
             and actions.dtype == batch.dtype
@@ -288,7 +292,7 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
             and self._pending is None
         ):
             w = self._workers[0]
-            if w.state is WorkerState.READY and w.before_request is None:
+            if w.state is _READY and w.before_request is None:
                 # one worker: the step is one round trip, without the per-worker bookkeeping
                 batch[...] = actions
                 try:
@@ -300,15 +304,17 @@ class ShmVectorEnv(PoolCalls, VectorCalls, RemoteBase, VectorEnv):  # type: igno
                     w.interrupted()  # Ctrl-C: the reply is drained before the next request
                     raise
                 infos: dict = {}
-                env_obs: list | None = [] if not self._obs_in_slab else None
-                if len(mv) != _HEADER or mv[0] != Status.OK or mv[1] != ObsTag.SLAB_ARRAY:
+                if mv != VEC_REPLY_IN_SLAB:  # infos, observations by codec, notes or an error
+                    env_obs: list | None = [] if not self._obs_in_slab else None
                     try:
                         infos = self._absorb(w, self._rows[0], w.check(mv), infos, env_obs)
                     finally:
                         emit_all_notes(self._workers)
-                if env_obs is not None:
-                    self._observations = self._concatenate(env_obs)
-                obs = _copy_tree(self._observations) if self.copy else self._observations
+                    if env_obs is not None:
+                        self._observations = self._concatenate(env_obs)
+                obs = self._observations
+                if self.copy:
+                    obs = obs.copy() if type(obs) is np.ndarray else _copy_tree(obs)
                 return (
                     obs,
                     self._rewards.copy(),

@@ -40,6 +40,7 @@ __all__ = [
     "STEP_REPLY_F",
     "STEP_REPLY_I",
     "VEC_REPLY",
+    "VEC_REPLY_IN_SLAB",
     "FLAGS",
     "FLAG_CODEC",
     "encode_scalar",
@@ -128,6 +129,10 @@ _I64 = struct.Struct("<q")
 NOTES_HEAD = struct.Struct("<B3xI")
 #: vector replies: status, obs tag (SLAB_ARRAY: obs written to the slab rows; CODEC: extras)
 VEC_REPLY = struct.Struct("<BB6x")
+#: the vector reply with every observation in the slab and no infos (also what the host
+#: compares a reply with to take its fast path)
+VEC_REPLY_IN_SLAB = VEC_REPLY.pack(Status.OK, ObsTag.SLAB_ARRAY)
+_VEC_REPLY_CODEC = VEC_REPLY.pack(Status.OK, ObsTag.CODEC)
 _NO_REWARD = b"\0" * 8
 
 _SCALAR_ENCODERS = {
@@ -310,9 +315,9 @@ def codec_obs(extras: Any) -> Any:
 def vector_reply(obs_in_slab: bool, infos: list, env_obs: list, codec: Codec) -> bytes:
     """A worker's reply to a vector STEP or RESET: its rows' observations are in the slab
     (``obs_in_slab``) or in the extras, with the infos as ``[(row, info), ...]``."""
-    head = VEC_REPLY.pack(Status.OK, ObsTag.SLAB_ARRAY if obs_in_slab else ObsTag.CODEC)
     if obs_in_slab and not infos:
-        return head
+        return VEC_REPLY_IN_SLAB  # a vector server's every step, mostly: packed once
+    head = VEC_REPLY_IN_SLAB if obs_in_slab else _VEC_REPLY_CODEC
     extras: dict[str, Any] = {"infos": infos}
     if not obs_in_slab:
         extras["obs"] = list(env_obs)
