@@ -10,8 +10,12 @@ and :func:`choose_workers` picks the count with the least predicted step time::
     T(k) = ceil(n / k) * step + wait(k)
 
 where ``wait(k)`` is a spinning round trip while the host and ``k`` servers each have a
-core, and a futex wake-up (tens of microseconds on a VM whose idle vCPUs halt) when they
-do not. The wait policy then follows the count (:func:`~shmbench.host.worker.wait_policy`),
+core, and futex wake-ups (about a hundred microseconds a step on a VM whose idle vCPUs
+halt) when they do not. More servers must also *earn* their place: a count is taken over
+a smaller one only when it predicts a step at least :data:`MARGIN` shorter, because a
+step that waits for wake-ups varies from chunk to chunk and from run to run (measured:
+16 CartPoles on two servers 0.59-1.0x SyncVectorEnv between runs, on one 1.28x steadily)
+while a spinning single server does not. The wait policy then follows the count (:func:`~shmbench.host.worker.wait_policy`),
 and while it runs the host's spin budget keeps tracking the reply time it sees (the C
 extension's ``track`` mode), so a step that grows or shrinks keeps being waited for the
 right way. ``num_workers=`` and ``wait=`` override.
@@ -23,15 +27,19 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["PROBE_STEPS", "PROBE_SECONDS", "Tuning", "choose_workers", "predicted_step_ns"]
+__all__ = ["PROBE_STEPS", "PROBE_SECONDS", "MARGIN", "Tuning", "choose_workers", "predicted_step_ns"]
 
 #: steps of the spare env the first server times (fewer when they take long: PROBE_SECONDS)
 PROBE_STEPS = 24
 PROBE_SECONDS = 0.25
-#: a spinning round trip with the host's Python around it, and a futex wake-up (measured on
-#: the 2-vCPU VM shmbench is developed on: bench/test_channel_bench.py's spin and block rows)
+#: a spinning round trip with the host's Python around it, and what a step pays in wake-ups
+#: when the host and its servers outnumber the cores (measured on the 2-vCPU VM shmbench
+#: is developed on: bench/test_channel_bench.py's spin row; and two servers' step of 16 and
+#: 32 CartPoles less their envs' work, bench/test_paired_bench.py's way: 114 and 100 us)
 SPIN_ROUND_TRIP_NS = 5_000
-WAKE_UP_NS = 60_000
+WAKE_UP_NS = 120_000
+#: the share of the step a further server must save to be chosen over fewer
+MARGIN = 0.2
 #: what each further server adds to a step on the host (one more request and reply)
 PER_WORKER_NS = 3_000
 
@@ -54,9 +62,14 @@ def predicted_step_ns(num_envs: int, step_ns: int, workers: int, cores: int) -> 
 
 def choose_workers(num_envs: int, step_ns: int | None, cores: int | None = None) -> int:
     """The number of servers for ``num_envs`` envs whose step takes ``step_ns``: one when it
-    could not be measured, else the count with the least predicted step time (ties: fewer)."""
+    could not be measured, else the count with the least predicted step time, where each
+    count must beat the best smaller one by :data:`MARGIN` to be taken."""
     cores = cores or len(os.sched_getaffinity(0))
     if step_ns is None or step_ns <= 0:
         return 1
-    candidates = range(1, max(1, min(num_envs, cores)) + 1)
-    return min(candidates, key=lambda k: (predicted_step_ns(num_envs, step_ns, k, cores), k))
+    best, best_ns = 1, predicted_step_ns(num_envs, step_ns, 1, cores)
+    for k in range(2, max(1, min(num_envs, cores)) + 1):
+        ns = predicted_step_ns(num_envs, step_ns, k, cores)
+        if ns < (1 - MARGIN) * best_ns:
+            best, best_ns = k, ns
+    return best
