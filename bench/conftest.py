@@ -203,3 +203,14 @@ else:
     @pytest.fixture(scope="session")
     def shmbench_wheel():
         pytest.skip("building the reference image needs a shmbench source checkout (tests/conftest_images.py)")
+
+
+@pytest.fixture(scope="session")
+def pingpong_lib(tmp_path_factory):
+    """bench/pingpong.c, the C reference, compiled with gcc (c_reference.build_pingpong)."""
+    from c_reference import build_pingpong
+
+    lib = build_pingpong(tmp_path_factory.mktemp("pingpong"))
+    if lib is None:
+        pytest.skip("no C compiler: the C reference needs gcc")
+    return lib

@@ -37,16 +37,16 @@ import ctypes
 import multiprocessing
 import os
 import secrets
-import shutil
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from c_reference import FRAME_BYTES, FUTEX, HYBRID, SPIN, FrameFloor
+from peers import label
 
 BENCH = Path(__file__).resolve().parent
 
@@ -271,31 +271,10 @@ class SemPairDriver:
         self.rep.close()
 
 
-@pytest.fixture(scope="module")
-def pingpong_lib():
-    """bench/pingpong.c, compiled with gcc into a temporary directory."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        pytest.skip("no C compiler: the C reference needs gcc")
-    with tempfile.TemporaryDirectory(prefix="shmbench-pingpong-") as tmp:
-        so = Path(tmp) / "libpingpong.so"
-        subprocess.run(
-            [gcc, "-O2", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror", str(BENCH / "pingpong.c"), "-o", str(so)],
-            check=True,
-        )
-        lib = ctypes.CDLL(str(so))
-        lib.pp_start.argtypes = [ctypes.c_int, ctypes.c_size_t]
-        lib.pp_roundtrip.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.pp_roundtrip.restype = ctypes.c_void_p
-        lib.pp_loop.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long, ctypes.POINTER(ctypes.c_int64)]
-        lib.pp_stop.restype = ctypes.c_int
-        yield lib
-
-
 class CDriver:
     def __init__(self, lib, method: str, size: int) -> None:
         self.lib = lib
-        rc = lib.pp_start(1 if method == "c-spin" else 0, max(size, 64))
+        rc = lib.pp_start(SPIN if method == "c-spin" else FUTEX, max(size, 64))
         if rc != 0:
             raise OSError(-rc, os.strerror(-rc))
         self._rt = lib.pp_roundtrip
@@ -379,3 +358,29 @@ def test_channel_roundtrip(benchmark, pingpong_lib, workload, method):
             benchmark.extra_info["wait_stats"] = driver.ch.stats()
     finally:
         driver.close()
+
+
+@pytest.mark.parametrize("method", ["c-floor-spin", "c-floor-futex"])
+def test_frame_step_floor(benchmark, pingpong_lib, method):
+    """The floor of test_env_bench's obs-1MiB-f32 step, in its group (c_reference.FrameFloor:
+    the two memcpys, the second reading lines the other core just wrote, and the round trip,
+    with no Python, no protocol and no allocation), handing over by spinning (up to 2 ms,
+    then sleeping) or by futex. shmbench's copy=True row against this one is what its
+    machinery costs beyond the transfer. test_paired_bench has the same comparison with
+    both sides alternating, which the VM's slow spells cannot tilt."""
+    floor = FrameFloor(pingpong_lib, HYBRID if method == "c-floor-spin" else FUTEX)
+    try:
+        end = time.perf_counter() + WARMUP_S
+        while time.perf_counter() < end:
+            floor.step()
+        label(
+            benchmark,
+            workload="obs-1MiB-f32",
+            method=method,
+            payload_bytes=FRAME_BYTES,
+            peer=True,
+        )
+        benchmark(floor.step)
+        floor.check()
+    finally:
+        floor.close()
