@@ -411,3 +411,50 @@ def test_bench_repeats_write_one_json_per_run_and_one_report(tmp_path, capsys):
     assert "- **bench-1**" in md and "- **bench-2**" in md
     assert main(["bench", "--repeats", "0", "-o", str(tmp_path / "no")]) == 2
     assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_paired_goals_read_the_rows_own_paired_measurement(tmp_path):
+    """bench/test_paired_bench.py's rows carry their interleaved ratio in extra_info; the
+    paired goals read it (no second row), and a row without it is not a goal's row."""
+    data = {
+        "machine_info": {"node": "box"},
+        "benchmarks": [
+            _bench(
+                "paired-cartpole",
+                "test_paired[paired-cartpole]",
+                12e-6,
+                workload="paired-cartpole",
+                method="shmbench-process",
+                payload_bytes=16,
+                paired_ratio=1.21,
+            ),
+            _bench(
+                "paired-vec8-cartpole",
+                "test_paired[paired-vec8-cartpole]",
+                80e-6,
+                workload="paired-vec8-cartpole",
+                method="shmbench-process",
+                payload_bytes=16,
+                env_steps_per_round=8,
+                paired_ratio=1 / 1.4,
+                paired_speedup=1.4,
+            ),
+            _bench(
+                "paired-vec16-cartpole",
+                "test_paired[paired-vec16-cartpole]",
+                190e-6,
+                workload="paired-vec16-cartpole",
+                method="shmbench-process",
+                payload_bytes=16,
+                env_steps_per_round=16,
+            ),
+        ],
+    }
+    path = tmp_path / "paired.json"
+    path.write_text(json.dumps(data))
+    md = rep.write_report([path], tmp_path / "out").read_text()
+    header, _, *rows = _tables(_sections(md)["Appendix: the project's performance goals"])[-1]
+    found = {r[0]: r[1:] for r in rows}
+    assert found["CartPole step, shmbench vs native, paired (interleaved chunks)"] == ["1.21×", "≤ 1.25×", "yes"]
+    assert found["8x CartPole env-steps/s vs SyncVectorEnv, paired (interleaved chunks)"] == ["1.40×", "≥ 1×", "yes"]
+    assert not any(k.startswith("16x CartPole") and "paired" in k for k in found)

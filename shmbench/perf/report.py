@@ -279,6 +279,10 @@ def _target_values(run: Run) -> list[tuple[str, float, str, float]]:
             continue
         if kind == "seconds":
             out.append((what, a.median, kind, goal))
+        elif kind in _PAIRED:
+            value = a.extra.get(_PAIRED[kind])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append((what, float(value), kind, goal))
         elif b is None:
             continue
         elif kind == "time_ratio":
@@ -288,8 +292,13 @@ def _target_values(run: Run) -> list[tuple[str, float, str, float]]:
     return out
 
 
+#: goals read from one row's paired measurement (bench/test_paired_bench.py)
+_PAIRED = {"paired_time_ratio": "paired_ratio", "paired_speedup": "paired_speedup"}
+_HIGHER_IS_BETTER = ("speedup", "paired_speedup")
+
+
 def _met(value: float, kind: str, goal: float) -> bool:
-    return value >= goal if kind == "speedup" else value <= goal
+    return value >= goal if kind in _HIGHER_IS_BETTER else value <= goal
 
 
 def _shown(value: float, kind: str) -> str:
@@ -297,7 +306,7 @@ def _shown(value: float, kind: str) -> str:
 
 
 def _goal_text(kind: str, goal: float) -> str:
-    return f"{'≥' if kind == 'speedup' else '≤'} {goal:g}{' s' if kind == 'seconds' else '×'}"
+    return f"{'≥' if kind in _HIGHER_IS_BETTER else '≤'} {goal:g}{' s' if kind == 'seconds' else '×'}"
 
 
 def _targets_table(runs: list[Run]) -> str | None:
