@@ -27,14 +27,13 @@ from shmbench.host.proxy import RemoteBase
 from shmbench.host.tuning import PROBE_SECONDS, PROBE_STEPS, Tuning, choose_workers
 from shmbench.host.vector_calls import VectorCalls
 from shmbench.host.worker import STALL_TIMEOUT, START_TIMEOUT, Worker, WorkerState, emit_all_notes, wait_policy
-from shmbench.wire.protocol import VEC_REPLY, VEC_REPLY_IN_SLAB, ActionTag, Opcode, read_vector_reply
+from shmbench.wire.protocol import VEC_REPLY_IN_SLAB, ActionTag, Opcode, read_vector_reply
 from shmbench.wire.slab import build_tree, layout
 from shmbench.wire.spaces import rebuild
 from shmbench.wire.specs import rebuild_spec
 
 __all__ = ["ShmVectorEnv", "RemoteVectorEntryPoint", "make_vec"]
 
-_HEADER = VEC_REPLY.size
 _STEP_SLAB = bytes((Opcode.STEP, ActionTag.SLAB_ARRAY))
 _READY = WorkerState.READY
 
