@@ -454,6 +454,7 @@ def test_paired_goals_read_the_rows_own_paired_measurement(tmp_path):
     path.write_text(json.dumps(data))
     md = rep.write_report([path], tmp_path / "out").read_text()
     header, _, *rows = _tables(_sections(md)["Appendix: the project's performance goals"])[-1]
+    assert header == ["target", "measured", "goal", "met"]
     found = {r[0]: r[1:] for r in rows}
     assert found["CartPole step, shmbench vs native, paired (interleaved chunks)"] == ["1.21×", "≤ 1.25×", "yes"]
     assert found["8x CartPole env-steps/s vs SyncVectorEnv, paired (interleaved chunks)"] == ["1.40×", "≥ 1×", "yes"]
