@@ -121,6 +121,12 @@ def test_misuse_is_refused_clearly():
         assert envs.in_flight.tolist() == [0, 1]
         with pytest.raises(ValueError, match="still stepping"):
             envs.send(np.zeros(2, np.int64), [0, 1])
+        # the ids exactly as recv() hands them out (send's shortcut for one whole group)
+        # are refused the same way
+        with pytest.raises(ValueError, match="still stepping"):
+            envs.send(np.zeros(2, np.int64), np.arange(0, 2))
+        with pytest.raises(ValueError, match="expected 2 actions"):
+            envs.send(np.zeros(3, np.int64), np.arange(2, 4))
         with pytest.raises(AlreadyPendingCallError):
             envs.step(np.zeros(4, np.int64))
         with pytest.raises(AlreadyPendingCallError):

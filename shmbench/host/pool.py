@@ -67,6 +67,8 @@ class PoolCalls:
     _truncations: np.ndarray
     #: the groups (worker indices) sent actions and not yet received, oldest first
     _in_flight: list[int]
+    #: each group's first env id -> (the group, its env ids as int64 bytes), made on first use
+    _exact_ids: dict[int, tuple[int, bytes]] | None = None
 
     @property
     def in_flight(self) -> np.ndarray:
@@ -83,8 +85,20 @@ class PoolCalls:
             self._begin("send", "send")  # type: ignore[attr-defined]  # raises: something else pending
         self._assert_is_running()  # type: ignore[attr-defined]
         ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids)
-        groups = self._groups_of(ids, in_flight or [])
-        actions_in_env_order = self._in_env_order(actions, ids)
+        g = self._exact_group(ids)
+        if (
+            g is not None
+            and g not in (in_flight or [])
+            and isinstance(actions, np.ndarray)
+            and len(actions) == len(ids)
+        ):
+            # the training loop's case: the ids recv() returned, in their order -- one group,
+            # already in env order (what _groups_of and _in_env_order would find, at a
+            # twentieth of their cost: the host's time is the servers' on a full machine)
+            groups, actions_in_env_order = [g], actions
+        else:
+            groups = self._groups_of(ids, in_flight or [])
+            actions_in_env_order = self._in_env_order(actions, ids)
         batch = self._act_batch
         try:
             if (
@@ -152,6 +166,19 @@ class PoolCalls:
         )
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _exact_group(self, ids: np.ndarray) -> int | None:
+        """The group whose env ids ``ids`` are exactly, in order (as recv() returns them), or None."""
+        if type(ids) is not np.ndarray or ids.dtype != np.int64 or ids.ndim != 1 or len(ids) == 0:
+            return None
+        table = self._exact_ids
+        if table is None:  # each group's first id -> (group, its ids' bytes); the rows never change
+            table = self._exact_ids = {
+                rows.start: (g, np.arange(rows.start, rows.stop, dtype=np.int64).tobytes())
+                for g, rows in enumerate(self._rows)
+            }
+        entry = table.get(int(ids[0]))
+        return entry[0] if entry is not None and ids.tobytes() == entry[1] else None
 
     def _groups_of(self, ids: np.ndarray, in_flight: list[int]) -> list[int]:
         """The groups that ``ids`` make up, in env order; a ValueError unless they are whole
