@@ -346,6 +346,25 @@ def open_single(method: str, env_id: str, image=None):
     raise ValueError(f"unknown method {method!r}")
 
 
+def open_vector(method: str, env_id: str, num_envs: int):
+    """A vector env of ``num_envs`` copies of ``env_id`` for a vector method (test_vector_bench's
+    names: sync-vector, async-vector, shmbench-process[-w2|-spin|-pool])."""
+    if method == "sync-vector":
+        return gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs)
+    if method == "async-vector":
+        return gymnasium.vector.AsyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs, shared_memory=True)
+    import shmbench
+
+    options: dict = {"runtime": "process"}
+    if method.endswith("-w2"):
+        options["num_workers"] = 2
+    if method.endswith("-spin"):
+        options["wait"] = "spin"
+    if method.endswith("-pool"):
+        options["batch_size"] = num_envs // 2
+    return shmbench.make_vec(env_id, num_envs, **options)
+
+
 def check_trajectory(env, workload, method: str) -> None:
     """Fails unless ``env`` (opened for ``method``) reproduces the native env's seeded
     trajectory under the workload's policy."""

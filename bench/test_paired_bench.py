@@ -25,11 +25,10 @@ from __future__ import annotations
 import statistics
 import time
 
-import gymnasium
 import numpy as np
 import pytest
 from c_reference import HYBRID, FrameFloor
-from peers import check_trajectory, label, open_single
+from peers import check_trajectory, label, open_single, open_vector
 
 #: name -> (reference method, shmbench method, number of envs, 0 for a single env)
 PAIRS = {
@@ -93,11 +92,9 @@ def test_paired(benchmark, bench_envs, quick, request, pair: str) -> None:
             ref = open_single(ref_method, workload.env_id)
         shm = open_single(shm_method, workload.env_id)
     else:
-        import shmbench
-
         workload = bench_envs.VECTOR_WORKLOADS[f"vec{n}-cartpole"]
-        ref = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(workload.env_id)] * n)
-        shm = shmbench.make_vec(workload.env_id, n, runtime="process")
+        ref = open_vector(ref_method, workload.env_id, n)
+        shm = open_vector(shm_method, workload.env_id, n)
     try:
         if n == 0:
             check_trajectory(shm, workload, shm_method)

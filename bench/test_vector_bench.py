@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import gymnasium
 import pytest
-from peers import ENVPOOL_IDS, label, open_envpool
+from peers import ENVPOOL_IDS, label, open_envpool, open_vector
 
 METHODS = {
     # name -> (native, peer)
@@ -67,23 +66,6 @@ def _cases():
                 continue
             marks = [pytest.mark.quick] if (workload.name, method) in _QUICK else []
             yield pytest.param(workload.name, method, id=f"{workload.name}-{method}", marks=marks)
-
-
-def open_vector(method: str, env_id: str, num_envs: int):
-    if method == "sync-vector":
-        return gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs)
-    if method == "async-vector":
-        return gymnasium.vector.AsyncVectorEnv([lambda: gymnasium.make(env_id)] * num_envs, shared_memory=True)
-    import shmbench
-
-    options: dict = {"runtime": "process"}
-    if method.endswith("-w2"):
-        options["num_workers"] = 2
-    if method.endswith("-spin"):
-        options["wait"] = "spin"
-    if method.endswith("-pool"):
-        options["batch_size"] = num_envs // 2
-    return shmbench.make_vec(env_id, num_envs, **options)
 
 
 def open_driver(bench_envs, method: str, envs):

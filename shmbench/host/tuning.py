@@ -15,10 +15,10 @@ halt) when they do not. More servers must also *earn* their place: a count is ta
 a smaller one only when it predicts a step at least :data:`MARGIN` shorter, because a
 step that waits for wake-ups varies from chunk to chunk and from run to run (measured:
 16 CartPoles on two servers 0.59-1.0x SyncVectorEnv between runs, on one 1.28x steadily)
-while a spinning single server does not. The wait policy then follows the count (:func:`~shmbench.host.worker.wait_policy`),
-and while it runs the host's spin budget keeps tracking the reply time it sees (the C
-extension's ``track`` mode), so a step that grows or shrinks keeps being waited for the
-right way. ``num_workers=`` and ``wait=`` override.
+while a spinning single server does not. The wait policy then follows the count
+(:func:`~shmbench.host.worker.wait_policy`), and while it runs the host's spin budget
+keeps tracking the reply time it sees (the C extension's ``track`` mode), so a step that
+grows or shrinks keeps being waited for the right way. ``num_workers=`` and ``wait=`` override.
 """
 
 from __future__ import annotations

@@ -268,6 +268,11 @@ def _transfers(row: Row) -> bool:
     return bool(flag) if flag is not None else row.method != "native"
 
 
+#: goals read from one row's paired measurement (bench/test_paired_bench.py)
+_PAIRED = {"paired_time_ratio": "paired_ratio", "paired_speedup": "paired_speedup"}
+_HIGHER_IS_BETTER = ("speedup", "paired_speedup")
+
+
 def _target_values(run: Run) -> list[tuple[str, float, str, float]]:
     """Each target this run measured: (what, value, kind, goal)."""
     index = {(r.group, r.method): r for r in run.rows}
@@ -290,11 +295,6 @@ def _target_values(run: Run) -> list[tuple[str, float, str, float]]:
         else:  # speedup, in env-steps/s (a pool's round steps only a batch)
             out.append((what, _ratio(a.steps_per_s, b.steps_per_s), kind, goal))
     return out
-
-
-#: goals read from one row's paired measurement (bench/test_paired_bench.py)
-_PAIRED = {"paired_time_ratio": "paired_ratio", "paired_speedup": "paired_speedup"}
-_HIGHER_IS_BETTER = ("speedup", "paired_speedup")
 
 
 def _met(value: float, kind: str, goal: float) -> bool:
